@@ -1,0 +1,30 @@
+# Two commands do all the set-up: `make demo` and `make test`. Both bootstrap .venv and the pinned Kine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install kine lab bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+kine: $(STAMP)
+	$(BIN)/kinelab install
+
+demo: kine
+	$(BIN)/kinelab demo
+
+test: kine
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: kine
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) kinelab-demo.duckdb

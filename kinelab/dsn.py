@@ -1,0 +1,133 @@
+"""Datastore addresses: parse the forms users paste, mask passwords, and render what Kine expects.
+
+Kine's own DSN forms differ per driver: ``postgres://u:p@h:port/db``, ``mysql://u:p@tcp(h:port)/db``
+(Go's MySQL syntax) and ``sqlite://PATH?params``. Users also paste ordinary URLs
+(``mysql://u:p@h:port/db``, ``postgresql://...``). `Dsn` accepts all of them.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+
+from .errors import UsageError
+
+MASK = "****"
+SQLITE_PARAMS = "_journal_mode=WAL&cache=shared&_busy_timeout=30000&_txlock=immediate"
+_GO_MYSQL = re.compile(r"^(?P<user>[^:@/]*)(?::(?P<password>[^@]*))?@tcp\((?P<host>[^:)]+)(?::(?P<port>\d+))?\)/(?P<db>[^?]*)(?:\?(?P<query>.*))?$")
+
+
+def generate_password(length: int = 24) -> str:
+    """A password safe in URLs and shell words (letters and digits only)."""
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+@dataclass(frozen=True)
+class Dsn:
+    kind: str  # "postgres" | "mysql" | "sqlite"
+    host: str = ""
+    port: int = 0
+    user: str = ""
+    password: str = ""
+    database: str = ""
+    path: str = ""  # sqlite only
+    params: dict = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> "Dsn":
+        text = text.strip()
+        scheme, sep, rest = text.partition("://")
+        if not sep:
+            raise UsageError(f"not a DSN: {mask_text(text)!r}; use postgres://user:pass@host:port/db, "
+                             "mysql://user:pass@tcp(host:port)/db or sqlite:///path/to/state.db")
+        scheme = scheme.lower()
+        if scheme == "sqlite":
+            path, _, query = rest.partition("?")
+            if not path:
+                raise UsageError("sqlite DSN has no path; use sqlite:///path/to/state.db")
+            return cls("sqlite", path=path, params=dict(parse_qsl(query)))
+        if scheme in ("postgres", "postgresql"):
+            url = urlsplit(text)
+            try:
+                port = url.port or 5432
+            except ValueError as exc:
+                raise UsageError(f"bad port in DSN {mask_text(text)!r}: {exc}") from None
+            return cls("postgres", host=url.hostname or "127.0.0.1", port=port,
+                       user=unquote(url.username or ""), password=unquote(url.password or ""),
+                       database=url.path.lstrip("/") or "kubernetes", params=dict(parse_qsl(url.query)))
+        if scheme in ("mysql", "mariadb"):
+            match = _GO_MYSQL.match(rest)
+            if match:
+                return cls("mysql", host=match["host"], port=int(match["port"] or 3306), user=match["user"],
+                           password=match["password"] or "", database=match["db"] or "kubernetes",
+                           params=dict(parse_qsl(match["query"] or "")))
+            url = urlsplit("mysql://" + rest)
+            try:
+                port = url.port or 3306
+            except ValueError as exc:
+                raise UsageError(f"bad port in DSN {mask_text(text)!r}: {exc}") from None
+            return cls("mysql", host=url.hostname or "127.0.0.1", port=port,
+                       user=unquote(url.username or ""), password=unquote(url.password or ""),
+                       database=url.path.lstrip("/") or "kubernetes", params=dict(parse_qsl(url.query)))
+        raise UsageError(f"unsupported datastore scheme {scheme!r}; kinelab reads postgres://, mysql:// and sqlite://")
+
+    @classmethod
+    def sqlite(cls, path: Path) -> "Dsn":
+        return cls("sqlite", path=str(Path(path).resolve()), params=dict(parse_qsl(SQLITE_PARAMS)))
+
+    def _url(self, password: str) -> str:
+        if self.kind == "sqlite":
+            query = f"?{urlencode(self.params)}" if self.params else ""
+            return f"sqlite://{self.path}{query}"
+        auth = quote(self.user, safe="")
+        if password:
+            auth += ":" + password
+        query = f"?{urlencode(self.params)}" if self.params else ""
+        return f"{self.kind}://{auth}@{self.host}:{self.port}/{self.database}{query}"
+
+    @property
+    def url(self) -> str:
+        """The full DSN, password included. Only `kinelab dsn` prints this."""
+        return self._url(quote(self.password, safe=""))
+
+    @property
+    def masked(self) -> str:
+        return self._url(MASK if self.password else "")
+
+    @property
+    def kine_endpoint(self) -> str:
+        """The --endpoint value Kine wants (secret: pass it through the environment, not argv)."""
+        if self.kind == "mysql":
+            auth = self.user + (":" + self.password if self.password else "")
+            query = f"?{urlencode(self.params)}" if self.params else ""
+            return f"mysql://{auth}@tcp({self.host}:{self.port})/{self.database}{query}"
+        if self.kind == "postgres":
+            params = {"sslmode": "disable", **self.params}
+            return Dsn("postgres", self.host, self.port, self.user, self.password, self.database,
+                       params=params).url
+        return self.url
+
+    @property
+    def identity(self) -> str:
+        """What makes two DSNs the same source, without credentials."""
+        if self.kind == "sqlite":
+            return f"sqlite:{Path(self.path).resolve()}"
+        return f"{self.kind}://{self.host}:{self.port}/{self.database}"
+
+    def __repr__(self) -> str:  # never leak the password through a repr
+        return f"Dsn({self.masked!r})"
+
+
+_SECRET_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]+)(?=@)", re.I)
+_SECRET_IN_KV = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>[^\s&]+)", re.I)
+
+
+def mask_text(text: str) -> str:
+    """Mask every password that looks like part of a DSN inside free text (logs, errors)."""
+    text = _SECRET_IN_URL.sub(lambda m: m["head"] + MASK, text)
+    return _SECRET_IN_KV.sub(lambda m: m["head"] + MASK, text)

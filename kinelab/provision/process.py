@@ -1,0 +1,197 @@
+"""Served processes: one protocol for Kine, Postgres and MariaDB (start, ready, stop, endpoint, logs).
+
+The layout follows kwokctl's binary runtime: ``<lab>/pids/<name>.pid`` and ``<lab>/logs/<name>.log``.
+Each process runs in its own process group so that a stop reaches its children too, and each pid is
+recorded together with its start time so that a recycled pid is never signalled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import psutil
+
+from ..dsn import mask_text
+from ..errors import ProcessError, UsageError
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A port the kernel just handed out on loopback (kwokctl probes the same way)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def require_free_port(port: int) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            raise UsageError(f"port {LOOPBACK}:{port} is in use; choose another --base-port "
+                             "or leave it out to pick free ports") from None
+    return port
+
+
+def port_open(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def tail(path: Path, lines: int = 10) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 16384))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return mask_text("\n".join(text.splitlines()[-lines:]))
+
+
+@dataclass
+class ProcessRecord:
+    """What the manifest keeps of a started process: enough to find it again, and only it."""
+
+    name: str
+    pid: int
+    create_time: float
+    log: str
+    argv: list
+    stop_signal: int = int(signal.SIGTERM)
+
+    def process(self) -> Optional[psutil.Process]:
+        """The live process, or None when it is gone or the pid now belongs to someone else."""
+        try:
+            proc = psutil.Process(self.pid)
+            if abs(proc.create_time() - self.create_time) > 0.05 or proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return proc
+        except psutil.Error:
+            return None
+
+    @property
+    def alive(self) -> bool:
+        return self.process() is not None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Signal the whole process group, then SIGKILL what is left after `timeout`."""
+        proc = self.process()
+        if proc is None:
+            return
+        _signal_group(self.pid, self.stop_signal)
+        try:
+            proc.wait(timeout)
+        except psutil.TimeoutExpired:
+            _signal_group(self.pid, signal.SIGKILL)
+            try:
+                proc.wait(5)
+            except psutil.TimeoutExpired:
+                raise ProcessError(f"{self.name} (pid {self.pid}) did not exit after SIGKILL") from None
+        # Children that outlived the leader (e.g. postgres backends) share its group.
+        _signal_group(self.pid, signal.SIGKILL)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+Readiness = Callable[[], bool]
+
+
+class ServedProcess:
+    """A long-running binary with a log, a pid file, a readiness check and an orderly stop."""
+
+    def __init__(self, name: str, argv: list, lab_dir: Path, *, ready: Readiness, describe_ready: str,
+                 env: Optional[dict] = None, user: Optional[str] = None, cwd: Optional[Path] = None,
+                 stop_signal: int = signal.SIGTERM, timeout_s: float = 60.0):
+        self.name = name
+        self.argv = [str(a) for a in argv]
+        self.lab_dir = Path(lab_dir)
+        self.ready = ready
+        self.describe_ready = describe_ready
+        self.env = env
+        self.user = user
+        self.cwd = cwd
+        self.stop_signal = stop_signal
+        self.timeout_s = timeout_s
+        self.record: Optional[ProcessRecord] = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.lab_dir / "logs" / f"{self.name}.log"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.lab_dir / "pids" / f"{self.name}.pid"
+
+    def start(self) -> "ServedProcess":
+        for sub in ("logs", "pids"):
+            (self.lab_dir / sub).mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **(self.env or {})}
+        with open(self.log_path, "ab") as log:
+            try:
+                popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         env=env, cwd=self.cwd, user=self.user, start_new_session=True)
+            except OSError as exc:
+                raise ProcessError(f"cannot start {self.name} ({self.argv[0]}): {exc.strerror}") from None
+        self.record = ProcessRecord(self.name, popen.pid, psutil.Process(popen.pid).create_time(),
+                                    str(self.log_path), [mask_text(a) for a in self.argv], int(self.stop_signal))
+        self.pid_path.write_text(json.dumps(self.record.to_json()) + "\n")
+        self._popen = popen
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            code = self._popen.poll()
+            if code is not None:
+                raise ProcessError(f"{self.name} exited with code {code} before it was ready; "
+                                   f"log {self.log_path}:\n{tail(self.log_path)}")
+            try:
+                if self.ready():
+                    return
+            except Exception:  # a readiness probe may fail in any way until the server is up
+                pass
+            if time.monotonic() > deadline:
+                raise ProcessError(f"{self.name} was not ready ({self.describe_ready}) after {self.timeout_s:.0f}s; "
+                                   f"command: {' '.join(self.record.argv)}; log {self.log_path}:\n{tail(self.log_path)}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.record is not None:
+            self.record.stop()
+            if getattr(self, "_popen", None) is not None:
+                self._popen.poll()  # reap, so no zombie is left behind
+        self.pid_path.unlink(missing_ok=True)
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.record.pid if self.record else None
+
+    @property
+    def alive(self) -> bool:
+        return self.record is not None and self.record.alive
