@@ -176,14 +176,14 @@ class Etcd:
         get = etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=_b(key)))
         return self._txn(compare, [put], [get], f"update {key!r} on {self.endpoint}")
 
-    def delete(self, key, *, mod_revision: Optional[int] = None) -> TxnResult:
-        """Delete, unconditionally or only at `mod_revision` (kube-apiserver's two delete shapes)."""
-        delete = etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=_b(key)))
-        get = etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=_b(key)))
-        if mod_revision is None:
-            return self._txn([], [get, delete], [], f"delete {key!r} on {self.endpoint}")
+    def delete(self, key, *, mod_revision: int) -> TxnResult:
+        """Delete only at `mod_revision`: Txn(MOD == rev, [DeleteRange], failure [Range]), as kube-apiserver
+        does. (Kine v0.17 also parses the compare-less [Range, DeleteRange] shape, but it cannot delete an
+        existing key: the tombstone collides with the create row on (name, prev_revision=0).)"""
         compare = [etcdrpc.Compare(key=_b(key), target=etcdrpc.Compare.MOD, result=etcdrpc.Compare.EQUAL,
                                    mod_revision=mod_revision)]
+        delete = etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=_b(key)))
+        get = etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=_b(key)))
         return self._txn(compare, [delete], [get], f"delete {key!r} on {self.endpoint}")
 
     # --- leases, compaction, status ------------------------------------------------------------------

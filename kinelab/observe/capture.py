@@ -138,7 +138,7 @@ def open_capture(path: str | Path, read_only: bool = True):
         raise CaptureError(f"no capture at {path}; make one with `kinelab capture --out {path}`")
     try:
         con = duckdb.connect(str(path), read_only=read_only)
-        con.execute("SELECT value FROM capture_meta WHERE key = 'schema_version'").fetchone()
+        con.execute("SELECT value FROM capture_meta WHERE key = 'schema_version'").fetchall()
     except duckdb.Error as exc:
         raise CaptureError(f"{path} is not a kinelab capture ({str(exc).splitlines()[0]})") from None
     return con

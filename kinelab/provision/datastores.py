@@ -26,6 +26,7 @@ ROOT_PG_INSTALL = Path("/var/cache/kinelab")
 
 class Datastore:
     kind = "base"
+    serves = False  # runs a server of its own, on a port of the lab's
 
     def __init__(self):
         self.processes: list = []
@@ -146,6 +147,7 @@ class EmbeddedPostgres(Datastore):
     passwords for the superuser and for Kine's own role. A restart on the same data keeps both."""
 
     kind = "postgres"
+    serves = True
 
     def __init__(self, max_connections: int = 200, settings: Optional[dict] = None):
         super().__init__()
@@ -233,6 +235,7 @@ class MariaDB(Datastore):
     root's socket login for a generated password; later starts on the same data reuse it."""
 
     kind = "mysql"
+    serves = True
 
     def __init__(self, settings: Optional[dict] = None):
         super().__init__()

@@ -152,7 +152,7 @@ class Lab:
                 self._start_reaper()
             with progress.bar("starting lab", total=self.replica_count + 1) as advance:
                 ports = self._ports()
-                self.datastore.start(self.dir, self.id, port=next(ports))
+                self.datastore.start(self.dir, self.id, port=next(ports) if self.datastore.serves else None)
                 self.manifest["datastore"] = {**self.datastore.describe(),
                                               "processes": [p.record.to_json() for p in self.datastore.processes]}
                 self._save_secrets()

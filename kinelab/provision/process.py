@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from ..dsn import mask_text
 from ..errors import ProcessError, UsageError
 
 LOOPBACK = "127.0.0.1"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def free_port() -> int:
@@ -58,7 +60,7 @@ def tail(path: Path, lines: int = 10) -> str:
             text = handle.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    return mask_text("\n".join(text.splitlines()[-lines:]))
+    return mask_text(_ANSI.sub("", "\n".join(text.splitlines()[-lines:])))
 
 
 @dataclass

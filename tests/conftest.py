@@ -1,0 +1,77 @@
+"""Fixtures: real Kine (the pinned binary), real databases. Nothing here is mocked."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+import kinelab as kl
+from kinelab.provision.datastores import mariadb_binaries
+
+REPO = Path(__file__).resolve().parent.parent
+KINELAB = [sys.executable, "-m", "kinelab.cli"]
+
+os.environ.setdefault("KINELAB_PROGRESS", "0")
+
+
+@pytest.fixture(scope="session")
+def kine():
+    return kl.install_kine()
+
+
+@pytest.fixture(scope="session")
+def pg_lab(kine, tmp_path_factory):
+    """Three Kine replicas on one embedded Postgres, shared by the tests that only add keys."""
+    with kl.Lab(replicas=3, datastore="postgres", dir=tmp_path_factory.mktemp("pg-lab")) as lab:
+        yield lab
+
+
+@pytest.fixture
+def prefix():
+    """A key prefix of this test's own, so tests sharing a lab never see each other's keys."""
+    return f"/registry/configmaps/t-{uuid.uuid4().hex[:8]}/"
+
+
+needs_mariadb = pytest.mark.skipif(mariadb_binaries() is None,
+                                   reason="mariadb-server is not installed (.ci/run installs it)")
+
+
+def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def run_cli(*args, env=None, timeout=180):
+    """Run the real CLI in a child process; returns CompletedProcess with text output."""
+    full_env = {**os.environ, "KINELAB_PROGRESS": "0", **(env or {})}
+    return subprocess.run([*KINELAB, *map(str, args)], capture_output=True, text=True, env=full_env,
+                          timeout=timeout, cwd=REPO)
+
+
+def lab_pids(manifest: dict) -> list:
+    from kinelab.provision.lab import manifest_records
+
+    return [r.pid for r in manifest_records(manifest)]
+
+
+def all_gone(pids, timeout_s: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False

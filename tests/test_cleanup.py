@@ -1,0 +1,106 @@
+"""Nothing stays running: after `with`, after an error, after Ctrl-C, after SIGKILL of the owner, after `down`."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import psutil
+import pytest
+
+import kinelab as kl
+from conftest import REPO, all_gone, lab_pids, run_cli, wait_until
+from kinelab.errors import ProcessError
+from kinelab.provision.lab import read_manifest
+
+
+def test_with_block_stops_every_process(kine, tmp_path):
+    with kl.Lab(replicas=2, datastore="postgres", dir=tmp_path / "lab") as lab:
+        pids = lab_pids(lab.manifest)
+        assert len(pids) == 3 and all(psutil.pid_exists(p) for p in pids)
+    assert all_gone(pids)
+    assert read_manifest(tmp_path / "lab")["state"] == "stopped"
+
+
+def test_an_error_inside_the_with_block_still_stops_everything(kine, tmp_path):
+    with pytest.raises(RuntimeError):
+        with kl.Lab(replicas=1, datastore="sqlite", dir=tmp_path / "lab") as lab:
+            pids = lab_pids(lab.manifest)
+            raise RuntimeError("boom")
+    assert all_gone(pids)
+
+
+def test_a_replica_that_fails_to_start_reports_its_log_and_leaves_nothing(kine, tmp_path):
+    lab = kl.Lab(replicas=2, datastore="postgres", dir=tmp_path / "lab",
+                 replica_args=[{}, {"compact-interval": "not-a-duration"}])
+    with pytest.raises(ProcessError, match="kine-1 exited") as failure:
+        lab.start()
+    assert "not-a-duration" in str(failure.value)  # the tail of Kine's own log explains why
+    assert all_gone(lab_pids(read_manifest(tmp_path / "lab")))
+
+
+def test_a_temporary_lab_directory_is_removed_with_the_lab(kine):
+    with kl.Lab(replicas=1, datastore="sqlite") as lab:
+        directory = lab.dir
+        assert (directory / "lab.json").exists()
+    assert not directory.exists()
+
+
+OWNER = textwrap.dedent("""
+    import sys, time, kinelab as kl
+    with kl.Lab(replicas=2, datastore="postgres", dir=sys.argv[1]) as lab:
+        print("ready", flush=True)
+        time.sleep(300)
+""")
+
+
+def _start_owner(lab_dir):
+    proc = subprocess.Popen([sys.executable, "-c", OWNER, str(lab_dir)], stdout=subprocess.PIPE, text=True,
+                            cwd=REPO, env={**os.environ, "KINELAB_PROGRESS": "0"})
+    assert proc.stdout.readline().strip() == "ready"
+    return proc, lab_pids(read_manifest(lab_dir))
+
+
+def test_sigkill_of_the_owning_python_process_is_cleaned_up_by_the_reaper(kine, tmp_path):
+    proc, pids = _start_owner(tmp_path / "lab")
+    proc.kill()
+    proc.wait()
+    assert all_gone(pids, timeout_s=20), "the reaper did not stop the lab after its owner died"
+    wait_until(lambda: read_manifest(tmp_path / "lab")["state"] == "stopped", what="the reaper to record the stop")
+
+
+def test_ctrl_c_in_the_owning_python_process_stops_the_lab(kine, tmp_path):
+    proc, pids = _start_owner(tmp_path / "lab")
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    assert all_gone(pids)
+
+
+def test_cli_up_keeps_running_until_down(kine, tmp_path):
+    lab_dir = tmp_path / "cli-lab"
+    up = run_cli("up", "--replicas", 2, "--datastore", "postgres", "--dir", lab_dir, "--json")
+    assert up.returncode == 0, up.stderr
+    described = json.loads(up.stdout)
+    assert [r["index"] for r in described["replicas"]] == [0, 1]
+    assert described["datastore"]["kind"] == "postgres" and "****" in described["datastore"]["dsn"]
+    assert described["kine_version"] == kl.KINE_VERSION
+    pids = lab_pids(read_manifest(lab_dir))
+    assert all(psutil.pid_exists(p) for p in pids)  # the lab outlived the `up` command
+    with kl.Etcd(described["replicas"][1]["endpoint"]) as client:
+        assert client.create("/registry/configmaps/default/x", b"x").succeeded
+    again = run_cli("up", "--replicas", 2, "--dir", lab_dir)
+    assert again.returncode == 2 and "already running" in again.stderr
+    down = run_cli("down", "--dir", lab_dir)
+    assert down.returncode == 0, down.stderr
+    assert all_gone(pids)
+    status = json.loads(run_cli("status", "--dir", lab_dir, "--json").stdout)
+    assert [r["alive"] for r in status["replicas"]] == [False, False]
+    assert run_cli("down", "--dir", lab_dir).returncode == 0  # stopping a stopped lab is harmless
+    restarted = run_cli("up", "--replicas", 2, "--datastore", "postgres", "--dir", lab_dir, "--json")
+    assert restarted.returncode == 0, restarted.stderr
+    with kl.Etcd(json.loads(restarted.stdout)["replicas"][0]["endpoint"]) as client:
+        assert client.get("/registry/configmaps/default/x").value == b"x"  # same data, nothing lost
+    assert run_cli("down", "--dir", lab_dir, "--purge").returncode == 0
+    assert not lab_dir.exists()
