@@ -163,6 +163,106 @@ def cmd_capture(args) -> int:
     return 0
 
 
+def _lab(args):
+    from .provision.lab import Lab
+
+    lab = Lab.attach(_dir(args))
+    if lab.manifest.get("state") != "running":
+        raise UsageError(f"the lab in {lab.dir} is not running; start it with `kinelab up --dir {lab.dir}`")
+    return lab
+
+
+def _spread(value: str):
+    return int(value) if value.isdigit() else value
+
+
+def _print_lag(summary: dict) -> None:
+    table = Table("observer", "writes from", "events", "p50 ms", "p99 ms", "max ms", box=None,
+                  title=f"watch lag (run {summary['run_id']}, {summary['writes']} writes, "
+                        f"{summary['write_rate']}/s)")
+    for row in summary["lag"]:
+        table.add_row(str(row["observer"]), row["locality"], str(row["events"]), f"{row['p50_ms']:.1f}",
+                      f"{row['p99_ms']:.1f}", f"{row['max_ms']:.1f}")
+    out.print(table)
+    out.print(f"missed revisions per observer: {summary['missed'] or 'none'}; cancelled watches: "
+              f"{summary['cancelled'] or 'none'}; idle probe CPU {summary['idle_probe_cpu_pct']}%")
+
+
+def cmd_load(args) -> int:
+    from .observe.runs import load
+
+    summary = load(_lab(args), args.out, mix=args.mix, rate=args.rate, duration_s=args.duration, ops=args.ops,
+                   spread=_spread(args.spread), workers=args.workers, seed=args.seed)
+    if args.json:
+        _print_json(summary)
+    else:
+        out.print(f"run {summary['run_id']}: {summary['writes']} writes ({summary['write_rate']}/s), "
+                  f"{summary['lists']} lists, {summary['errors']} errors, {summary['conflict_retries']} conflict "
+                  f"retries -> {args.out} (tables writes, load_errors, kine_metrics; snapshot "
+                  f"{summary['snapshot_id']})")
+    return 0 if not summary["errors"] else 1
+
+
+def cmd_watchlag(args) -> int:
+    from .observe.runs import watch_lag
+
+    summary = watch_lag(_lab(args), args.out, mix=args.mix, rate=args.rate, duration_s=args.duration,
+                        spread=_spread(args.spread), workers=args.workers, seed=args.seed, prefix=args.prefix)
+    if args.json:
+        _print_json(summary)
+    else:
+        _print_lag(summary)
+    return 1 if summary["missed"] or summary["cancelled"] else 0
+
+
+def cmd_compaction(args) -> int:
+    from .observe.runs import compaction
+
+    summary = compaction(_lab(args), args.out, method=args.method, duration_s=args.duration,
+                         sample_every_s=args.sample_every, compact_every_s=args.compact_every, mix=args.mix,
+                         rate=args.rate, seed=args.seed)
+    if args.json:
+        _print_json(summary)
+    else:
+        out.print(f"run {summary['run_id']} ({args.method}): compact revision {summary['compact_revision']} of "
+                  f"{summary['current_revision']}; rows {summary['rows_first']} -> {summary['rows_last']}; bytes "
+                  f"{summary['bytes_first']} -> {summary['bytes_last']}; stalled: {summary['stalled']}; "
+                  f"compacted-read checks: {summary['checks'] or 'none (nothing compacted)'}")
+    return 1 if not all(summary["checks"].values()) else 0
+
+
+def cmd_check(args) -> int:
+    from .observe.check import check
+
+    if args.endpoints:
+        endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
+        dsn = Dsn.parse(args.dsn) if args.dsn else None
+    else:
+        lab = _lab(args)
+        endpoints, dsn = lab.endpoints, lab.dsn
+    report = check(endpoints, dsn, prefix=args.prefix, baseline=args.baseline)
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        table = Table("source", "revision", "keys", "hash", "error", box=None,
+                      title=f"keyspace {report.prefix!r} at revision {report.revision}")
+        for view in report.views:
+            table.add_row(view.source, str(view.revision), str(len(view.keys)), view.digest, view.error)
+        out.print(table)
+        for item in report.divergent[:20]:
+            out.print(f"[red]divergent[/] {item['key']}: " + "; ".join(
+                f"{k}={v}" for k, v in item.items() if k != "key"))
+        for item in report.history_breaks[:20]:
+            out.print(f"[red]history break[/] row {item['id']} ({item['name']}) no longer matches the old_value "
+                      f"of row {item['successor']}: changed behind Kine's back")
+        for item in report.changed_rows[:20]:
+            out.print(f"[red]changed since the baseline[/] row {item['id']} ({item['name']})")
+        out.print("[green]consistent[/]" if report.consistent else
+                  f"[red]NOT consistent[/]: {len(report.divergent)} divergent keys, {len(report.history_breaks)} "
+                  f"history breaks, {len(report.changed_rows)} changed rows")
+    return 0 if report.consistent else 1
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -221,6 +321,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sqlite", help="capture a Kine SQLite file, read-only")
     p.add_argument("--out", required=True, help="DuckDB file to create or append to")
     p.add_argument("--incremental", action="store_true", help="store only rows new since the previous snapshot")
+    p.add_argument("--json", action="store_true")
+
+    def run_flags(p, rate, duration):
+        lab_dir(p)
+        p.add_argument("--out", required=True, help="DuckDB file for the results (and a capture of the table)")
+        p.add_argument("--mix", default="configmaps", choices=["configmaps", "heartbeat", "events"])
+        p.add_argument("--rate", type=float, default=rate, help="target operations per second (0: flat out)")
+        p.add_argument("--duration", type=float, default=duration, help="seconds")
+        p.add_argument("--seed", type=int, default=1)
+        p.add_argument("--json", action="store_true")
+
+    p = add("load", cmd_load, "drive a Kubernetes-shaped mix through the lab; record every acknowledged write")
+    run_flags(p, None, 10.0)
+    p.add_argument("--ops", type=int, help="stop after this many operations instead of --duration")
+    p.add_argument("--spread", default="round-robin", help="round-robin, random, or a replica index to pin to")
+    p.add_argument("--workers", type=int, default=1, help="concurrent writers")
+
+    p = add("watchlag", cmd_watchlag, "load the lab while every replica watches; lag per event and replica")
+    run_flags(p, 50.0, 10.0)
+    p.add_argument("--spread", default="round-robin", help="round-robin, random, or a replica index to pin to")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--prefix", default="/registry/")
+
+    p = add("compaction", cmd_compaction, "load while compacting; record the compaction timeline")
+    run_flags(p, 100.0, 30.0)
+    p.add_argument("--method", default="explicit", choices=["interval", "explicit", "none"],
+                   help="interval: Kine's --compact-interval; explicit: apiserver-style Compact calls; none")
+    p.add_argument("--sample-every", type=float, default=3.0, help="seconds between captures")
+    p.add_argument("--compact-every", type=float, default=10.0, help="seconds between apiserver-style compactions")
+
+    p = add("check", cmd_check, "compare every replica and the table at one revision (exit 1 on divergence)")
+    lab_dir(p)
+    p.add_argument("--endpoints", help="h:p,h:p instead of a lab")
+    p.add_argument("--dsn", help="with --endpoints: the datastore to compare against")
+    p.add_argument("--prefix", default="/")
+    p.add_argument("--baseline", help="an earlier capture: report rows changed since")
     p.add_argument("--json", action="store_true")
 
     p = add("demo", cmd_demo, "3 replicas on embedded Postgres, a seeded burst of writes, a capture, a summary")

@@ -87,3 +87,18 @@ def read_only_connection(dsn: Dsn):
             conn.rollback()
         finally:
             conn.close()
+
+
+def table_bytes(dsn: Dsn) -> int:
+    """The kine table's size as the database itself reports it (Postgres: table, indexes and TOAST;
+    MySQL: InnoDB's data + index estimate; SQLite: the whole file's pages)."""
+    query = {"postgres": "SELECT pg_total_relation_size('kine')",
+             "mysql": "SELECT data_length + index_length FROM information_schema.tables "
+                      "WHERE table_schema = DATABASE() AND table_name = 'kine'",
+             "sqlite": "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"}[dsn.kind]
+    with read_only_connection(dsn) as conn:
+        cur = conn.cursor()
+        cur.execute(query)
+        value = cur.fetchall()[0][0]
+        cur.close()
+    return int(value or 0)

@@ -191,6 +191,17 @@ class Etcd:
         """Kine's lease id IS the TTL in seconds."""
         return self._call(self._lease.LeaseGrant, etcdrpc.LeaseGrantRequest(TTL=ttl_s), "lease grant").ID
 
+    def compact_txn(self, version: int, value: bytes) -> TxnResult:
+        """kube-apiserver's compaction bookkeeping: Txn(VERSION(compact_rev_key) == version, [Put], failure
+        [Range]). Kine stores it under compact_rev_key_apiserver. On failure `current.version` is the
+        version another apiserver moved it to."""
+        key = b"compact_rev_key"
+        compare = [etcdrpc.Compare(key=key, target=etcdrpc.Compare.VERSION, result=etcdrpc.Compare.EQUAL,
+                                   version=version)]
+        put = etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key, value=_b(value)))
+        get = etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=key))
+        return self._txn(compare, [put], [get], f"compact txn on {self.endpoint}")
+
     def compact(self, revision: int) -> int:
         response = self._call(self._kv.Compact, etcdrpc.CompactionRequest(revision=revision), "compact")
         return response.header.revision

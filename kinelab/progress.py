@@ -1,4 +1,4 @@
-"""Progress bars shared by every long step (start-up, capture, builds). Rich renders them in a terminal
+"""Progress bars shared by every long step (start-up, capture, load). Rich renders them in a terminal
 and in Jupyter alike; KINELAB_PROGRESS=0 or a non-interactive pipe keeps logs clean."""
 
 from __future__ import annotations
@@ -13,7 +13,11 @@ console = Console(stderr=True)
 
 
 def enabled() -> bool:
-    return os.environ.get("KINELAB_PROGRESS", "1") != "0"
+    """On in a terminal and in Jupyter; off in pipes and CI logs, or with KINELAB_PROGRESS=0."""
+    setting = os.environ.get("KINELAB_PROGRESS", "auto")
+    if setting in ("0", "1"):
+        return setting == "1"
+    return console.is_terminal or console.is_jupyter
 
 
 @contextmanager

@@ -104,7 +104,7 @@ def test_capture_into_a_file_from_a_different_source_is_refused_without_damage(t
     _sqlite_with_kine_table(second)
     assert run_cli("capture", "--sqlite", first, "--out", out).returncode == 0
     before = out.read_bytes()
-    assert_one_line_error(run_cli("capture", "--sqlite", second, "--out", out), "holds captures of", "another --out")
+    assert_one_line_error(run_cli("capture", "--sqlite", second, "--out", out), "holds data of", "another --out")
     con = kl.open_capture(out)
     assert con.execute("SELECT count(*) FROM snapshots").fetchone()[0] == 1
     con.close()

@@ -1,22 +1,36 @@
-"""Kubernetes-shaped writes through Kine, the way kube-apiserver issues them.
+"""Kubernetes-shaped load through Kine, written the way kube-apiserver writes.
 
-Keys follow /registry/<resource>/<namespace>/<name>; creates are Txn(MOD == 0), updates Txn(MOD == rev)
-with a retry on conflict, deletes Txn(MOD == rev). Values are protobuf envelopes like the apiserver's.
-Events and master leases carry TTL leases (Kine's lease id is the TTL in seconds).
+Keys follow /registry/<resource>/<namespace>/<name>. Creates are Txn(MOD == 0); updates are
+Txn(MOD == known revision) and, like the apiserver's GuaranteedUpdate, retry from the current value the
+failed Txn returns; deletes are Txn(MOD == revision). Values are protobuf envelopes of realistic sizes.
+Events carry a TTL lease (Kine's lease id is the TTL in seconds), renewed once a minute like the
+apiserver's lease manager.
+
+Mixes:
+  configmaps  Kine's own load test: 20% create, 50% update, 20% delete, 10% list
+  heartbeat   N nodes renewing their Lease in kube-node-lease every 10 s, as kubelets do
+  events      an event storm: 80% new events with TTL leases, 20% updates of recent ones
 """
 
 from __future__ import annotations
 
+import itertools
 import random
+import threading
 import time
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence, Union
 
+from .. import progress
+from ..clock import Clock
+from ..errors import EtcdError, UsageError
 from ..etcd import Etcd
 from ..k8s import encode_object
 
 EVENT_TTL_S = 3660  # --event-ttl 1h plus the lease manager's 60 s reuse window
+LEASE_REUSE_S = 60
 MASTERLEASE_TTL_S = 15
+NODE_LEASE_PERIOD_S = 10
 
 
 @dataclass(frozen=True)
@@ -25,86 +39,329 @@ class Write:
     op: str  # create | update | delete
     revision: int
     replica: int
-    wall_time: float  # time.time() when the write was acknowledged
+    t_commit: float  # Clock.now() when the write was acknowledged
     latency_ms: float
     conflicts: int = 0
+    worker: int = 0
+
+
+@dataclass(frozen=True)
+class LoadError:
+    t: float
+    replica: int
+    op: str
+    key: str
+    error: str
+    code: str
+
+
+@dataclass
+class LoadResult:
+    mix: str
+    writes: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+    lists: int = 0
+    duration_s: float = 0.0
+    params: dict = field(default_factory=dict)
+
+    @property
+    def write_rate(self) -> float:
+        return len(self.writes) / self.duration_s if self.duration_s else 0.0
 
 
 class Writer:
-    """Issues apiserver-shaped writes over a set of replicas and records every acknowledged one."""
+    """Issues apiserver-shaped operations on chosen replicas and records what was acknowledged."""
 
-    def __init__(self, clients: Sequence[Etcd], seed: int = 1):
+    def __init__(self, clients: Sequence[Etcd], clock: Optional[Clock] = None, worker: int = 0):
         self.clients = list(clients)
-        self.rng = random.Random(seed)
+        self.clock = clock or Clock()
+        self.worker = worker
         self.writes: list = []
-        self._turn = 0
+        self.errors: list = []
+        self.lists = 0
 
-    def _pick(self, replica):
-        if replica is None:
-            replica = self._turn % len(self.clients)
-            self._turn += 1
-        return replica, self.clients[replica]
-
-    def _record(self, key, op, result_revision, replica, t0, conflicts=0) -> Write:
-        now = time.time()
-        write = Write(key, op, result_revision, replica, now, (time.perf_counter() - t0) * 1000, conflicts)
+    def _ack(self, key, op, revision, replica, t0, conflicts=0) -> Write:
+        write = Write(key, op, revision, replica, self.clock.now(), (time.perf_counter() - t0) * 1000, conflicts,
+                      self.worker)
         self.writes.append(write)
         return write
 
-    def value(self, api_version: str, kind: str, size: int) -> bytes:
-        return encode_object(api_version, kind, self.rng.randbytes(size))
+    def _failed(self, replica, op, key, exc: EtcdError) -> None:
+        self.errors.append(LoadError(self.clock.now(), replica, op, key, str(exc), exc.code))
 
-    def create(self, key, value, *, lease_ttl_s: int = 0, replica=None):
-        replica, client = self._pick(replica)
+    def create(self, replica: int, key: str, value: bytes, *, lease: int = 0) -> Optional[Write]:
         t0 = time.perf_counter()
-        lease = client.lease_grant(lease_ttl_s) if lease_ttl_s else 0
-        result = client.create(key, value, lease=lease)
-        return self._record(key, "create", result.revision, replica, t0) if result.succeeded else None
+        try:
+            result = self.clients[replica].create(key, value, lease=lease)
+        except EtcdError as exc:
+            return self._failed(replica, "create", key, exc)
+        return self._ack(key, "create", result.revision, replica, t0) if result.succeeded else None
 
-    def update(self, key, make_value, *, replica=None, max_conflicts: int = 10):
-        """Read-modify-write with compare-and-swap; retries from the current revision on conflict."""
-        replica, client = self._pick(replica)
+    def update(self, replica: int, key: str, make_value: Callable[[], bytes], *, known_revision: int = 0,
+               max_conflicts: int = 10) -> Optional[Write]:
+        """Compare-and-swap from `known_revision` (read first when 0); on conflict retry from the value the
+        failed Txn returned, as the apiserver does."""
         t0 = time.perf_counter()
-        current = client.get(key)
-        for conflicts in range(max_conflicts + 1):
-            if current is None:
-                return None
-            result = client.update(key, make_value(), mod_revision=current.mod_revision, lease=current.lease)
-            if result.succeeded:
-                return self._record(key, "update", result.revision, replica, t0, conflicts)
-            current = result.current
+        client = self.clients[replica]
+        try:
+            revision, lease = known_revision, 0
+            if not revision:
+                current = client.get(key)
+                if current is None:
+                    return None
+                revision, lease = current.mod_revision, current.lease
+            for conflicts in range(max_conflicts + 1):
+                result = client.update(key, make_value(), mod_revision=revision, lease=lease)
+                if result.succeeded:
+                    return self._ack(key, "update", result.revision, replica, t0, conflicts)
+                if result.current is None:
+                    return None  # deleted meanwhile
+                revision, lease = result.current.mod_revision, result.current.lease
+        except EtcdError as exc:
+            return self._failed(replica, "update", key, exc)
         return None
 
-    def delete(self, key, *, replica=None):
-        replica, client = self._pick(replica)
+    def delete(self, replica: int, key: str, *, known_revision: int = 0) -> Optional[Write]:
         t0 = time.perf_counter()
-        current = client.get(key)
-        if current is None:
-            return None
-        result = client.delete(key, mod_revision=current.mod_revision)
-        return self._record(key, "delete", result.revision, replica, t0) if result.succeeded else None
+        client = self.clients[replica]
+        try:
+            revision = known_revision
+            if not revision:
+                current = client.get(key)
+                if current is None:
+                    return None
+                revision = current.mod_revision
+            result = client.delete(key, mod_revision=revision)
+            if not result.succeeded and result.current is not None:  # changed meanwhile: delete what is there
+                result = client.delete(key, mod_revision=result.current.mod_revision)
+        except EtcdError as exc:
+            return self._failed(replica, "delete", key, exc)
+        return self._ack(key, "delete", result.revision, replica, t0) if result.succeeded else None
+
+    def list(self, replica: int, prefix: str, limit: int = 500) -> None:
+        try:
+            self.clients[replica].range_prefix(prefix, limit=limit)
+            self.lists += 1
+        except EtcdError as exc:
+            self._failed(replica, "list", prefix, exc)
+
+
+class Mix:
+    """One worker's share of a named mix: `step` performs one operation on the given replica."""
+
+    name = ""
+
+    def __init__(self, rng: random.Random, worker: int, workers: int, **options):
+        self.rng, self.worker, self.workers = rng, worker, workers
+
+    def value(self, api_version: str, kind: str, low: int, high: int) -> bytes:
+        return encode_object(api_version, kind, self.rng.randbytes(self.rng.randint(low, high)))
+
+    def step(self, writer: Writer, replica: int) -> None:
+        raise NotImplementedError
+
+
+class ConfigMapMix(Mix):
+    name = "configmaps"
+    namespaces = ("default", "kube-system", "team-a")
+
+    def __init__(self, rng, worker, workers, **options):
+        super().__init__(rng, worker, workers)
+        self.live: dict = {}  # key -> mod revision this worker last saw
+        self.serial = itertools.count()
+
+    def _new_value(self) -> bytes:
+        return self.value("v1", "ConfigMap", 500, 2000)
+
+    def step(self, writer, replica):
+        roll = self.rng.random()
+        if roll < 0.2 or not self.live:
+            ns = self.rng.choice(self.namespaces)
+            key = f"/registry/configmaps/{ns}/load-w{self.worker}-{next(self.serial):06d}"
+            done = writer.create(replica, key, self._new_value())
+            if done:
+                self.live[key] = done.revision
+        elif roll < 0.7:
+            key = self.rng.choice(list(self.live))
+            done = writer.update(replica, key, self._new_value, known_revision=self.live[key])
+            if done:
+                self.live[key] = done.revision
+            else:
+                self.live.pop(key, None)
+        elif roll < 0.9:
+            key = self.rng.choice(list(self.live))
+            writer.delete(replica, key, known_revision=self.live.pop(key))
+        else:
+            writer.list(replica, f"/registry/configmaps/{self.rng.choice(self.namespaces)}/")
+
+
+class HeartbeatMix(Mix):
+    name = "heartbeat"
+
+    def __init__(self, rng, worker, workers, nodes: int = 50, **options):
+        super().__init__(rng, worker, workers)
+        self.nodes = [f"/registry/leases/kube-node-lease/node-{n:04d}" for n in range(worker, nodes, workers)]
+        self.revisions: dict = {}
+        self.turn = itertools.cycle(self.nodes)
+
+    def step(self, writer, replica):
+        if not self.nodes:
+            return
+        key = next(self.turn)
+        lease = lambda: self.value("coordination.k8s.io/v1", "Lease", 200, 300)  # noqa: E731
+        if key not in self.revisions:
+            done = writer.create(replica, key, lease()) or writer.update(replica, key, lease)
+        else:
+            done = writer.update(replica, key, lease, known_revision=self.revisions[key])
+        if done:
+            self.revisions[key] = done.revision
+
+
+class EventStormMix(Mix):
+    name = "events"
+    namespaces = ("default", "kube-system", "team-a")
+
+    def __init__(self, rng, worker, workers, event_ttl_s: int = EVENT_TTL_S, **options):
+        super().__init__(rng, worker, workers)
+        self.ttl = event_ttl_s
+        self.lease, self.lease_granted = 0, float("-inf")
+        self.recent: list = []
+        self.serial = itertools.count()
+
+    def step(self, writer, replica):
+        if self.recent and self.rng.random() < 0.2:
+            key, revision = self.rng.choice(self.recent)
+            done = writer.update(replica, key, lambda: self.value("v1", "Event", 300, 700), known_revision=revision)
+            if done:
+                self.recent[self.recent.index((key, revision))] = (key, done.revision)
+            return
+        if time.monotonic() - self.lease_granted > LEASE_REUSE_S:
+            try:
+                self.lease, self.lease_granted = writer.clients[replica].lease_grant(self.ttl), time.monotonic()
+            except EtcdError as exc:
+                return writer._failed(replica, "lease", "", exc)
+        ns = self.rng.choice(self.namespaces)
+        key = f"/registry/events/{ns}/pod-{self.rng.randrange(1000):03d}.w{self.worker}e{next(self.serial):07d}"
+        done = writer.create(replica, key, self.value("v1", "Event", 300, 700), lease=self.lease)
+        if done:
+            self.recent = (self.recent + [(key, done.revision)])[-50:]
+
+
+MIXES = {mix.name: mix for mix in (ConfigMapMix, HeartbeatMix, EventStormMix)}
+
+Spread = Union[str, int]
+
+
+def _replica_picker(spread: Spread, replicas: int, seed: int) -> Callable[[int], int]:
+    if isinstance(spread, int) or (isinstance(spread, str) and spread.isdigit()):
+        pinned = int(spread)
+        if not 0 <= pinned < replicas:
+            raise UsageError(f"cannot pin load to replica {pinned}: the lab has replicas 0..{replicas - 1}")
+        return lambda i: pinned
+    if spread == "round-robin":
+        return lambda i: i % replicas
+    if spread == "random":
+        rng, lock = random.Random(seed ^ 0x5EED), threading.Lock()
+
+        def pick(i):
+            with lock:
+                return rng.randrange(replicas)
+        return pick
+    raise UsageError(f"unknown spread {spread!r}: use round-robin, random, or a replica index")
+
+
+def run_load(clients: Sequence[Etcd], mix: str = "configmaps", *, rate: Optional[float] = None,
+             duration_s: Optional[float] = None, ops: Optional[int] = None, spread: Spread = "round-robin",
+             workers: int = 1, seed: int = 1, clock: Optional[Clock] = None, stop: Optional[threading.Event] = None,
+             **mix_options) -> LoadResult:
+    """Run `mix` at `rate` ops/s (None: flat out) for `duration_s` seconds or `ops` operations,
+    spreading operations over `clients`. Every acknowledged write and every error is recorded."""
+    if mix not in MIXES:
+        raise UsageError(f"unknown mix {mix!r}: choose one of {', '.join(MIXES)}")
+    if rate is not None and rate <= 0:
+        raise UsageError("--rate must be positive (leave it out to write flat out)")
+    if mix == "heartbeat" and rate is None:
+        rate = mix_options.get("nodes", 50) / NODE_LEASE_PERIOD_S
+    if duration_s is None and ops is None:
+        duration_s = 10.0
+    clock = clock or Clock()
+    stop = stop or threading.Event()
+    pick = _replica_picker(spread, len(clients), seed)
+    counter, lock = itertools.count(), threading.Lock()
+    writers = [Writer(clients, clock, worker) for worker in range(workers)]
+    mixes = [MIXES[mix](random.Random(seed * 1000 + w), w, workers, **mix_options) for w in range(workers)]
+    started = time.perf_counter()
+    deadline = started + duration_s if duration_s else float("inf")
+
+    def work(worker: int) -> None:
+        while not stop.is_set():
+            with lock:
+                i = next(counter)
+            if ops is not None and i >= ops:
+                return
+            if rate:
+                delay = started + i / rate - time.perf_counter()
+                if delay > 0:
+                    stop.wait(delay)
+            if time.perf_counter() >= deadline or stop.is_set():
+                return
+            mixes[worker].step(writers[worker], pick(i))
+
+    threads = [threading.Thread(target=work, args=(w,), name=f"kinelab-load-{w}", daemon=True)
+               for w in range(workers)]
+    total = ops if ops is not None else duration_s
+    with progress.bar(f"{mix} load", total=total) as advance:
+        for thread in threads:
+            thread.start()
+        done = 0.0
+        try:
+            while any(t.is_alive() for t in threads):
+                time.sleep(0.2)
+                now = sum(len(w.writes) for w in writers) if ops is not None else \
+                    min(duration_s, time.perf_counter() - started)
+                advance(now - done)
+                done = now
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            for thread in threads:
+                thread.join()
+    result = LoadResult(mix, sorted((w for wr in writers for w in wr.writes), key=lambda w: w.revision),
+                        sorted((e for wr in writers for e in wr.errors), key=lambda e: e.t),
+                        sum(w.lists for w in writers), time.perf_counter() - started,
+                        {"mix": mix, "rate": rate, "duration_s": duration_s, "ops": ops, "spread": spread,
+                         "workers": workers, "seed": seed, **mix_options})
+    return result
 
 
 def burst(clients: Sequence[Etcd], *, configmaps: int = 30, nodes: int = 5, events: int = 20, seed: int = 1) -> list:
     """A short seeded burst touching the usual resources, spread round-robin over the replicas.
-    Used by `kinelab demo`; returns every acknowledged `Write`."""
-    writer = Writer(clients, seed)
-    namespaces = ["default", "kube-system", "team-a"]
+    Used by `kinelab demo` and the first notebook; returns every acknowledged `Write`."""
+    rng = random.Random(seed)
+    writer = Writer(clients)
+    turn = itertools.cycle(range(len(clients)))
+    value = lambda api, kind, low, high: encode_object(api, kind, rng.randbytes(rng.randint(low, high)))  # noqa: E731
+    namespaces = ConfigMapMix.namespaces
     cm_keys = [f"/registry/configmaps/{namespaces[i % 3]}/cm-{i:04d}" for i in range(configmaps)]
     for key in cm_keys:
-        writer.create(key, writer.value("v1", "ConfigMap", writer.rng.randint(200, 2000)))
-    for key in writer.rng.sample(cm_keys, configmaps // 2):
-        writer.update(key, lambda: writer.value("v1", "ConfigMap", writer.rng.randint(200, 2000)))
-    for key in writer.rng.sample(cm_keys, configmaps // 5):
-        writer.delete(key)
+        writer.create(next(turn), key, value("v1", "ConfigMap", 200, 2000))
+    for key in rng.sample(cm_keys, configmaps // 2):
+        writer.update(next(turn), key, lambda: value("v1", "ConfigMap", 200, 2000))
+    for key in rng.sample(cm_keys, configmaps // 5):
+        writer.delete(next(turn), key)
     for n in range(nodes):
         key = f"/registry/leases/kube-node-lease/node-{n:03d}"
-        writer.create(key, writer.value("coordination.k8s.io/v1", "Lease", 250))
-        writer.update(key, lambda: writer.value("coordination.k8s.io/v1", "Lease", 250))
-        writer.create(f"/registry/minions/node-{n:03d}", writer.value("v1", "Node", writer.rng.randint(3000, 6000)))
+        writer.create(next(turn), key, value("coordination.k8s.io/v1", "Lease", 250, 250))
+        writer.update(next(turn), key, lambda: value("coordination.k8s.io/v1", "Lease", 250, 250))
+        writer.create(next(turn), f"/registry/minions/node-{n:03d}", value("v1", "Node", 3000, 6000))
     for e in range(events):
-        writer.create(f"/registry/events/{writer.rng.choice(namespaces)}/cm-{e:04d}.{writer.rng.getrandbits(40):x}",
-                      writer.value("v1", "Event", writer.rng.randint(300, 700)), lease_ttl_s=EVENT_TTL_S)
-    writer.create("/registry/masterleases/127.0.0.1", writer.value("v1", "Endpoints", 120),
-                  lease_ttl_s=MASTERLEASE_TTL_S)
+        replica = next(turn)
+        writer.create(replica, f"/registry/events/{rng.choice(namespaces)}/cm-{e:04d}.{rng.getrandbits(40):x}",
+                      value("v1", "Event", 300, 700), lease=clients[replica].lease_grant(EVENT_TTL_S))
+    replica = next(turn)
+    writer.create(replica, "/registry/masterleases/127.0.0.1", value("v1", "Endpoints", 120, 120),
+                  lease=clients[replica].lease_grant(MASTERLEASE_TTL_S))
+    if writer.errors:  # a demo burst on a healthy lab has none: surface the first instead of hiding it
+        raise EtcdError(writer.errors[0].error, writer.errors[0].code)
     return writer.writes

@@ -25,7 +25,7 @@ from ..db import read_only_connection
 from ..dsn import Dsn
 from ..errors import CaptureError, DatastoreError
 from ..k8s import decode_value
-from .store import ensure_schema
+from .store import open_store
 
 COLUMNS = ("id", "name", "created", "deleted", "create_revision", "prev_revision", "lease", "value", "old_value")
 ROW_SCHEMA = pa.schema([("id", pa.int64()), ("name", pa.string()), ("created", pa.int32()),
@@ -116,21 +116,6 @@ class KineTable:
             cur.close()
 
 
-def _open_capture(out: Path):
-    try:
-        con = duckdb.connect(str(out))
-    except duckdb.IOException as exc:
-        if "lock" in str(exc).lower():
-            raise CaptureError(f"{out} is open in another process (another capture?); wait for it or use "
-                               "another --out") from None
-        raise CaptureError(f"{out} is not a readable DuckDB file ({str(exc).splitlines()[0]}); "
-                           "move it away or choose another --out") from None
-    except duckdb.Error as exc:
-        raise CaptureError(f"{out} is not a readable DuckDB file ({str(exc).splitlines()[0]}); "
-                           "move it away or choose another --out") from None
-    return con
-
-
 def open_capture(path: str | Path, read_only: bool = True):
     """Open a capture file for analysis (read-only by default), refusing files that are not captures."""
     path = Path(path)
@@ -157,68 +142,76 @@ def _to_arrow(batch: list, snapshot_id: int) -> tuple:
     return rows, decoded_table
 
 
+def as_dsn(source: Dsn | str | Path) -> Dsn:
+    """A Dsn from a Dsn, a DSN string, or the path of a Kine SQLite file."""
+    if isinstance(source, Dsn):
+        return source
+    return Dsn.parse(str(source)) if "://" in str(source) else Dsn.sqlite(Path(source))
+
+
 def capture(source: Dsn | str | Path, out: str | Path, *, incremental: bool = False) -> Snapshot:
     """Append one snapshot of `source` (a Dsn, a DSN string, or a SQLite path) to the DuckDB file `out`."""
-    dsn = source if isinstance(source, Dsn) else (Dsn.parse(source) if "://" in str(source)
-                                                  else Dsn.sqlite(Path(source)))
-    out = Path(out).expanduser().resolve()
-    if not out.parent.is_dir():
-        raise CaptureError(f"directory {out.parent} does not exist; create it or choose another --out")
-    started = time.monotonic()
-    con = _open_capture(out)
+    dsn = as_dsn(source)
+    con = open_store(out)
     try:
-        ensure_schema(con)
-        known = con.execute("SELECT value FROM capture_meta WHERE key = 'source'").fetchone()
-        if known and known[0] != dsn.identity:
-            raise CaptureError(f"{out} holds captures of {known[0]}, not {dsn.identity}; use another --out")
-        previous = con.execute("SELECT snapshot_id, max_id FROM snapshots ORDER BY snapshot_id DESC LIMIT 1") \
-            .fetchone()
-        mode = "incremental" if incremental and previous else "full"
-        snapshot_id = (previous[0] + 1) if previous else 1
-        with read_only_connection(dsn) as conn:
-            table = KineTable(dsn, conn)
-            table.check_exists()
-            max_id, compact, count = table.stats()
-            con.begin()
-            try:
-                removed = 0
-                if mode == "incremental":
-                    present = pa.table({"id": table.ids_up_to(previous[1])})
-                    con.register("present_ids", present)
-                    con.execute("""CREATE TEMP TABLE known AS SELECT id FROM kine_at(?)""", [previous[0]])
-                    removed = con.execute("""INSERT INTO kine_removed SELECT ?, id FROM known
-                                             WHERE id NOT IN (SELECT id FROM present_ids)""",
-                                          [snapshot_id]).fetchone()[0]
-                    appeared = [r[0] for r in con.execute(
-                        "SELECT id FROM present_ids WHERE id NOT IN (SELECT id FROM known) ORDER BY id").fetchall()]
-                    con.execute("DROP TABLE known")
-                    con.unregister("present_ids")
-                    # compact_rev_key is the one row Kine updates in place, so it is always re-read.
-                    queries = [(f"id > {table.placeholder} OR name = 'compact_rev_key'", (previous[1],))]
-                    queries += [(f"id IN ({', '.join([table.placeholder] * len(chunk))})", tuple(chunk))
-                                for chunk in (appeared[i:i + ID_CHUNK] for i in range(0, len(appeared), ID_CHUNK))]
-                    expected = max(0, count - len(present)) + len(appeared) + 1
-                else:
-                    queries = [("1 = 1", ())]
-                    expected = count
-                stored = 0
-                with progress.bar(f"capturing {dsn.masked}", total=expected) as advance:
-                    for where, params in queries:
-                        for batch in table.rows(where, params):
-                            rows, decoded = _to_arrow(batch, snapshot_id)
-                            con.execute("INSERT INTO kine_rows SELECT ?, * FROM rows", [snapshot_id])
-                            con.execute("INSERT INTO kine_decoded SELECT ?, * FROM decoded", [snapshot_id])
-                            stored += len(batch)
-                            advance(len(batch))
-                duration = time.monotonic() - started
-                con.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            [snapshot_id, datetime.now(timezone.utc), dsn.masked, max_id, compact, count, mode,
-                             stored, duration])
-                con.execute("INSERT OR REPLACE INTO capture_meta VALUES ('source', ?)", [dsn.identity])
-                con.commit()
-            except BaseException:
-                con.rollback()
-                raise
-        return Snapshot(snapshot_id, mode, max_id, compact, count, stored, int(removed), duration, str(out))
+        return capture_into(con, dsn, incremental=incremental)
     finally:
         con.close()
+
+
+def capture_into(con, dsn: Dsn, *, incremental: bool = False) -> Snapshot:
+    """Append one snapshot of `dsn` through an open kinelab DuckDB connection, in one transaction."""
+    started = time.monotonic()
+    out = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()[0][0]
+    known = con.execute("SELECT value FROM capture_meta WHERE key = 'source'").fetchall()
+    if known and known[0][0] != dsn.identity:
+        raise CaptureError(f"{out} holds data of {known[0][0]}, not {dsn.identity}; use another --out")
+    previous = con.execute("SELECT snapshot_id, max_id FROM snapshots ORDER BY snapshot_id DESC LIMIT 1").fetchall()
+    previous = previous[0] if previous else None
+    mode = "incremental" if incremental and previous else "full"
+    snapshot_id = (previous[0] + 1) if previous else 1
+    with read_only_connection(dsn) as conn:
+        table = KineTable(dsn, conn)
+        table.check_exists()
+        max_id, compact, count = table.stats()
+        con.begin()
+        try:
+            removed = 0
+            if mode == "incremental":
+                present = pa.table({"id": table.ids_up_to(previous[1])})
+                con.register("present_ids", present)
+                con.execute("CREATE TEMP TABLE known AS SELECT id FROM kine_at(?)", [previous[0]])
+                removed = con.execute("""INSERT INTO kine_removed SELECT ?, id FROM known
+                                         WHERE id NOT IN (SELECT id FROM present_ids)""",
+                                      [snapshot_id]).fetchall()[0][0]
+                appeared = [r[0] for r in con.execute(
+                    "SELECT id FROM present_ids WHERE id NOT IN (SELECT id FROM known) ORDER BY id").fetchall()]
+                con.execute("DROP TABLE known")
+                con.unregister("present_ids")
+                # compact_rev_key is the one row Kine updates in place, so it is always re-read.
+                queries = [(f"id > {table.placeholder} OR name = 'compact_rev_key'", (previous[1],))]
+                queries += [(f"id IN ({', '.join([table.placeholder] * len(chunk))})", tuple(chunk))
+                            for chunk in (appeared[i:i + ID_CHUNK] for i in range(0, len(appeared), ID_CHUNK))]
+                expected = max(0, count - len(present)) + len(appeared) + 1
+            else:
+                queries = [("1 = 1", ())]
+                expected = count
+            stored = 0
+            with progress.bar(f"capturing {dsn.masked}", total=expected) as advance:
+                for where, params in queries:
+                    for batch in table.rows(where, params):
+                        rows, decoded = _to_arrow(batch, snapshot_id)
+                        con.execute("INSERT INTO kine_rows SELECT ?, * FROM rows", [snapshot_id])
+                        con.execute("INSERT INTO kine_decoded SELECT ?, * FROM decoded", [snapshot_id])
+                        stored += len(batch)
+                        advance(len(batch))
+            duration = time.monotonic() - started
+            con.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [snapshot_id, datetime.now(timezone.utc), dsn.masked, max_id, compact, count, mode,
+                         stored, duration])
+            con.execute("INSERT OR REPLACE INTO capture_meta VALUES ('source', ?)", [dsn.identity])
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+    return Snapshot(snapshot_id, mode, max_id, compact, count, stored, int(removed), duration, str(out))

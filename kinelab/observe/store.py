@@ -13,6 +13,21 @@ Macro and views:
   kine_ops               kine_latest, one row per id, with op, resource, namespace, object_name, value_bytes,
                          encoding, api_version, kind
   kine_compacted         rows that a later snapshot found removed, with the snapshot that noticed
+
+Measurements (one `runs` row per load, watch-lag or compaction run; times are epoch seconds on the run's
+single clock):
+  runs(run_id, kind, started_at, duration_s, params, summary)           params and summary are JSON
+  writes(run_id, key, op, revision, replica, t_commit, latency_ms, conflicts, worker)   acknowledged writes
+  load_errors(run_id, t, replica, op, key, error, code)
+  watch_observers(run_id, observer, endpoint, prefix, start_revision, last_revision, events, progress_notifies,
+                  cancelled, cancel_reason, compact_revision)
+  watch_events(run_id, observer, writer, revision, key, type, t_commit, t_observed, lag_ms)
+  kine_metrics(run_id, t, replica, metric, labels, value)                 labels is JSON
+  compaction_timeline(run_id, t, method, snapshot_id, compact_revision, current_revision, rows_total,
+                      rows_superseded, rows_tombstones, rows_gap, table_bytes)
+  compaction_checks(run_id, t, check_name, revision, ok, detail)
+  watch_lag_summary      p50/p90/p99/max lag per run, observer and locality (same-replica / other-replica)
+  watch_missed           acknowledged writes under an observer's prefix that its watch never delivered
 """
 
 from __future__ import annotations
@@ -30,6 +45,29 @@ CREATE TABLE IF NOT EXISTS kine_rows (
 CREATE TABLE IF NOT EXISTS kine_removed (snapshot_id INTEGER, id BIGINT);
 CREATE TABLE IF NOT EXISTS kine_decoded (
     snapshot_id INTEGER, id BIGINT, encoding VARCHAR, api_version VARCHAR, kind VARCHAR);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY, kind VARCHAR, started_at TIMESTAMPTZ, duration_s DOUBLE, params VARCHAR,
+    summary VARCHAR);
+CREATE TABLE IF NOT EXISTS writes (
+    run_id INTEGER, key VARCHAR, op VARCHAR, revision BIGINT, replica INTEGER, t_commit DOUBLE, latency_ms DOUBLE,
+    conflicts INTEGER, worker INTEGER);
+CREATE TABLE IF NOT EXISTS load_errors (
+    run_id INTEGER, t DOUBLE, replica INTEGER, op VARCHAR, key VARCHAR, error VARCHAR, code VARCHAR);
+CREATE TABLE IF NOT EXISTS watch_observers (
+    run_id INTEGER, observer INTEGER, endpoint VARCHAR, prefix VARCHAR, start_revision BIGINT,
+    last_revision BIGINT, events BIGINT, progress_notifies BIGINT, cancelled BOOLEAN, cancel_reason VARCHAR,
+    compact_revision BIGINT);
+CREATE TABLE IF NOT EXISTS watch_events (
+    run_id INTEGER, observer INTEGER, writer INTEGER, revision BIGINT, key VARCHAR, type VARCHAR,
+    t_commit DOUBLE, t_observed DOUBLE, lag_ms DOUBLE);
+CREATE TABLE IF NOT EXISTS kine_metrics (
+    run_id INTEGER, t DOUBLE, replica INTEGER, metric VARCHAR, labels VARCHAR, value DOUBLE);
+CREATE TABLE IF NOT EXISTS compaction_timeline (
+    run_id INTEGER, t DOUBLE, method VARCHAR, snapshot_id INTEGER, compact_revision BIGINT,
+    current_revision BIGINT, rows_total BIGINT, rows_superseded BIGINT, rows_tombstones BIGINT, rows_gap BIGINT,
+    table_bytes BIGINT);
+CREATE TABLE IF NOT EXISTS compaction_checks (
+    run_id INTEGER, t DOUBLE, check_name VARCHAR, revision BIGINT, ok BOOLEAN, detail VARCHAR);
 """
 
 # Key layout of kube-apiserver: /registry/<resource>[/<namespace>]/<name>, with a few historical
@@ -91,7 +129,88 @@ CREATE OR REPLACE VIEW kine_compacted AS
     SELECT x.snapshot_id AS removed_in, r.* EXCLUDE (snapshot_id)
     FROM kine_removed x JOIN kine_rows r ON r.id = x.id AND r.snapshot_id < x.snapshot_id
     QUALIFY row_number() OVER (PARTITION BY x.snapshot_id, x.id ORDER BY r.snapshot_id DESC) = 1;
+
+CREATE OR REPLACE VIEW watch_lag_summary AS
+    SELECT run_id, observer,
+           CASE WHEN writer = observer THEN 'same-replica' ELSE 'other-replica' END AS locality,
+           count(*) AS events,
+           quantile_cont(lag_ms, 0.5) AS p50_ms, quantile_cont(lag_ms, 0.9) AS p90_ms,
+           quantile_cont(lag_ms, 0.99) AS p99_ms, max(lag_ms) AS max_ms, avg(lag_ms) AS mean_ms
+    FROM watch_events WHERE writer IS NOT NULL
+    GROUP BY ALL ORDER BY run_id, observer, locality;
+
+CREATE OR REPLACE VIEW watch_missed AS
+    SELECT o.run_id, o.observer, w.revision, w.key, w.op, w.replica AS writer
+    FROM watch_observers o JOIN writes w ON w.run_id = o.run_id
+    WHERE w.revision >= o.start_revision AND starts_with(w.key, o.prefix)
+      AND NOT EXISTS (SELECT 1 FROM watch_events e
+                      WHERE e.run_id = o.run_id AND e.observer = o.observer AND e.revision = w.revision);
 """
+
+
+def open_store(path, identity: str | None = None):
+    """Open (or create) a kinelab DuckDB file for writing, refusing corrupt files, files locked by another
+    process and files that belong to another source than `identity`."""
+    from pathlib import Path
+
+    import duckdb
+
+    from ..errors import CaptureError
+
+    path = Path(path).expanduser().resolve()
+    if not path.parent.is_dir():
+        raise CaptureError(f"directory {path.parent} does not exist; create it or choose another --out")
+    try:
+        con = duckdb.connect(str(path))
+    except duckdb.Error as exc:
+        reason = str(exc).splitlines()[0]
+        if "lock" in reason.lower():
+            raise CaptureError(f"{path} is open in another process (another capture?); wait for it or use "
+                               "another --out") from None
+        raise CaptureError(f"{path} is not a readable DuckDB file ({reason}); move it away or choose another "
+                           "--out") from None
+    try:
+        ensure_schema(con)
+        if identity is not None:
+            known = con.execute("SELECT value FROM capture_meta WHERE key = 'source'").fetchall()
+            if known and known[0][0] != identity:
+                raise CaptureError(f"{path} holds data of {known[0][0]}, not {identity}; use another --out")
+            con.execute("INSERT OR IGNORE INTO capture_meta VALUES ('source', ?)", [identity])
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def new_run(con, kind: str, params: dict) -> int:
+    import json
+    from datetime import datetime, timezone
+
+    run_id = con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM runs").fetchall()[0][0]
+    con.execute("INSERT INTO runs VALUES (?, ?, ?, NULL, ?, NULL)",
+                [run_id, kind, datetime.now(timezone.utc), json.dumps(params, default=str)])
+    return run_id
+
+
+def finish_run(con, run_id: int, duration_s: float, summary: dict) -> None:
+    import json
+
+    con.execute("UPDATE runs SET duration_s = ?, summary = ? WHERE run_id = ?",
+                [duration_s, json.dumps(summary, default=str), run_id])
+
+
+def insert_rows(con, table: str, columns: list, rows: list) -> None:
+    """Append Python rows to `table` through Arrow (one round trip, typed by the table)."""
+    if not rows:
+        return
+    import pyarrow as pa
+
+    batch = pa.table({name: list(values) for name, values in zip(columns, zip(*rows))})
+    con.register("kinelab_batch", batch)
+    try:
+        con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(columns)} FROM kinelab_batch")
+    finally:
+        con.unregister("kinelab_batch")
 
 
 def ensure_schema(con) -> None:
