@@ -52,29 +52,26 @@ class Dsn:
                 raise UsageError("sqlite DSN has no path; use sqlite:///path/to/state.db")
             return cls("sqlite", path=path, params=dict(parse_qsl(query)))
         if scheme in ("postgres", "postgresql"):
-            url = urlsplit(text)
-            try:
-                port = url.port or 5432
-            except ValueError as exc:
-                raise UsageError(f"bad port in DSN {mask_text(text)!r}: {exc}") from None
-            return cls("postgres", host=url.hostname or "127.0.0.1", port=port,
-                       user=unquote(url.username or ""), password=unquote(url.password or ""),
-                       database=url.path.lstrip("/") or "kubernetes", params=dict(parse_qsl(url.query)))
+            return cls._from_url("postgres", text, 5432)
         if scheme in ("mysql", "mariadb"):
             match = _GO_MYSQL.match(rest)
             if match:
                 return cls("mysql", host=match["host"], port=int(match["port"] or 3306), user=match["user"],
                            password=match["password"] or "", database=match["db"] or "kubernetes",
                            params=dict(parse_qsl(match["query"] or "")))
-            url = urlsplit("mysql://" + rest)
-            try:
-                port = url.port or 3306
-            except ValueError as exc:
-                raise UsageError(f"bad port in DSN {mask_text(text)!r}: {exc}") from None
-            return cls("mysql", host=url.hostname or "127.0.0.1", port=port,
-                       user=unquote(url.username or ""), password=unquote(url.password or ""),
-                       database=url.path.lstrip("/") or "kubernetes", params=dict(parse_qsl(url.query)))
+            return cls._from_url("mysql", "mysql://" + rest, 3306)
         raise UsageError(f"unsupported datastore scheme {scheme!r}; kinelab reads postgres://, mysql:// and sqlite://")
+
+    @classmethod
+    def _from_url(cls, kind: str, text: str, default_port: int) -> "Dsn":
+        url = urlsplit(text)
+        try:
+            port = url.port or default_port
+        except ValueError as exc:
+            raise UsageError(f"bad port in DSN {mask_text(text)!r}: {exc}") from None
+        return cls(kind, host=url.hostname or "127.0.0.1", port=port, user=unquote(url.username or ""),
+                   password=unquote(url.password or ""), database=url.path.lstrip("/") or "kubernetes",
+                   params=dict(parse_qsl(url.query)))
 
     @classmethod
     def sqlite(cls, path: Path) -> "Dsn":

@@ -89,6 +89,12 @@ class Writer:
     def _failed(self, replica, op, key, exc: EtcdError) -> None:
         self.errors.append(LoadError(self.clock.now(), replica, op, key, str(exc), exc.code))
 
+    @staticmethod
+    def _current(client: Etcd, key: str) -> tuple:
+        """(mod_revision, lease) of the key as it is now; (0, 0) when it does not exist."""
+        current = client.get(key)
+        return (current.mod_revision, current.lease) if current else (0, 0)
+
     def create(self, replica: int, key: str, value: bytes, *, lease: int = 0) -> Optional[Write]:
         t0 = time.perf_counter()
         try:
@@ -98,18 +104,15 @@ class Writer:
         return self._ack(key, "create", result.revision, replica, t0) if result.succeeded else None
 
     def update(self, replica: int, key: str, make_value: Callable[[], bytes], *, known_revision: int = 0,
-               max_conflicts: int = 10) -> Optional[Write]:
-        """Compare-and-swap from `known_revision` (read first when 0); on conflict retry from the value the
-        failed Txn returned, as the apiserver does."""
+               lease: int = 0, max_conflicts: int = 10) -> Optional[Write]:
+        """Compare-and-swap from `known_revision` (read first when 0) keeping `lease`; on conflict retry from
+        the value the failed Txn returned, as the apiserver does."""
         t0 = time.perf_counter()
         client = self.clients[replica]
         try:
-            revision, lease = known_revision, 0
+            revision, lease = (known_revision, lease) if known_revision else self._current(client, key)
             if not revision:
-                current = client.get(key)
-                if current is None:
-                    return None
-                revision, lease = current.mod_revision, current.lease
+                return None
             for conflicts in range(max_conflicts + 1):
                 result = client.update(key, make_value(), mod_revision=revision, lease=lease)
                 if result.succeeded:
@@ -125,12 +128,9 @@ class Writer:
         t0 = time.perf_counter()
         client = self.clients[replica]
         try:
-            revision = known_revision
+            revision = known_revision or self._current(client, key)[0]
             if not revision:
-                current = client.get(key)
-                if current is None:
-                    return None
-                revision = current.mod_revision
+                return None
             result = client.delete(key, mod_revision=revision)
             if not result.succeeded and result.current is not None:  # changed meanwhile: delete what is there
                 result = client.delete(key, mod_revision=result.current.mod_revision)
@@ -230,10 +230,12 @@ class EventStormMix(Mix):
 
     def step(self, writer, replica):
         if self.recent and self.rng.random() < 0.2:
-            key, revision = self.rng.choice(self.recent)
-            done = writer.update(replica, key, lambda: self.value("v1", "Event", 300, 700), known_revision=revision)
+            slot = self.rng.randrange(len(self.recent))
+            key, revision, lease = self.recent[slot]
+            done = writer.update(replica, key, lambda: self.value("v1", "Event", 300, 700), known_revision=revision,
+                                 lease=lease)
             if done:
-                self.recent[self.recent.index((key, revision))] = (key, done.revision)
+                self.recent[slot] = (key, done.revision, lease)
             return
         if time.monotonic() - self.lease_granted > LEASE_REUSE_S:
             try:
@@ -244,7 +246,7 @@ class EventStormMix(Mix):
         key = f"/registry/events/{ns}/pod-{self.rng.randrange(1000):03d}.w{self.worker}e{next(self.serial):07d}"
         done = writer.create(replica, key, self.value("v1", "Event", 300, 700), lease=self.lease)
         if done:
-            self.recent = (self.recent + [(key, done.revision)])[-50:]
+            self.recent = (self.recent + [(key, done.revision, self.lease)])[-50:]
 
 
 MIXES = {mix.name: mix for mix in (ConfigMapMix, HeartbeatMix, EventStormMix)}

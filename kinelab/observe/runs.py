@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Optional
 
@@ -50,16 +51,27 @@ def _load_summary(result: LoadResult) -> dict:
             "conflict_retries": sum(w.conflicts for w in result.writes)}
 
 
+@contextmanager
+def _run(lab, out, kind: str, params: dict):
+    """Clients on every replica, the results file (checked to belong to this lab), one clock, a run id."""
+    clients = [Etcd(ep) for ep in lab.endpoints]
+    try:
+        con = open_store(out, lab.dsn.identity)
+        try:
+            yield clients, con, Clock(), new_run(con, kind, params)
+        finally:
+            con.close()
+    finally:
+        for client in clients:
+            client.close()
+
+
 def load(lab, out, *, mix: str = "configmaps", rate: Optional[float] = None, duration_s: Optional[float] = 10.0,
          ops: Optional[int] = None, spread="round-robin", workers: int = 1, seed: int = 1, **mix_options) -> dict:
     """Drive `mix` through the lab's replicas; store writes, errors and metrics, then capture the table."""
-    clients = [Etcd(ep) for ep in lab.endpoints]
-    con = open_store(out, lab.dsn.identity)
-    try:
-        clock = Clock()
-        params = {"mix": mix, "rate": rate, "duration_s": duration_s, "ops": ops, "spread": spread,
-                  "workers": workers, "seed": seed, **mix_options}
-        run_id = new_run(con, "load", params)
+    params = {"mix": mix, "rate": rate, "duration_s": duration_s, "ops": ops, "spread": spread,
+              "workers": workers, "seed": seed, **mix_options}
+    with _run(lab, out, "load", params) as (clients, con, clock, run_id):
         with MetricsSampler(_metrics_urls(lab), clock) as sampler:
             result = run_load(clients, mix, rate=rate, duration_s=duration_s, ops=ops, spread=spread,
                               workers=workers, seed=seed, clock=clock, **mix_options)
@@ -69,10 +81,6 @@ def load(lab, out, *, mix: str = "configmaps", rate: Optional[float] = None, dur
         summary = {**_load_summary(result), "snapshot_id": snapshot.snapshot_id, "run_id": run_id}
         finish_run(con, run_id, result.duration_s, summary)
         return summary
-    finally:
-        con.close()
-        for client in clients:
-            client.close()
 
 
 def watch_lag(lab, out, *, mix: str = "configmaps", rate: Optional[float] = 50.0, duration_s: float = 10.0,
@@ -80,13 +88,9 @@ def watch_lag(lab, out, *, mix: str = "configmaps", rate: Optional[float] = 50.0
               idle_s: float = 2.0, settle_s: float = 5.0, **mix_options) -> dict:
     """Load the lab while every replica watches `prefix`; store watch_events with the lag of each event
     and its writer, the observers (with cancellations), and a capture. Returns per-observer lag figures."""
-    clients = [Etcd(ep) for ep in lab.endpoints]
-    con = open_store(out, lab.dsn.identity)
-    try:
-        clock = Clock()
-        params = {"mix": mix, "rate": rate, "duration_s": duration_s, "spread": spread, "workers": workers,
-                  "seed": seed, "prefix": prefix, **mix_options}
-        run_id = new_run(con, "watchlag", params)
+    params = {"mix": mix, "rate": rate, "duration_s": duration_s, "spread": spread, "workers": workers,
+              "seed": seed, "prefix": prefix, **mix_options}
+    with _run(lab, out, "watchlag", params) as (clients, con, clock, run_id):
         start_revision = max(c.revision() for c in clients) + 1
         with WatchProbe(lab.endpoints, prefix=prefix, start_revision=start_revision, clock=clock) as probe:
             # The probe's own cost: CPU this process spends with idle watches open (progress notifies only).
@@ -128,10 +132,6 @@ def watch_lag(lab, out, *, mix: str = "configmaps", rate: Optional[float] = 50.0
                    "cancelled": {o.index: o.cancel_reason for o in probe.observers if o.cancelled}}
         finish_run(con, run_id, result.duration_s, summary)
         return summary
-    finally:
-        con.close()
-        for client in clients:
-            client.close()
 
 
 COMPACTION_METHODS = ("interval", "explicit", "none")
@@ -213,69 +213,62 @@ def compaction(lab, out, *, method: str = "explicit", duration_s: float = 30.0, 
     if method == "interval" and not _compact_interval_set(lab):
         raise UsageError("method 'interval' needs Kine's own compactor: start the lab with "
                          "--kine-arg compact-interval=10s (and compact-min-retain=0 to see it on a small table)")
-    clients = [Etcd(ep) for ep in lab.endpoints]
-    con = open_store(out, lab.dsn.identity)
+    params = {"method": method, "duration_s": duration_s, "sample_every_s": sample_every_s,
+              "compact_every_s": compact_every_s, "mix": mix, "rate": rate, "workers": workers, "seed": seed}
     stop = threading.Event()
-    try:
-        clock = Clock()
-        params = {"method": method, "duration_s": duration_s, "sample_every_s": sample_every_s,
-                  "compact_every_s": compact_every_s, "mix": mix, "rate": rate, "workers": workers, "seed": seed}
-        run_id = new_run(con, "compaction", params)
-        outcome: dict = {}
+    with _run(lab, out, "compaction", params) as (clients, con, clock, run_id):
+        try:
+            outcome: dict = {}
 
-        def drive():
-            outcome["result"] = run_load(clients, mix, rate=rate, duration_s=duration_s, workers=workers, seed=seed,
-                                         clock=clock, stop=stop, **mix_options)
+            def drive():
+                outcome["result"] = run_load(clients, mix, rate=rate, duration_s=duration_s, workers=workers, seed=seed,
+                                             clock=clock, stop=stop, **mix_options)
 
-        timeline, compactions = [], []
-        compactor = ApiserverCompactor(clients[0])
-        loader = threading.Thread(target=drive, name="kinelab-compaction-load", daemon=True)
-        with MetricsSampler(_metrics_urls(lab), clock) as sampler, progress.bar(
-                f"compaction ({method})", total=duration_s) as advance:
-            loader.start()
-            started, shown, next_sample, next_compact = time.monotonic(), 0.0, 0.0, compact_every_s
-            while True:
-                elapsed = time.monotonic() - started
-                if method == "explicit" and elapsed >= next_compact:
-                    target = compactor.tick()
-                    if target:
-                        compactions.append((clock.now(), target))
-                    next_compact += compact_every_s
-                if elapsed >= next_sample or not loader.is_alive():
-                    snapshot = capture_into(con, lab.dsn, incremental=True)
-                    timeline.append(_timeline_row(con, run_id, clock.now(), method, snapshot,
-                                                  clients[0].revision(), lab.dsn))
-                    next_sample += sample_every_s
-                advance(min(elapsed, duration_s) - shown)
-                shown = min(elapsed, duration_s)
-                if not loader.is_alive():
-                    break
-                time.sleep(0.05)
-        result = outcome["result"]
-        _store_load(con, run_id, result)
-        _store_metrics(con, run_id, sampler)
-        insert_rows(con, "compaction_timeline",
-                    ["run_id", "t", "method", "snapshot_id", "compact_revision", "current_revision", "rows_total",
-                     "rows_superseded", "rows_tombstones", "rows_gap", "table_bytes"], timeline)
-        final_compact = timeline[-1][4]
-        checks = _compacted_checks(clients[-1], final_compact, clock.now()) if final_compact else []
-        insert_rows(con, "compaction_checks", ["run_id", "t", "check_name", "revision", "ok", "detail"],
-                    [(run_id, *c) for c in checks])
-        stalled = _stalled(timeline, stall_samples)
-        summary = {**_load_summary(result), "run_id": run_id, "samples": len(timeline),
-                   "compact_revision": final_compact, "current_revision": timeline[-1][5],
-                   "rows_first": timeline[0][6], "rows_last": timeline[-1][6],
-                   "bytes_first": timeline[0][10], "bytes_last": timeline[-1][10],
-                   "apiserver_compactions": len(compactions), "stalled": stalled,
-                   "checks": {c[1]: c[3] for c in checks}}
-        finish_run(con, run_id, result.duration_s, summary)
-        return summary
-    finally:
-        stop.set()
-        con.close()
-        for client in clients:
-            client.close()
-
+            timeline, compactions = [], []
+            compactor = ApiserverCompactor(clients[0])
+            loader = threading.Thread(target=drive, name="kinelab-compaction-load", daemon=True)
+            with MetricsSampler(_metrics_urls(lab), clock) as sampler, progress.bar(
+                    f"compaction ({method})", total=duration_s) as advance:
+                loader.start()
+                started, shown, next_sample, next_compact = time.monotonic(), 0.0, 0.0, compact_every_s
+                while True:
+                    elapsed = time.monotonic() - started
+                    if method == "explicit" and elapsed >= next_compact:
+                        target = compactor.tick()
+                        if target:
+                            compactions.append((clock.now(), target))
+                        next_compact += compact_every_s
+                    if elapsed >= next_sample or not loader.is_alive():
+                        snapshot = capture_into(con, lab.dsn, incremental=True)
+                        timeline.append(_timeline_row(con, run_id, clock.now(), method, snapshot,
+                                                      clients[0].revision(), lab.dsn))
+                        next_sample += sample_every_s
+                    advance(min(elapsed, duration_s) - shown)
+                    shown = min(elapsed, duration_s)
+                    if not loader.is_alive():
+                        break
+                    time.sleep(0.05)
+            result = outcome["result"]
+            _store_load(con, run_id, result)
+            _store_metrics(con, run_id, sampler)
+            insert_rows(con, "compaction_timeline",
+                        ["run_id", "t", "method", "snapshot_id", "compact_revision", "current_revision", "rows_total",
+                         "rows_superseded", "rows_tombstones", "rows_gap", "table_bytes"], timeline)
+            final_compact = timeline[-1][4]
+            checks = _compacted_checks(clients[-1], final_compact, clock.now()) if final_compact else []
+            insert_rows(con, "compaction_checks", ["run_id", "t", "check_name", "revision", "ok", "detail"],
+                        [(run_id, *c) for c in checks])
+            stalled = _stalled(timeline, stall_samples)
+            summary = {**_load_summary(result), "run_id": run_id, "samples": len(timeline),
+                       "compact_revision": final_compact, "current_revision": timeline[-1][5],
+                       "rows_first": timeline[0][6], "rows_last": timeline[-1][6],
+                       "bytes_first": timeline[0][10], "bytes_last": timeline[-1][10],
+                       "apiserver_compactions": len(compactions), "stalled": stalled,
+                       "checks": {c[1]: c[3] for c in checks}}
+            finish_run(con, run_id, result.duration_s, summary)
+            return summary
+        finally:
+            stop.set()  # an interrupted run must not leave its load thread writing
 
 def _stalled(timeline: list, samples: int) -> bool:
     """True when the compact revision stood still over the last `samples` samples while rows grew."""
