@@ -323,10 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--incremental", action="store_true", help="store only rows new since the previous snapshot")
     p.add_argument("--json", action="store_true")
 
+    from .drive.workload import MIXES
+
     def run_flags(p, rate, duration):
         lab_dir(p)
         p.add_argument("--out", required=True, help="DuckDB file for the results (and a capture of the table)")
-        p.add_argument("--mix", default="configmaps", choices=["configmaps", "heartbeat", "events"])
+        p.add_argument("--mix", default="configmaps", choices=list(MIXES))
         p.add_argument("--rate", type=float, default=rate, help="target operations per second (0: flat out)")
         p.add_argument("--duration", type=float, default=duration, help="seconds")
         p.add_argument("--seed", type=int, default=1)

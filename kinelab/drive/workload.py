@@ -10,6 +10,7 @@ Mixes:
   configmaps  Kine's own load test: 20% create, 50% update, 20% delete, 10% list
   heartbeat   N nodes renewing their Lease in kube-node-lease every 10 s, as kubelets do
   events      an event storm: 80% new events with TTL leases, 20% updates of recent ones
+  creates     unique keys, creates only, 1 KiB values: raw write throughput (the `benchmark put` shape)
 """
 
 from __future__ import annotations
@@ -249,7 +250,19 @@ class EventStormMix(Mix):
             self.recent = (self.recent + [(key, done.revision, self.lease)])[-50:]
 
 
-MIXES = {mix.name: mix for mix in (ConfigMapMix, HeartbeatMix, EventStormMix)}
+class CreateMix(Mix):
+    name = "creates"
+
+    def __init__(self, rng, worker, workers, value_bytes: int = 1024, **options):
+        super().__init__(rng, worker, workers)
+        self.payload = encode_object("v1", "ConfigMap", rng.randbytes(value_bytes))
+        self.serial = itertools.count()
+
+    def step(self, writer, replica):
+        writer.create(replica, f"/registry/configmaps/bench/w{self.worker}-{next(self.serial):09d}", self.payload)
+
+
+MIXES = {mix.name: mix for mix in (ConfigMapMix, HeartbeatMix, EventStormMix, CreateMix)}
 
 Spread = Union[str, int]
 
@@ -295,19 +308,24 @@ def run_load(clients: Sequence[Etcd], mix: str = "configmaps", *, rate: Optional
     started = time.perf_counter()
     deadline = started + duration_s if duration_s else float("inf")
 
+    finished = threading.Semaphore(0)
+
     def work(worker: int) -> None:
-        while not stop.is_set():
-            with lock:
-                i = next(counter)
-            if ops is not None and i >= ops:
-                return
-            if rate:
-                delay = started + i / rate - time.perf_counter()
-                if delay > 0:
-                    stop.wait(delay)
-            if time.perf_counter() >= deadline or stop.is_set():
-                return
-            mixes[worker].step(writers[worker], pick(i))
+        try:
+            while not stop.is_set():
+                with lock:
+                    i = next(counter)
+                if ops is not None and i >= ops:
+                    return
+                if rate:
+                    delay = started + i / rate - time.perf_counter()
+                    if delay > 0:
+                        stop.wait(delay)
+                if time.perf_counter() >= deadline or stop.is_set():
+                    return
+                mixes[worker].step(writers[worker], pick(i))
+        finally:
+            finished.release()
 
     threads = [threading.Thread(target=work, args=(w,), name=f"kinelab-load-{w}", daemon=True)
                for w in range(workers)]
@@ -315,10 +333,11 @@ def run_load(clients: Sequence[Etcd], mix: str = "configmaps", *, rate: Optional
     with progress.bar(f"{mix} load", total=total) as advance:
         for thread in threads:
             thread.start()
-        done = 0.0
+        done, remaining = 0.0, workers
         try:
-            while any(t.is_alive() for t in threads):
-                time.sleep(0.2)
+            while remaining:
+                if finished.acquire(timeout=0.2):  # wakes as soon as a worker ends, so timing stays tight
+                    remaining -= 1
                 now = sum(len(w.writes) for w in writers) if ops is not None else \
                     min(duration_s, time.perf_counter() - started)
                 advance(now - done)
@@ -329,9 +348,10 @@ def run_load(clients: Sequence[Etcd], mix: str = "configmaps", *, rate: Optional
         finally:
             for thread in threads:
                 thread.join()
+    elapsed = time.perf_counter() - started
     result = LoadResult(mix, sorted((w for wr in writers for w in wr.writes), key=lambda w: w.revision),
                         sorted((e for wr in writers for e in wr.errors), key=lambda e: e.t),
-                        sum(w.lists for w in writers), time.perf_counter() - started,
+                        sum(w.lists for w in writers), elapsed,
                         {"mix": mix, "rate": rate, "duration_s": duration_s, "ops": ops, "spread": spread,
                          "workers": workers, "seed": seed, **mix_options})
     return result
