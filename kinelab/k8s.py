@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import Optional, Tuple
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 PROTOBUF_MAGIC = b"k8s\x00"
@@ -75,3 +77,39 @@ def decode_value(value: Optional[bytes]) -> Decoded:
                     kind if isinstance(kind, str) else None)
         return ("json", None, None)
     return ("raw", None, None)
+
+
+def decode_values(values: pa.Array) -> tuple:
+    """`decode_value` over a whole Arrow column: (encoding, api_version, kind) string arrays.
+
+    An apiserver value starts magic + 0x0a <len> TypeMeta, so its first 6 + len bytes are a complete
+    runtime.Unknown holding just the type. Such headers repeat (one per resource type), so each distinct
+    header is decoded once and rows pick their result by index. JSON, encrypted and unusual values go
+    through `decode_value` one by one. (A value whose header parses but whose tail is corrupt is reported
+    as protobuf here.)"""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    lookup: list = []
+    codes = pa.nulls(len(values), pa.int32())  # null code: no value (a tombstone)
+    handled = pc.fill_null(pc.equal(pc.binary_length(values), 0), True)
+    is_protobuf = pc.fill_null(pc.starts_with(values, pattern=PROTOBUF_MAGIC), False)
+    if pc.any(is_protobuf).as_py():
+        tag_and_length = pc.binary_slice(values, 4, 6)
+        for key in pc.unique(tag_and_length.filter(is_protobuf)).to_pylist():
+            if len(key) != 2 or key[0] != 0x0A or key[1] >= 0x80:
+                continue  # not the usual one-byte-length layout: decoded row by row below
+            mask = pc.and_(is_protobuf, pc.fill_null(pc.equal(tag_and_length, pa.scalar(key, pa.binary())), False))
+            headers = pc.binary_slice(values, 0, 6 + key[1]).filter(mask).dictionary_encode()
+            decoded = [decode_value(h) for h in headers.dictionary.to_pylist()]
+            if any(d[0] != "protobuf" for d in decoded):
+                continue
+            codes = pc.replace_with_mask(codes, mask, pc.add(headers.indices, len(lookup)).cast(pa.int32()))
+            lookup += decoded
+            handled = pc.or_(handled, mask)
+    rest = pc.invert(handled)
+    if pc.any(rest).as_py():
+        others = values.filter(rest).to_pylist()
+        codes = pc.replace_with_mask(codes, rest, pa.array(range(len(lookup), len(lookup) + len(others)), pa.int32()))
+        lookup += [decode_value(v) for v in others]
+    columns = list(zip(*lookup)) if lookup else [(), (), ()]
+    return tuple(pa.array(column, pa.string()).take(codes) for column in columns)

@@ -50,3 +50,16 @@ def test_encrypted_truncated_and_raw_values_never_raise():
     assert decode_value(b'{"health":"true"}') == ("json", None, None)
     assert decode_value(b"{not json") == ("raw", None, None)
     assert decode_value(None) == (None, None, None)
+
+
+def test_column_decoding_agrees_with_row_decoding():
+    import pyarrow as pa
+
+    from kinelab.k8s import decode_values
+
+    values = [hand_encoded("v1", "ConfigMap", b"a" * 300), None, hand_encoded("apps/v1", "Deployment", b"b" * 9),
+              b'{"apiVersion":"example.com/v1","kind":"Widget"}', b"k8s:enc:aescbc:v1:k:\x00",
+              hand_encoded("v1", "ConfigMap", b"c" * 2000), hand_encoded("v1", "Pod", b"x")[:9], b"", b"plain",
+              hand_encoded("x" * 200, "LongGroupVersion", b"y")]  # a two-byte length: decoded row by row
+    columns = decode_values(pa.array(values, pa.binary()))
+    assert list(zip(*(c.to_pylist() for c in columns))) == [decode_value(v) for v in values]

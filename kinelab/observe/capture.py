@@ -11,7 +11,10 @@ that appeared below that max (a slow transaction that committed late, a gap fill
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,9 +25,9 @@ import pyarrow as pa
 
 from .. import progress
 from ..db import read_only_connection
-from ..dsn import Dsn
+from ..dsn import Dsn, mask_text
 from ..errors import CaptureError, DatastoreError
-from ..k8s import decode_value
+from ..k8s import decode_values
 from .store import open_store
 
 COLUMNS = ("id", "name", "created", "deleted", "create_revision", "prev_revision", "lease", "value", "old_value")
@@ -54,16 +57,20 @@ class Snapshot:
 
 
 class KineTable:
-    """Read access to a `kine` table inside one read-only transaction, whatever the engine."""
+    """Read access to a `kine` table inside one read-only, repeatable-read transaction, whatever the engine.
+    Rows come out as Arrow tables of ROW_SCHEMA. Postgres is read with ADBC (binary COPY decoded into Arrow
+    in C++); MySQL and SQLite through their DB-API drivers."""
 
-    def __init__(self, dsn: Dsn, conn):
-        self.dsn, self.conn = dsn, conn
-        self.placeholder = "?" if dsn.kind == "sqlite" else "%s"
+    def __init__(self, dsn: Dsn, conn, adbc: bool):
+        self.dsn, self.conn, self.adbc = dsn, conn, adbc
 
-    def _scalar(self, sql: str, params=()):
-        cur = self.conn.cursor()
+    def _cursor(self):
+        return self.conn.cursor()
+
+    def _scalar(self, sql: str):
+        cur = self._cursor()
         try:
-            cur.execute(sql, params)
+            cur.execute(sql)
             return cur.fetchone()[0]
         finally:
             cur.close()
@@ -86,34 +93,63 @@ class KineTable:
         return int(max_id), int(compact), int(count)
 
     def ids_up_to(self, max_id: int) -> pa.Array:
-        cur = self.conn.cursor()
-        cur.execute(f"SELECT id FROM kine WHERE id <= {self.placeholder}", (max_id,))
-        ids = []
-        while True:
-            chunk = cur.fetchmany(100_000)
-            if not chunk:
-                break
-            ids.extend(row[0] for row in chunk)
-        cur.close()
-        return pa.array(ids, pa.int64())
-
-    def rows(self, where: str, params=()) -> Iterator[list]:
-        """Batches of row tuples in id order, streamed with a server-side cursor where there is one."""
-        sql = f"SELECT {', '.join(COLUMNS)} FROM kine WHERE {where} ORDER BY id"
-        if self.dsn.kind == "postgres":
-            cur = self.conn.cursor(name="kinelab_capture", binary=True)
-            cur.itersize = BATCH_ROWS
-        else:
-            cur = self.conn.cursor()
+        sql = f"SELECT id FROM kine WHERE id <= {int(max_id)}"
+        cur = self._cursor()
         try:
-            cur.execute(sql, params)
-            while True:
-                batch = cur.fetchmany(BATCH_ROWS)
-                if not batch:
-                    return
-                yield batch
+            cur.execute(sql)
+            if self.adbc:
+                return cur.fetch_arrow_table().column(0).combine_chunks().cast(pa.int64())
+            ids = []
+            while chunk := cur.fetchmany(100_000):
+                ids.extend(row[0] for row in chunk)
+            return pa.array(ids, pa.int64())
         finally:
             cur.close()
+
+    def rows(self, where: str) -> Iterator[pa.Table]:
+        """Batches of rows in id order. `where` is built by kinelab from integers only."""
+        sql = f"SELECT {', '.join(COLUMNS)} FROM kine WHERE {where} ORDER BY id"
+        cur = self._cursor()
+        try:
+            cur.execute(sql)
+            if self.adbc:
+                for batch in cur.fetch_record_batch():
+                    yield pa.Table.from_batches([batch]).cast(ROW_SCHEMA)
+                return
+            while batch := cur.fetchmany(BATCH_ROWS):
+                yield _to_arrow(batch)
+        finally:
+            cur.close()
+
+
+@contextmanager
+def _snapshot_connection(dsn: Dsn):
+    """One read-only repeatable-read transaction; ADBC for Postgres, DB-API otherwise."""
+    if dsn.kind != "postgres":
+        with read_only_connection(dsn) as conn:
+            yield KineTable(dsn, conn, adbc=False)
+        return
+    import adbc_driver_manager
+    import adbc_driver_postgresql.dbapi as adbc_pg
+
+    uri = Dsn("postgres", dsn.host, dsn.port, dsn.user, dsn.password, dsn.database,
+              params={**dsn.params, "connect_timeout": "5", "application_name": "kinelab"}).url
+    try:
+        conn = adbc_pg.connect(uri.replace("postgres://", "postgresql://", 1))
+    except adbc_driver_manager.Error as exc:
+        reason = mask_text(str(exc).strip().splitlines()[0])
+        raise DatastoreError(f"cannot connect to Postgres {dsn.masked}: {reason}; check host, port, user and "
+                             f"password in {dsn.masked}") from None
+    try:
+        cur = conn.cursor()
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        cur.close()
+        yield KineTable(dsn, conn, adbc=True)
+    finally:
+        try:
+            conn.rollback()
+        finally:
+            conn.close()
 
 
 def open_capture(path: str | Path, read_only: bool = True):
@@ -129,17 +165,49 @@ def open_capture(path: str | Path, read_only: bool = True):
     return con
 
 
-def _to_arrow(batch: list, snapshot_id: int) -> tuple:
+def _to_arrow(batch: list) -> pa.Table:
     columns = list(zip(*batch))
-    columns[7] = [bytes(v) if v is not None else None for v in columns[7]]
-    columns[8] = [bytes(v) if v is not None else None for v in columns[8]]
-    rows = pa.Table.from_arrays([pa.array(col, type=field.type) for col, field in zip(columns, ROW_SCHEMA)],
+    return pa.Table.from_arrays([pa.array(col, type=field.type) for col, field in zip(columns, ROW_SCHEMA)],
                                 schema=ROW_SCHEMA)
-    decoded = [decode_value(v) for v in columns[7]]
-    enc, api, kind = zip(*decoded)
-    decoded_table = pa.Table.from_arrays([rows.column("id"), pa.array(enc, pa.string()), pa.array(api, pa.string()),
-                                          pa.array(kind, pa.string())], schema=DECODED_SCHEMA)
-    return rows, decoded_table
+
+
+def _decoded(rows: pa.Table) -> pa.Table:
+    encoding, api_version, kind = decode_values(rows.column("value"))
+    return pa.Table.from_arrays([rows.column("id"), encoding, api_version, kind], schema=DECODED_SCHEMA)
+
+
+def _read_ahead(batches: Iterator[pa.Table], depth: int = 4) -> Iterator[tuple]:
+    """Read and decode the next batches in a thread while the caller writes the previous ones to DuckDB."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for rows in batches:
+                item = (rows, _decoded(rows))
+                while not stop.is_set():
+                    try:
+                        slots.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(done)
+        except BaseException as exc:  # handed to the caller, which re-raises it
+            slots.put(exc)
+
+    reader = threading.Thread(target=produce, name="kinelab-capture-read", daemon=True)
+    reader.start()
+    try:
+        while (item := slots.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join()
 
 
 def as_dsn(source: Dsn | str | Path) -> Dsn:
@@ -170,8 +238,7 @@ def capture_into(con, dsn: Dsn, *, incremental: bool = False) -> Snapshot:
     previous = previous[0] if previous else None
     mode = "incremental" if incremental and previous else "full"
     snapshot_id = (previous[0] + 1) if previous else 1
-    with read_only_connection(dsn) as conn:
-        table = KineTable(dsn, conn)
+    with _snapshot_connection(dsn) as table:
         table.check_exists()
         max_id, compact, count = table.stats()
         con.begin()
@@ -189,22 +256,21 @@ def capture_into(con, dsn: Dsn, *, incremental: bool = False) -> Snapshot:
                 con.execute("DROP TABLE known")
                 con.unregister("present_ids")
                 # compact_rev_key is the one row Kine updates in place, so it is always re-read.
-                queries = [(f"id > {table.placeholder} OR name = 'compact_rev_key'", (previous[1],))]
-                queries += [(f"id IN ({', '.join([table.placeholder] * len(chunk))})", tuple(chunk))
+                queries = [f"id > {int(previous[1])} OR name = 'compact_rev_key'"]
+                queries += [f"id IN ({', '.join(str(int(i)) for i in chunk)})"
                             for chunk in (appeared[i:i + ID_CHUNK] for i in range(0, len(appeared), ID_CHUNK))]
                 expected = max(0, count - len(present)) + len(appeared) + 1
             else:
-                queries = [("1 = 1", ())]
+                queries = ["1 = 1"]
                 expected = count
             stored = 0
             with progress.bar(f"capturing {dsn.masked}", total=expected) as advance:
-                for where, params in queries:
-                    for batch in table.rows(where, params):
-                        rows, decoded = _to_arrow(batch, snapshot_id)
-                        con.execute("INSERT INTO kine_rows SELECT ?, * FROM rows", [snapshot_id])
-                        con.execute("INSERT INTO kine_decoded SELECT ?, * FROM decoded", [snapshot_id])
-                        stored += len(batch)
-                        advance(len(batch))
+                batches = (rows for where in queries for rows in table.rows(where))
+                for rows, decoded in _read_ahead(batches):
+                    con.execute("INSERT INTO kine_rows SELECT ?, * FROM rows", [snapshot_id])
+                    con.execute("INSERT INTO kine_decoded SELECT ?, * FROM decoded", [snapshot_id])
+                    stored += rows.num_rows
+                    advance(rows.num_rows)
             duration = time.monotonic() - started
             con.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [snapshot_id, datetime.now(timezone.utc), dsn.masked, max_id, compact, count, mode,

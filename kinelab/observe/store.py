@@ -41,7 +41,9 @@ CREATE TABLE IF NOT EXISTS snapshots (
     compact_revision BIGINT, row_count BIGINT, mode VARCHAR, rows_stored BIGINT, duration_s DOUBLE);
 CREATE TABLE IF NOT EXISTS kine_rows (
     snapshot_id INTEGER, id BIGINT, name VARCHAR, created INTEGER, deleted INTEGER, create_revision BIGINT,
-    prev_revision BIGINT, lease BIGINT, value BLOB, old_value BLOB);
+    prev_revision BIGINT, lease BIGINT,
+    -- DuckDB's default FSST compression of blobs costs 5x the capture time for ~5% of file size
+    value BLOB USING COMPRESSION uncompressed, old_value BLOB USING COMPRESSION uncompressed);
 CREATE TABLE IF NOT EXISTS kine_removed (snapshot_id INTEGER, id BIGINT);
 CREATE TABLE IF NOT EXISTS kine_decoded (
     snapshot_id INTEGER, id BIGINT, encoding VARCHAR, api_version VARCHAR, kind VARCHAR);
@@ -170,6 +172,8 @@ def open_store(path, identity: str | None = None):
         raise CaptureError(f"{path} is not a readable DuckDB file ({reason}); move it away or choose another "
                            "--out") from None
     try:
+        # Bound DuckDB's cache: a big capture is one transaction, and DuckDB would otherwise keep it in memory.
+        con.execute("SET memory_limit = '1GB'")
         ensure_schema(con)
         if identity is not None:
             known = con.execute("SELECT value FROM capture_meta WHERE key = 'source'").fetchall()
