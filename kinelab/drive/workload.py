@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -154,6 +155,8 @@ class Mix:
 
     def __init__(self, rng: random.Random, worker: int, workers: int, **options):
         self.rng, self.worker, self.workers = rng, worker, workers
+        # New objects get names no earlier run used, even with the same seed: a create must not collide.
+        self.token = secrets.token_hex(3)
 
     def value(self, api_version: str, kind: str, low: int, high: int) -> bytes:
         return encode_object(api_version, kind, self.rng.randbytes(self.rng.randint(low, high)))
@@ -178,7 +181,7 @@ class ConfigMapMix(Mix):
         roll = self.rng.random()
         if roll < 0.2 or not self.live:
             ns = self.rng.choice(self.namespaces)
-            key = f"/registry/configmaps/{ns}/load-w{self.worker}-{next(self.serial):06d}"
+            key = f"/registry/configmaps/{ns}/load-{self.token}-w{self.worker}-{next(self.serial):06d}"
             done = writer.create(replica, key, self._new_value())
             if done:
                 self.live[key] = done.revision
@@ -244,7 +247,7 @@ class EventStormMix(Mix):
             except EtcdError as exc:
                 return writer._failed(replica, "lease", "", exc)
         ns = self.rng.choice(self.namespaces)
-        key = f"/registry/events/{ns}/pod-{self.rng.randrange(1000):03d}.w{self.worker}e{next(self.serial):07d}"
+        key = f"/registry/events/{ns}/pod-{self.rng.randrange(1000):03d}.{self.token}w{self.worker}e{next(self.serial):07d}"
         done = writer.create(replica, key, self.value("v1", "Event", 300, 700), lease=self.lease)
         if done:
             self.recent = (self.recent + [(key, done.revision, self.lease)])[-50:]
@@ -259,7 +262,8 @@ class CreateMix(Mix):
         self.serial = itertools.count()
 
     def step(self, writer, replica):
-        writer.create(replica, f"/registry/configmaps/bench/w{self.worker}-{next(self.serial):09d}", self.payload)
+        writer.create(replica, f"/registry/configmaps/bench/{self.token}-w{self.worker}-{next(self.serial):09d}",
+                      self.payload)
 
 
 MIXES = {mix.name: mix for mix in (ConfigMapMix, HeartbeatMix, EventStormMix, CreateMix)}

@@ -1,0 +1,478 @@
+"""Altair charts over a capture: each function takes a DuckDB connection or a capture path, aggregates in
+DuckDB, and returns an Altair chart (it never displays one) carrying at most MAX_ROWS rows of data.
+
+  revision_timeline   rows per revision bin (or per second of a run's writes), by op, one row per resource
+  key_chain           each chosen key's rows at their revisions, linked from prev_revision, styled by op
+  table_anatomy       live, superseded, tombstone, gap and bookkeeping rows of one snapshot, and their bytes
+  compaction          compact and current revision, row counts and table size over a compaction run
+  watch_lag           ECDF and box plots of watch lag per observer, same-replica vs other-replica writes
+  ops_by_resource     rows by resource, namespace and op (click a resource to see its namespaces)
+  sql_latency         Kine's SQL latency per query and replica from its Prometheus histograms
+  save                write a chart to .png, .svg or .html (self-contained) with vl-convert, offline
+
+Every chart takes `label=`: a replayed capture labelled e.g. "REPLAY: recorded 2026-11-28" shows that label
+as its title, in red, above what the chart is, so it is never mistaken for a live lab.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+import altair as alt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import ToolError, UsageError
+from ..observe.capture import open_capture
+
+MAX_ROWS = 5000        # the most data rows a chart carries; Altair's own default limit
+POLL_MS = 1000         # Kine's poll interval: other replicas see a write on their next poll
+
+OPS = ["create", "re-create", "update", "delete", "gap", "compact", "other"]
+OP_COLORS = ["#2ca02c", "#9467bd", "#1f77b4", "#d62728", "#7f7f7f", "#ff7f0e", "#bcbd22"]
+OP_SHAPES = ["circle", "triangle-up", "square", "cross", "triangle-down", "diamond", "stroke"]
+ROW_KINDS = ["live", "superseded", "tombstone", "gap", "bookkeeping"]
+ROW_KIND_COLORS = ["#2ca02c", "#1f77b4", "#d62728", "#7f7f7f", "#ff7f0e"]
+LOCALITIES = ["same-replica", "other-replica"]
+LOCALITY_COLORS = ["#1f77b4", "#d62728"]
+LABEL_COLOR = "#b30000"
+
+# --- data ------------------------------------------------------------------------------------------------
+
+@contextmanager
+def _connected(source) -> Iterator:
+    """A connection to `source`: a capture path is opened read-only and closed afterwards."""
+    if isinstance(source, (str, os.PathLike)):
+        con = open_capture(source)
+        try:
+            yield con
+        finally:
+            con.close()
+    else:
+        yield source
+
+
+def _table(con, sql: str, params: Sequence = (), *, order_by: str, limit: int = MAX_ROWS) -> pa.Table:
+    """The rows of `sql` as Arrow, at most `limit` of them: a bigger result keeps every k-th row in `order_by`
+    order, chosen in DuckDB, so a big capture never reaches the chart whole. Decimals (DuckDB's sums of
+    integers) become plain numbers, which JSON and Vega understand."""
+    table = con.execute(f"""
+        SELECT * EXCLUDE (kl_n, kl_total) FROM (
+            SELECT *, row_number() OVER (ORDER BY {order_by}) - 1 AS kl_n, count(*) OVER () AS kl_total
+            FROM ({sql}))
+        WHERE kl_n % greatest(1, ceil(kl_total / {int(limit)}))::BIGINT = 0
+        ORDER BY kl_n""", list(params)).to_arrow_table()
+    for i, field in enumerate(table.schema):
+        if pa.types.is_decimal(field.type):
+            target = pa.int64() if field.type.scale == 0 else pa.float64()
+            table = table.set_column(i, field.name, pc.cast(table.column(i), target))
+    return table
+
+
+def _run_id(con, run_id: Optional[int], table: str, what: str, how: str) -> int:
+    """`run_id`, or the newest run with rows in `table`; a clear error when there is none."""
+    if run_id is None:
+        run_id = con.execute(f"SELECT max(run_id) FROM {table}").fetchone()[0]
+        if run_id is None:
+            raise UsageError(f"this capture has no {what} (table {table} is empty); {how}")
+    elif not con.execute(f"SELECT count(*) FROM {table} WHERE run_id = ?", [run_id]).fetchone()[0]:
+        raise UsageError(f"run {run_id} has no {what} (no rows in {table}); leave run_id out for the newest")
+    return int(run_id)
+
+
+def _snapshot_id(con, snapshot_id: Optional[int]) -> int:
+    known = [r[0] for r in con.execute("SELECT snapshot_id FROM snapshots ORDER BY 1").fetchall()]
+    if not known:
+        raise UsageError("this capture has no snapshots; make one with `kinelab capture`")
+    if snapshot_id is None:
+        return known[-1]
+    if snapshot_id not in known:
+        raise UsageError(f"no snapshot {snapshot_id} in this capture: it has {known[0]}..{known[-1]}")
+    return snapshot_id
+
+
+# --- presentation ----------------------------------------------------------------------------------------
+
+def _finish(chart, title: str, label: Optional[str], notes: Sequence[str] = ()):
+    """Title the chart. A `label` becomes the title itself, bold and red, with what the chart shows below it."""
+    if label:
+        params = alt.TitleParams(text=label, subtitle=[title, *notes], color=LABEL_COLOR, fontSize=16,
+                                 fontWeight="bold", anchor="start")
+    else:
+        params = alt.TitleParams(text=title, subtitle=list(notes) or alt.Undefined, anchor="start")
+    return chart.properties(title=params)
+
+
+def _legend_pick(field: str):
+    """A selection made by clicking the legend of `field` (shift-click adds)."""
+    return alt.selection_point(fields=[field], bind="legend")
+
+
+def _highlight(selection):
+    return alt.condition(selection, alt.value(1.0), alt.value(0.12))
+
+
+def _op_color(title: str = "op"):
+    return alt.Color("op:N", title=title, scale=alt.Scale(domain=OPS, range=OP_COLORS))
+
+
+def _poll_rule():
+    """A dashed rule at Kine's 1 s poll interval, labelled, on its own one-row data."""
+    base = alt.Chart(alt.Data(values=[{"poll_ms": POLL_MS, "text": "1 s poll"}]))
+    rule = base.mark_rule(strokeDash=[4, 3], color="black").encode(x="poll_ms:Q")
+    text = base.mark_text(align="left", dx=3, dy=-4, baseline="bottom", fontSize=10).encode(
+        x="poll_ms:Q", y=alt.value(0), text="text:N")
+    return rule + text
+
+
+# --- charts ----------------------------------------------------------------------------------------------
+
+def revision_timeline(source, *, over: str = "revision", run_id: Optional[int] = None, bins: int = 60,
+                      top: int = 8, label: Optional[str] = None):
+    """Rows of the newest snapshot per revision bin (`over="revision"`, from kine_ops), or acknowledged writes
+    per slice of a run's wall time (`over="time"`, from writes: t_commit since the run's first write), stacked
+    by op, one panel per resource (the `top` busiest; the rest together). Click the legend to pick ops."""
+    if over not in ("revision", "time"):
+        raise UsageError(f"over must be 'revision' or 'time', not {over!r}")
+    with _connected(source) as con:
+        if over == "revision":
+            events = """SELECT id AS x, op, coalesce(resource, '(' || op || ')') AS resource FROM kine_ops"""
+            params, axis = [], "revision (kine row id)"
+            width = "greatest(ceil((max(x) - min(x) + 1) / ?), 1)"  # whole revisions per bin
+            title = "kine table rows per revision, by op and resource (newest snapshot)"
+        else:
+            run_id = _run_id(con, run_id, "writes", "acknowledged writes", "record some with `kinelab load`")
+            events = """SELECT w.t_commit - min(w.t_commit) OVER () AS x, w.op,
+                               coalesce(o.resource, split_part(w.key, '/', 3)) AS resource
+                        FROM writes w LEFT JOIN kine_ops o ON o.id = w.revision WHERE w.run_id = ?"""
+            params, axis = [run_id], "seconds since the run's first write"
+            width = "greatest((max(x) - min(x)) / ?, 1e-3)"
+            title = f"acknowledged writes over time, by op and resource (run {run_id})"
+        data = _table(con, f"""
+            WITH e AS ({events}),
+            busiest AS (SELECT resource FROM e GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT ?),
+            span AS (SELECT min(x) AS lo, {width} AS width FROM e),
+            binned AS (SELECT floor((x - lo) / width) AS b, lo, width, op,
+                              CASE WHEN resource IN (SELECT resource FROM busiest) THEN resource
+                                   ELSE '(other resources)' END AS resource
+                       FROM e, span)
+            SELECT lo + least(b, ? - 1) * width AS start, lo + (least(b, ? - 1) + 1) * width AS stop,
+                   op, resource, count(*)::BIGINT AS rows
+            FROM binned GROUP BY ALL""", [*params, top, bins, bins, bins], order_by="resource, start, op")
+    pick = _legend_pick("op")
+    chart = alt.Chart(data).mark_bar(stroke=None).encode(
+        x=alt.X("start:Q", bin="binned", title=axis), x2="stop:Q",
+        y=alt.Y("sum(rows):Q", title="rows" if over == "revision" else "writes"),
+        color=_op_color(), opacity=_highlight(pick),
+        row=alt.Row("resource:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left")),
+        tooltip=["resource:N", "op:N", alt.Tooltip("start:Q", format=",.3~f"), alt.Tooltip("stop:Q", format=",.3~f"),
+                 "rows:Q"],
+    ).add_params(pick).properties(width=640, height=70).resolve_scale(y="independent")
+    return _finish(chart, title, label)
+
+
+def key_chain(source, key: Union[str, Sequence[str], None] = None, *, resource: Optional[str] = None,
+              limit: int = 12, label: Optional[str] = None):
+    """Per-key revision chains in the newest snapshot: a mark at each row id of the chosen keys (`key`: one
+    name or several; default the `limit` keys with the most rows, of `resource` if given), a rule from each
+    row's predecessor (prev_revision) to it, and marks styled by op: create, update, delete (the tombstone),
+    re-create (a create after a delete). Long chains keep their newest rows. Drag to pan, wheel to zoom."""
+    names = [key] if isinstance(key, str) else list(key) if key is not None else None
+    with _connected(source) as con:
+        if names is None:
+            names = [r[0] for r in con.execute("""
+                SELECT name FROM kine_ops WHERE op NOT IN ('compact', 'gap') AND (? IS NULL OR resource = ?)
+                GROUP BY name ORDER BY count(*) DESC, max(id) DESC, name LIMIT ?""",
+                [resource, resource, limit]).fetchall()]
+        if not names:
+            raise UsageError("no keys to show" + (f" for resource {resource!r}" if resource else ""))
+        data = _table(con, """
+            WITH k AS (SELECT *, lag(id) OVER (PARTITION BY name ORDER BY id) AS earlier
+                       FROM kine_ops WHERE list_contains(?, name))
+            SELECT id, name, object_name, prev_revision, create_revision, value_bytes, lease,
+                   CASE WHEN op = 'create' AND (prev_revision > 0 OR earlier IS NOT NULL) THEN 're-create'
+                        ELSE op END AS op,
+                   CASE WHEN op = 'create' THEN coalesce(nullif(prev_revision, 0), earlier)
+                        WHEN op IN ('update', 'delete') AND prev_revision > 0 THEN prev_revision END AS link_from,
+                   min(id) OVER (PARTITION BY name) AS first_id
+            FROM k QUALIFY row_number() OVER (PARTITION BY name ORDER BY id DESC) <= ?""",
+                      [names, MAX_ROWS // len(names)], order_by="name, id")
+    pick, zoom = _legend_pick("op"), alt.selection_interval(encodings=["x"], bind="scales")
+    y = alt.Y("name:N", title=None, sort=alt.EncodingSortField("first_id", op="min"),
+              axis=alt.Axis(labelLimit=420))
+    base = alt.Chart(data).encode(y=y)
+    links = base.mark_rule(color="#999", strokeWidth=1.5).encode(
+        x=alt.X("link_from:Q", title="revision (kine row id)"), x2="id:Q",
+        opacity=_highlight(pick)).transform_filter("isValid(datum.link_from)")
+    marks = base.mark_point(size=90, filled=True).encode(
+        x="id:Q", color=_op_color(),
+        shape=alt.Shape("op:N", scale=alt.Scale(domain=OPS, range=OP_SHAPES)),
+        opacity=_highlight(pick),
+        tooltip=["name:N", "id:Q", "op:N", "prev_revision:Q", "create_revision:Q", "value_bytes:Q", "lease:Q"],
+    ).add_params(pick, zoom)
+    chart = (links + marks).properties(width=640, height=alt.Step(22))
+    shown = ", ".join(names) if len(names) <= 2 else f"{len(names)} keys"
+    return _finish(chart, f"revision chains of {shown}", label,
+                   ["a rule runs from a row's prev_revision to it; a re-create follows a tombstone"])
+
+
+def table_anatomy(source, snapshot_id: Optional[int] = None, *, label: Optional[str] = None):
+    """What one snapshot's kine table holds (kine_at): live rows, superseded versions (a later row names them
+    as prev_revision), tombstones, gap fills and Kine's bookkeeping (compact_rev_key*), counted and sized
+    (octet_length of value and old_value). Click the legend to pick kinds."""
+    with _connected(source) as con:
+        sid = _snapshot_id(con, snapshot_id)
+        compact_revision = con.execute("SELECT compact_revision FROM snapshots WHERE snapshot_id = ?",
+                                       [sid]).fetchone()[0]
+        # compact_rev_key keeps the compact revision in prev_revision: it supersedes nothing.
+        data = _table(con, """
+            WITH s AS (SELECT * FROM kine_at(?)),
+            successors AS (SELECT DISTINCT prev_revision AS id FROM s
+                           WHERE prev_revision > 0 AND NOT starts_with(name, 'compact_rev_key')),
+            kinds AS (SELECT unnest(?::VARCHAR[]) AS kind, generate_subscripts(?::VARCHAR[], 1) AS ord),
+            typed AS (
+                SELECT CASE WHEN starts_with(name, 'compact_rev_key') THEN 'bookkeeping'
+                            WHEN deleted = 1 AND starts_with(name, 'gap-') THEN 'gap'
+                            WHEN deleted = 1 THEN 'tombstone'
+                            WHEN id IN (SELECT id FROM successors) THEN 'superseded'
+                            ELSE 'live' END AS kind,
+                       coalesce(octet_length(value), 0) AS value_bytes,
+                       coalesce(octet_length(old_value), 0) AS old_value_bytes
+                FROM s)
+            SELECT k.kind, k.ord, count(t.kind)::BIGINT AS rows,
+                   coalesce(sum(t.value_bytes), 0)::BIGINT AS value_bytes,
+                   coalesce(sum(t.old_value_bytes), 0)::BIGINT AS old_value_bytes,
+                   coalesce(sum(t.value_bytes + t.old_value_bytes), 0)::BIGINT AS bytes
+            FROM kinds k LEFT JOIN typed t USING (kind) GROUP BY ALL""",
+                      [sid, ROW_KINDS, ROW_KINDS], order_by="ord")
+    total_rows, total_bytes = pc.sum(data.column("rows")).as_py(), pc.sum(data.column("bytes")).as_py()
+    pick = _legend_pick("kind")
+    color = alt.Color("kind:N", title="row kind", scale=alt.Scale(domain=ROW_KINDS, range=ROW_KIND_COLORS))
+    y = alt.Y("kind:N", title=None, sort=ROW_KINDS)
+    tooltip = ["kind:N", alt.Tooltip("rows:Q", format=","), alt.Tooltip("value_bytes:Q", format=","),
+               alt.Tooltip("old_value_bytes:Q", format=","), alt.Tooltip("bytes:Q", format=",")]
+    base = alt.Chart(data).encode(y=y, color=color, opacity=_highlight(pick), tooltip=tooltip)
+    rows = base.mark_bar().encode(x=alt.X("rows:Q", title="rows")).add_params(pick)
+    columns = ["value", "old_value"]
+    folded = base.transform_fold(["value_bytes", "old_value_bytes"], as_=["column", "column_bytes"]) \
+        .transform_calculate(column="replace(datum.column, '_bytes', '')") \
+        .encode(x=alt.X("column_bytes:Q", title="bytes of value and of old_value", axis=alt.Axis(format="~s")),
+                yOffset=alt.YOffset("column:N", sort=columns))
+    sizes = folded.mark_bar() + folded.mark_text(align="left", dx=3, fontSize=9, color="black").encode(
+        text="column:N", opacity=alt.value(1))
+    chart = alt.hconcat(rows.properties(width=300, height=alt.Step(30), title="rows"),
+                        sizes.properties(width=300, height=alt.Step(15), title="bytes"))
+    return _finish(chart, f"kine table anatomy at snapshot {sid}", label,
+                   [f"{total_rows:,} rows, {total_bytes:,} bytes of value + old_value; compact revision "
+                    f"{compact_revision}"])
+
+
+def compaction(source, run_id: Optional[int] = None, *, label: Optional[str] = None):
+    """A compaction run over time (compaction_timeline): compact and current revision with the revisions
+    kept between them, the table's rows (total, superseded, tombstones, gap fills), and its size as the
+    database reports it. The panels zoom together (wheel, drag); the checks below the compact revision
+    are listed under the title."""
+    with _connected(source) as con:
+        run_id = _run_id(con, run_id, "compaction_timeline", "compaction timeline",
+                         "record one with `kinelab compaction`")
+        data = _table(con, """
+            SELECT t - min(t) OVER () AS seconds, method, snapshot_id, compact_revision, current_revision,
+                   rows_total, rows_superseded, rows_tombstones, rows_gap, table_bytes
+            FROM compaction_timeline WHERE run_id = ?""", [run_id], order_by="seconds")
+        checks = con.execute("""SELECT check_name, ok, revision FROM compaction_checks WHERE run_id = ?
+                                ORDER BY t, check_name""", [run_id]).fetchall()
+    method = data.column("method")[0].as_py() if data.num_rows else "?"
+    zoom = alt.selection_interval(encodings=["x"], bind="scales")
+    x = alt.X("seconds:Q", title="seconds since the run's first sample")
+    base = alt.Chart(data).encode(x=x)
+    kept = base.mark_area(opacity=0.12, color="#1f77b4").encode(
+        y=alt.Y("compact_revision:Q", title="revision"), y2="current_revision:Q")
+    revisions = base.transform_fold(["current_revision", "compact_revision"], as_=["series", "revision"]) \
+        .mark_line(point=True).encode(
+            y="revision:Q", color=alt.Color("series:N", title="revision"),
+            tooltip=["seconds:Q", "series:N", "revision:Q", "snapshot_id:Q"]).add_params(zoom)
+    row_series = ["rows_total", "rows_superseded", "rows_tombstones", "rows_gap"]
+    rows = base.transform_fold(row_series, as_=["series", "rows"]).mark_line(point=True).encode(
+        y=alt.Y("rows:Q", title="rows"), color=alt.Color("series:N", title="rows", sort=row_series),
+        tooltip=["seconds:Q", "series:N", "rows:Q", "snapshot_id:Q"]).add_params(zoom)
+    size = base.mark_area(line=True, point=True, opacity=0.3, color="#8c564b").encode(
+        y=alt.Y("table_bytes:Q", title="table bytes", axis=alt.Axis(format="~s")),
+        tooltip=["seconds:Q", alt.Tooltip("table_bytes:Q", format=","), "snapshot_id:Q"]).add_params(zoom)
+    chart = alt.vconcat((kept + revisions).properties(width=640, height=170),
+                        rows.properties(width=640, height=150),
+                        size.properties(width=640, height=110)).resolve_scale(x="shared", color="independent")
+    notes = [", ".join(f"{name} at {revision}: {'ok' if ok else 'FAILED'}" for name, ok, revision in checks)
+             or "no checks below the compact revision (nothing was compacted)"]
+    return _finish(chart, f"compaction ({method}) over run {run_id}", label, notes)
+
+
+def watch_lag(source, run_id: Optional[int] = None, *, quantiles: int = 100, label: Optional[str] = None):
+    """Watch lag per observer (a watch on each replica), split into writes made through the same replica and
+    through another one: an ECDF (from `quantiles` + 1 quantiles computed in DuckDB) above box plots
+    (whiskers min..max, box p25..p75, tick at the median), with a rule at Kine's 1 s poll. The x scale is
+    symmetric-log: a watch event can arrive a little before the write's own acknowledgement (negative lag)."""
+    steps = [i / quantiles for i in range(quantiles + 1)]
+    with _connected(source) as con:
+        run_id = _run_id(con, run_id, "watch_events", "watch events", "record some with `kinelab watchlag`")
+        events = """SELECT observer, CASE WHEN writer = observer THEN 'same-replica' ELSE 'other-replica' END
+                           AS locality, lag_ms
+                    FROM watch_events WHERE run_id = ? AND writer IS NOT NULL"""
+        ecdf = _table(con, f"""
+            SELECT observer, 'replica ' || observer AS watcher, locality, events,
+                   unnest(?::DOUBLE[]) AS fraction, unnest(lags) AS lag_ms
+            FROM (SELECT observer, locality, count(*) AS events, quantile_cont(lag_ms, ?::DOUBLE[]) AS lags
+                  FROM ({events}) GROUP BY ALL)""", [steps, steps, run_id], order_by="observer, locality, fraction")
+        boxes = _table(con, f"""
+            SELECT observer, 'replica ' || observer AS watcher, locality, count(*) AS events,
+                   min(lag_ms) AS min_ms, quantile_cont(lag_ms, 0.25) AS p25_ms, median(lag_ms) AS p50_ms,
+                   quantile_cont(lag_ms, 0.75) AS p75_ms, quantile_cont(lag_ms, 0.99) AS p99_ms,
+                   max(lag_ms) AS max_ms, avg(lag_ms) AS mean_ms
+            FROM ({events}) GROUP BY ALL""", [run_id], order_by="observer, locality")
+        missed, cancelled = con.execute("""
+            SELECT (SELECT count(*) FROM watch_missed WHERE run_id = $1),
+                   (SELECT count(*) FROM watch_observers WHERE run_id = $1 AND cancelled)""", [run_id]).fetchone()
+    pick = _legend_pick("locality")
+    lag_scale = alt.Scale(type="symlog", constant=1)
+    color = alt.Color("locality:N", scale=alt.Scale(domain=LOCALITIES, range=LOCALITY_COLORS))
+    curves = alt.Chart(ecdf).mark_line(interpolate="step-after").encode(
+        x=alt.X("lag_ms:Q", title="lag (ms, symlog)", scale=lag_scale),
+        y=alt.Y("fraction:Q", title="fraction of events", axis=alt.Axis(format="%")),
+        color=color, strokeDash=alt.StrokeDash("watcher:N", title="observer"),
+        opacity=_highlight(pick),
+        tooltip=["watcher:N", "locality:N", alt.Tooltip("fraction:Q", format=".0%"),
+                 alt.Tooltip("lag_ms:Q", format=",.2f"), "events:Q"],
+    ).add_params(pick)
+    box = alt.Chart(boxes).encode(y=alt.Y("watcher:N", title="observer"), yOffset=alt.YOffset("locality:N",
+                                                                                              sort=LOCALITIES),
+                                  color=color, opacity=_highlight(pick),
+                                  tooltip=["watcher:N", "locality:N", "events:Q",
+                                           *(alt.Tooltip(f"{c}:Q", format=",.2f") for c in
+                                             ("min_ms", "p25_ms", "p50_ms", "p75_ms", "p99_ms", "max_ms",
+                                              "mean_ms"))])
+    whiskers = box.mark_rule().encode(x=alt.X("min_ms:Q", title="lag (ms, symlog)", scale=lag_scale), x2="max_ms:Q")
+    iqr = box.mark_bar(size=9).encode(x="p25_ms:Q", x2="p75_ms:Q")
+    medians = box.mark_tick(color="black", thickness=2, size=11).encode(x="p50_ms:Q")
+    chart = alt.vconcat((curves + _poll_rule()).properties(width=640, height=240),
+                        (whiskers + iqr + medians + _poll_rule()).properties(width=640, height=alt.Step(14))
+                        ).resolve_scale(x="shared")
+    return _finish(chart, f"watch lag per observer, run {run_id}", label,
+                   [f"{missed} acknowledged writes never delivered; {cancelled} watches cancelled"])
+
+
+def ops_by_resource(source, *, top_namespaces: int = 15, label: Optional[str] = None):
+    """Rows of the newest snapshot by resource and op (left) and by namespace (right: the `top_namespaces`
+    busiest of each resource, the rest together). Click a resource bar to see only its namespaces; click
+    the legend to pick ops."""
+    with _connected(source) as con:
+        data = _table(con, """
+            WITH o AS (SELECT coalesce(resource, '(' || op || ')') AS resource,
+                              coalesce(namespace, '(cluster-scoped)') AS namespace, op FROM kine_ops),
+            ranked AS (SELECT resource, namespace, count(*) AS n,
+                              row_number() OVER (PARTITION BY resource ORDER BY count(*) DESC, namespace) AS r,
+                              count(*) OVER (PARTITION BY resource) AS namespaces
+                       FROM o GROUP BY ALL)
+            SELECT o.resource, CASE WHEN r.r <= ? THEN o.namespace
+                                    ELSE '(' || (r.namespaces - ?) || ' other namespaces)' END AS namespace,
+                   o.op, count(*)::BIGINT AS rows
+            FROM o JOIN ranked r USING (resource, namespace) GROUP BY ALL""",
+                      [top_namespaces, top_namespaces], order_by="resource, namespace, op")
+    pick, chosen = _legend_pick("op"), alt.selection_point(fields=["resource"])
+    base = alt.Chart(data).encode(color=_op_color(), tooltip=["resource:N", "namespace:N", "op:N", "sum(rows):Q"])
+    resources = base.mark_bar().encode(
+        y=alt.Y("resource:N", sort="-x", title=None), x=alt.X("sum(rows):Q", title="rows"),
+        opacity=alt.condition(pick & chosen, alt.value(1.0), alt.value(0.25))).add_params(pick, chosen)
+    namespaces = base.mark_bar().encode(
+        y=alt.Y("namespace:N", sort="-x", title=None), x=alt.X("sum(rows):Q", title="rows"),
+        opacity=_highlight(pick)).transform_filter(chosen)
+    chart = alt.hconcat(resources.properties(width=320, height=alt.Step(16), title="by resource"),
+                        namespaces.properties(width=320, height=alt.Step(16),
+                                              title="by namespace (of the clicked resource)"))
+    return _finish(chart, "kine table rows by resource, namespace and op (newest snapshot)", label)
+
+
+def sql_latency(source, run_id: Optional[int] = None, *, cumulative: bool = False, label: Optional[str] = None):
+    """Kine's SQL latency per query name and replica, from its Prometheus histogram
+    (kine_sql_time_seconds_*): mean from _sum/_count, p50 and p99 interpolated within the buckets like
+    Prometheus' histogram_quantile. The counters are cumulative since Kine started: by default the chart
+    shows the run's own window (last sample minus first); `cumulative=True` shows the totals at the last
+    sample. Click the legend to pick replicas."""
+    with _connected(source) as con:
+        run_id = _run_id(con, run_id, "kine_metrics", "Kine metrics",
+                         "record some with `kinelab load` or `kinelab watchlag`")
+        data = _table(con, """
+            WITH m AS (
+                SELECT t, replica, metric, value,
+                       json_extract_string(labels, '$.name') || CASE
+                           WHEN coalesce(json_extract_string(labels, '$.error_code'), '') = '' THEN ''
+                           ELSE ' (error ' || json_extract_string(labels, '$.error_code') || ')' END AS query,
+                       json_extract_string(labels, '$.le') AS le
+                FROM kine_metrics WHERE run_id = ? AND metric IN ('kine_sql_time_seconds_bucket',
+                    'kine_sql_time_seconds_sum', 'kine_sql_time_seconds_count')),
+            edges AS (SELECT replica, min(t) AS first_t, max(t) AS last_t FROM m GROUP BY 1),
+            d AS (SELECT m.replica, metric, query, le,
+                         greatest(0, coalesce(max(value) FILTER (WHERE t = last_t), 0)
+                                     - CASE WHEN ? THEN 0 ELSE coalesce(max(value) FILTER (WHERE t = first_t), 0)
+                                       END) AS value
+                  FROM m JOIN edges USING (replica) GROUP BY ALL),
+            buckets AS (
+                SELECT replica, query, CAST(le AS DOUBLE) AS le, value AS cum,
+                       coalesce(lag(CAST(le AS DOUBLE)) OVER w, 0) AS lo, coalesce(lag(value) OVER w, 0) AS cum_lo,
+                       max(value) OVER (PARTITION BY replica, query) AS total
+                FROM d WHERE metric = 'kine_sql_time_seconds_bucket'
+                WINDOW w AS (PARTITION BY replica, query ORDER BY CAST(le AS DOUBLE))),
+            q AS (SELECT replica, query, p,
+                         arg_min(CASE WHEN isinf(le) THEN lo ELSE lo + (le - lo) * (p * total - cum_lo) / (cum - cum_lo)
+                                 END, le) * 1000 AS ms
+                  FROM buckets, (VALUES (0.5), (0.99)) ps(p) WHERE total > 0 AND cum >= p * total GROUP BY ALL),
+            totals AS (SELECT replica, query,
+                              max(value) FILTER (WHERE metric = 'kine_sql_time_seconds_count') AS queries,
+                              max(value) FILTER (WHERE metric = 'kine_sql_time_seconds_sum') AS seconds
+                       FROM d GROUP BY ALL)
+            SELECT 'replica ' || t.replica AS replica, t.query, t.queries::BIGINT AS queries,
+                   t.seconds * 1000 / t.queries AS mean_ms,
+                   max(q.ms) FILTER (WHERE q.p = 0.5) AS p50_ms, max(q.ms) FILTER (WHERE q.p = 0.99) AS p99_ms
+            FROM totals t JOIN q USING (replica, query) WHERE t.queries > 0 GROUP BY ALL""",
+                      [run_id, cumulative], order_by="query, replica")
+    pick = _legend_pick("replica")
+    ms = alt.Scale(type="log")
+    base = alt.Chart(data).encode(
+        y=alt.Y("query:N", title="Kine query", sort=alt.EncodingSortField("queries", op="sum", order="descending")),
+        yOffset="replica:N", color=alt.Color("replica:N"), opacity=_highlight(pick),
+        tooltip=["query:N", "replica:N", alt.Tooltip("queries:Q", format=","),
+                 *(alt.Tooltip(f"{c}:Q", format=",.3f") for c in ("mean_ms", "p50_ms", "p99_ms"))])
+    spread = base.mark_rule(strokeWidth=2).encode(
+        x=alt.X("p50_ms:Q", title="latency (ms, log): ● p50 to ▮ p99, ◆ mean", scale=ms), x2="p99_ms:Q")
+    p50 = base.mark_point(filled=True, size=50, shape="circle").encode(x="p50_ms:Q").add_params(pick)
+    p99 = base.mark_tick(thickness=3, size=10).encode(x="p99_ms:Q")
+    mean = base.mark_point(shape="diamond", size=60, filled=False, strokeWidth=1.5).encode(x="mean_ms:Q")
+    chart = (spread + p50 + p99 + mean).properties(width=560, height=alt.Step(36))
+    window = "totals since Kine started" if cumulative else "this run's window (last sample minus first)"
+    return _finish(chart, f"Kine SQL latency per query and replica, run {run_id}", label,
+                   [f"{window}; quantiles interpolated in Kine's histogram buckets (1 ms to 8.192 s)"])
+
+
+# --- export ----------------------------------------------------------------------------------------------
+
+SAVE_FORMATS = {".png": "png", ".svg": "svg", ".html": "html"}
+
+
+def save(chart, path, *, scale: float = 2.0) -> Path:
+    """Write `chart` to `path` as PNG, SVG or a self-contained HTML page (by suffix), rendered by vl-convert
+    in this process: no browser and no network. Returns the path."""
+    path = Path(path)
+    fmt = SAVE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise UsageError(f"cannot save a chart as {path.suffix or 'a file without suffix'!r}: use "
+                         f"{', '.join(SAVE_FORMATS)}")
+    try:
+        import vl_convert  # noqa: F401  (Altair renders through it)
+    except ImportError:
+        raise ToolError("saving charts needs vl-convert: pip install vl-convert-python") from None
+    if fmt == "html":
+        chart.save(str(path), format="html", inline=True)
+    else:
+        chart.save(str(path), format=fmt, engine="vl-convert", scale_factor=scale)
+    return path
