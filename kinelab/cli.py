@@ -263,6 +263,13 @@ def cmd_check(args) -> int:
     return 0 if report.consistent else 1
 
 
+def cmd_fault(args) -> int:
+    lab = _lab(args)
+    getattr(lab, args.action)(args.replica)
+    out.print(f"replica {args.replica}: {args.action} done")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -360,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="/")
     p.add_argument("--baseline", help="an earlier capture: report rows changed since")
     p.add_argument("--json", action="store_true")
+
+    p = add("fault", cmd_fault, "inject a replica fault: kill (SIGKILL), pause (SIGSTOP), resume, restart")
+    p.add_argument("action", choices=["kill", "pause", "resume", "restart"])
+    p.add_argument("--replica", type=int, required=True)
+    lab_dir(p)
 
     p = add("demo", cmd_demo, "3 replicas on embedded Postgres, a seeded burst of writes, a capture, a summary")
     p.add_argument("--replicas", type=int, default=3)

@@ -21,6 +21,21 @@ KINELAB = [sys.executable, "-m", "kinelab.cli"]
 os.environ.setdefault("KINELAB_PROGRESS", "0")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def remove_root_postgres_data():
+    """As root, a lab's Postgres data lives under /var/lib/kinelab/postgres, outside pytest's tmp dirs:
+    remove what this session created once every lab is stopped."""
+    from kinelab.provision.datastores import ROOT_PG_HOME
+
+    before = set(ROOT_PG_HOME.iterdir()) if ROOT_PG_HOME.is_dir() else set()
+    yield
+    if ROOT_PG_HOME.is_dir():
+        import shutil
+
+        for leftover in set(ROOT_PG_HOME.iterdir()) - before:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def kine():
     return kl.install_kine()

@@ -17,6 +17,7 @@ import json
 import os
 import secrets as _secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,7 +34,7 @@ from ..etcd import Etcd
 from .datastores import ROOT_PG_HOME, Datastore, ExternalStore, SqliteStore, make_datastore
 from .kine import KineReplica, kine_flags
 from .process import ProcessRecord, tail
-from .tools import install_kine
+from .tools import KineBinary, install_kine
 
 MANIFEST = "lab.json"
 SECRETS = "secrets.json"
@@ -234,6 +235,52 @@ class Lab:
         if index not in self._clients:
             self._clients[index] = Etcd(self.endpoints[index])
         return self._clients[index]
+
+    # --- faults: what a replica failure looks like, on demand -------------------------------------------
+    def _replica_record(self, index: int) -> ProcessRecord:
+        replicas = self.manifest.get("replicas", [])
+        if not 0 <= index < len(replicas):
+            raise UsageError(f"no replica {index}: this lab has replicas 0..{len(replicas) - 1}")
+        return ProcessRecord(**replicas[index]["process"])
+
+    def kill(self, index: int) -> None:
+        """SIGKILL replica `index` (and its process group), as a crash would."""
+        record = self._replica_record(index)
+        if record.alive:
+            os.killpg(record.pid, signal.SIGKILL)
+            try:
+                psutil.Process(record.pid).wait(10)  # reaps it too when this process started it
+            except psutil.Error:
+                pass
+        self._clients.pop(index, None)
+
+    def pause(self, index: int) -> None:
+        """SIGSTOP replica `index`: alive but silent, like a stalled VM."""
+        os.killpg(self._alive_record(index).pid, signal.SIGSTOP)
+
+    def resume(self, index: int) -> None:
+        os.killpg(self._alive_record(index).pid, signal.SIGCONT)
+
+    def _alive_record(self, index: int) -> ProcessRecord:
+        record = self._replica_record(index)
+        if not record.alive:
+            raise UsageError(f"replica {index} is not running; `restart` it first")
+        return record
+
+    def restart(self, index: int) -> None:
+        """Stop replica `index` if it runs, then start it again with the same ports, flags and datastore."""
+        record = self._replica_record(index)
+        record.stop()
+        entry = self.manifest["replicas"][index]
+        args = {**self.manifest.get("kine_args", {}), **self.manifest.get("replica_args", [{}] * (index + 1))[index]}
+        replica = KineReplica(index, KineBinary(Path(self.manifest["kine_bin"]), self.manifest["kine_version"]),
+                              self.dsn, self.dir, args=args, port=int(entry["endpoint"].rsplit(":", 1)[1]),
+                              metrics_port=int(entry["metrics_url"].rsplit(":", 1)[1].split("/")[0]),
+                              env={"KINELAB_LAB_ID": self.id})
+        replica.start()
+        entry["process"] = replica.record.to_json()
+        self._save()
+        self._clients.pop(index, None)
 
     def status(self) -> dict:
         """The manifest's public view, with each replica's liveness, revision and, if dead, last log line."""

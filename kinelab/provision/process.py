@@ -94,6 +94,7 @@ class ProcessRecord:
         if proc is None:
             return
         _signal_group(self.pid, self.stop_signal)
+        _signal_group(self.pid, signal.SIGCONT)  # a paused process must wake up to handle the stop
         try:
             proc.wait(timeout)
         except psutil.TimeoutExpired:
