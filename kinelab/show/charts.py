@@ -17,6 +17,7 @@ as its title, in red, above what the chart is, so it is never mistaken for a liv
 from __future__ import annotations
 
 import os
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
@@ -33,38 +34,37 @@ POLL_MS = 1000         # Kine's poll interval: other replicas see a write on the
 
 OPS = ["create", "re-create", "update", "delete", "gap", "compact", "other"]
 OP_COLORS = ["#2ca02c", "#9467bd", "#1f77b4", "#d62728", "#7f7f7f", "#ff7f0e", "#bcbd22"]
-OP_SHAPES = ["circle", "triangle-up", "square", "cross", "triangle-down", "diamond", "stroke"]
+OP_SHAPES = ["circle", "triangle-up", "square", "cross", "triangle-down", "diamond", "triangle-left"]
 ROW_KINDS = ["live", "superseded", "tombstone", "gap", "bookkeeping"]
 ROW_KIND_COLORS = ["#2ca02c", "#1f77b4", "#d62728", "#7f7f7f", "#ff7f0e"]
 LOCALITIES = ["same-replica", "other-replica"]
 LOCALITY_COLORS = ["#1f77b4", "#d62728"]
 LABEL_COLOR = "#b30000"
+LAG_TICKS = [-100, -10, -1, 0, 1, 10, 100, 1000, 10000, 100000]
 
 # --- data ------------------------------------------------------------------------------------------------
 
 @contextmanager
 def _connected(source) -> Iterator:
-    """A connection to `source`: a capture path is opened read-only and closed afterwards."""
-    if isinstance(source, (str, os.PathLike)):
-        con = open_capture(source)
-        try:
-            yield con
-        finally:
-            con.close()
-    else:
-        yield source
+    """A connection to `source`: a capture path is opened read-only and closed afterwards; a connection is
+    used through a cursor of its own, so the caller's pending results and state are left as they were."""
+    con = open_capture(source) if isinstance(source, (str, os.PathLike)) else source.cursor()
+    try:
+        yield con
+    finally:
+        con.close()
 
 
 def _table(con, sql: str, params: Sequence = (), *, order_by: str, limit: int = MAX_ROWS) -> pa.Table:
     """The rows of `sql` as Arrow, at most `limit` of them: a bigger result keeps every k-th row in `order_by`
     order, chosen in DuckDB, so a big capture never reaches the chart whole. Decimals (DuckDB's sums of
     integers) become plain numbers, which JSON and Vega understand."""
-    table = con.execute(f"""
+    table = con.sql(f"""
         SELECT * EXCLUDE (kl_n, kl_total) FROM (
             SELECT *, row_number() OVER (ORDER BY {order_by}) - 1 AS kl_n, count(*) OVER () AS kl_total
             FROM ({sql}))
         WHERE kl_n % greatest(1, ceil(kl_total / {int(limit)}))::BIGINT = 0
-        ORDER BY kl_n""", list(params)).to_arrow_table()
+        ORDER BY kl_n""", params=list(params)).to_arrow_table()
     for i, field in enumerate(table.schema):
         if pa.types.is_decimal(field.type):
             target = pa.int64() if field.type.scale == 0 else pa.float64()
@@ -75,10 +75,10 @@ def _table(con, sql: str, params: Sequence = (), *, order_by: str, limit: int = 
 def _run_id(con, run_id: Optional[int], table: str, what: str, how: str) -> int:
     """`run_id`, or the newest run with rows in `table`; a clear error when there is none."""
     if run_id is None:
-        run_id = con.execute(f"SELECT max(run_id) FROM {table}").fetchone()[0]
+        run_id = con.execute(f"SELECT max(run_id) FROM {table}").fetchall()[0][0]
         if run_id is None:
             raise UsageError(f"this capture has no {what} (table {table} is empty); {how}")
-    elif not con.execute(f"SELECT count(*) FROM {table} WHERE run_id = ?", [run_id]).fetchone()[0]:
+    elif not con.execute(f"SELECT count(*) FROM {table} WHERE run_id = ?", [run_id]).fetchall()[0][0]:
         raise UsageError(f"run {run_id} has no {what} (no rows in {table}); leave run_id out for the newest")
     return int(run_id)
 
@@ -123,7 +123,7 @@ def _poll_rule():
     """A dashed rule at Kine's 1 s poll interval, labelled, on its own one-row data."""
     base = alt.Chart(alt.Data(values=[{"poll_ms": POLL_MS, "text": "1 s poll"}]))
     rule = base.mark_rule(strokeDash=[4, 3], color="black").encode(x="poll_ms:Q")
-    text = base.mark_text(align="left", dx=3, dy=-4, baseline="bottom", fontSize=10).encode(
+    text = base.mark_text(align="right", dx=-3, dy=2, baseline="top", fontSize=10).encode(
         x="poll_ms:Q", y=alt.value(0), text="text:N")
     return rule + text
 
@@ -199,7 +199,7 @@ def key_chain(source, key: Union[str, Sequence[str], None] = None, *, resource: 
                         WHEN op IN ('update', 'delete') AND prev_revision > 0 THEN prev_revision END AS link_from,
                    min(id) OVER (PARTITION BY name) AS first_id
             FROM k QUALIFY row_number() OVER (PARTITION BY name ORDER BY id DESC) <= ?""",
-                      [names, MAX_ROWS // len(names)], order_by="name, id")
+                      [names, max(1, MAX_ROWS // len(names))], order_by="name, id")
     pick, zoom = _legend_pick("op"), alt.selection_interval(encodings=["x"], bind="scales")
     y = alt.Y("name:N", title=None, sort=alt.EncodingSortField("first_id", op="min"),
               axis=alt.Axis(labelLimit=420))
@@ -226,7 +226,7 @@ def table_anatomy(source, snapshot_id: Optional[int] = None, *, label: Optional[
     with _connected(source) as con:
         sid = _snapshot_id(con, snapshot_id)
         compact_revision = con.execute("SELECT compact_revision FROM snapshots WHERE snapshot_id = ?",
-                                       [sid]).fetchone()[0]
+                                       [sid]).fetchall()[0][0]
         # compact_rev_key keeps the compact revision in prev_revision: it supersedes nothing.
         data = _table(con, """
             WITH s AS (SELECT * FROM kine_at(?)),
@@ -301,9 +301,11 @@ def compaction(source, run_id: Optional[int] = None, *, label: Optional[str] = N
     size = base.mark_area(line=True, point=True, opacity=0.3, color="#8c564b").encode(
         y=alt.Y("table_bytes:Q", title="table bytes", axis=alt.Axis(format="~s")),
         tooltip=["seconds:Q", alt.Tooltip("table_bytes:Q", format=","), "snapshot_id:Q"]).add_params(zoom)
-    chart = alt.vconcat((kept + revisions).properties(width=640, height=170),
-                        rows.properties(width=640, height=150),
-                        size.properties(width=640, height=110)).resolve_scale(x="shared", color="independent")
+    with warnings.catch_warnings():  # one zoom shared by the panels is what we want; Altair warns about it
+        warnings.filterwarnings("ignore", "Automatically deduplicated selection parameter")
+        chart = alt.vconcat((kept + revisions).properties(width=640, height=170),
+                            rows.properties(width=640, height=150),
+                            size.properties(width=640, height=110)).resolve_scale(x="shared", color="independent")
     notes = [", ".join(f"{name} at {revision}: {'ok' if ok else 'FAILED'}" for name, ok, revision in checks)
              or "no checks below the compact revision (nothing was compacted)"]
     return _finish(chart, f"compaction ({method}) over run {run_id}", label, notes)
@@ -333,12 +335,13 @@ def watch_lag(source, run_id: Optional[int] = None, *, quantiles: int = 100, lab
             FROM ({events}) GROUP BY ALL""", [run_id], order_by="observer, locality")
         missed, cancelled = con.execute("""
             SELECT (SELECT count(*) FROM watch_missed WHERE run_id = $1),
-                   (SELECT count(*) FROM watch_observers WHERE run_id = $1 AND cancelled)""", [run_id]).fetchone()
+                   (SELECT count(*) FROM watch_observers WHERE run_id = $1 AND cancelled)""", [run_id]).fetchall()[0]
     pick = _legend_pick("locality")
-    lag_scale = alt.Scale(type="symlog", constant=1)
+    lag_scale = alt.Scale(type="symlog", constant=1, nice=False)
+    lag_axis = alt.Axis(values=LAG_TICKS, format=",~f")
     color = alt.Color("locality:N", scale=alt.Scale(domain=LOCALITIES, range=LOCALITY_COLORS))
     curves = alt.Chart(ecdf).mark_line(interpolate="step-after").encode(
-        x=alt.X("lag_ms:Q", title="lag (ms, symlog)", scale=lag_scale),
+        x=alt.X("lag_ms:Q", title="lag (ms, symlog)", scale=lag_scale, axis=lag_axis),
         y=alt.Y("fraction:Q", title="fraction of events", axis=alt.Axis(format="%")),
         color=color, strokeDash=alt.StrokeDash("watcher:N", title="observer"),
         opacity=_highlight(pick),
@@ -352,7 +355,8 @@ def watch_lag(source, run_id: Optional[int] = None, *, quantiles: int = 100, lab
                                            *(alt.Tooltip(f"{c}:Q", format=",.2f") for c in
                                              ("min_ms", "p25_ms", "p50_ms", "p75_ms", "p99_ms", "max_ms",
                                               "mean_ms"))])
-    whiskers = box.mark_rule().encode(x=alt.X("min_ms:Q", title="lag (ms, symlog)", scale=lag_scale), x2="max_ms:Q")
+    whiskers = box.mark_rule().encode(x=alt.X("min_ms:Q", title="lag (ms, symlog)", scale=lag_scale,
+                                                       axis=lag_axis), x2="max_ms:Q")
     iqr = box.mark_bar(size=9).encode(x="p25_ms:Q", x2="p75_ms:Q")
     medians = box.mark_tick(color="black", thickness=2, size=11).encode(x="p50_ms:Q")
     chart = alt.vconcat((curves + _poll_rule()).properties(width=640, height=240),
@@ -370,23 +374,24 @@ def ops_by_resource(source, *, top_namespaces: int = 15, label: Optional[str] = 
         data = _table(con, """
             WITH o AS (SELECT coalesce(resource, '(' || op || ')') AS resource,
                               coalesce(namespace, '(cluster-scoped)') AS namespace, op FROM kine_ops),
-            ranked AS (SELECT resource, namespace, count(*) AS n,
-                              row_number() OVER (PARTITION BY resource ORDER BY count(*) DESC, namespace) AS r,
-                              count(*) OVER (PARTITION BY resource) AS namespaces
-                       FROM o GROUP BY ALL)
+            counts AS (SELECT resource, namespace, count(*) AS n FROM o GROUP BY ALL),
+            ranked AS (SELECT *, row_number() OVER (PARTITION BY resource ORDER BY n DESC, namespace) AS r,
+                              count(*) OVER (PARTITION BY resource) AS namespaces FROM counts)
             SELECT o.resource, CASE WHEN r.r <= ? THEN o.namespace
                                     ELSE '(' || (r.namespaces - ?) || ' other namespaces)' END AS namespace,
                    o.op, count(*)::BIGINT AS rows
             FROM o JOIN ranked r USING (resource, namespace) GROUP BY ALL""",
                       [top_namespaces, top_namespaces], order_by="resource, namespace, op")
     pick, chosen = _legend_pick("op"), alt.selection_point(fields=["resource"])
-    base = alt.Chart(data).encode(color=_op_color(), tooltip=["resource:N", "namespace:N", "op:N", "sum(rows):Q"])
-    resources = base.mark_bar().encode(
-        y=alt.Y("resource:N", sort="-x", title=None), x=alt.X("sum(rows):Q", title="rows"),
-        opacity=alt.condition(pick & chosen, alt.value(1.0), alt.value(0.25))).add_params(pick, chosen)
-    namespaces = base.mark_bar().encode(
-        y=alt.Y("namespace:N", sort="-x", title=None), x=alt.X("sum(rows):Q", title="rows"),
-        opacity=_highlight(pick)).transform_filter(chosen)
+
+    def bars(by: str):
+        return alt.Chart(data).transform_aggregate(rows="sum(rows)", groupby=[by, "op"]).mark_bar().encode(
+            y=alt.Y(f"{by}:N", sort="-x", title=None), x=alt.X("sum(rows):Q", title="rows"), color=_op_color(),
+            tooltip=[f"{by}:N", "op:N", alt.Tooltip("rows:Q", format=",")])
+
+    resources = bars("resource").encode(opacity=alt.condition(pick & chosen, alt.value(1.0), alt.value(0.25))) \
+        .add_params(pick, chosen)
+    namespaces = bars("namespace").encode(opacity=_highlight(pick)).transform_filter(chosen)
     chart = alt.hconcat(resources.properties(width=320, height=alt.Step(16), title="by resource"),
                         namespaces.properties(width=320, height=alt.Step(16),
                                               title="by namespace (of the clicked resource)"))
@@ -444,11 +449,13 @@ def sql_latency(source, run_id: Optional[int] = None, *, cumulative: bool = Fals
         tooltip=["query:N", "replica:N", alt.Tooltip("queries:Q", format=","),
                  *(alt.Tooltip(f"{c}:Q", format=",.3f") for c in ("mean_ms", "p50_ms", "p99_ms"))])
     spread = base.mark_rule(strokeWidth=2).encode(
-        x=alt.X("p50_ms:Q", title="latency (ms, log): ● p50 to ▮ p99, ◆ mean", scale=ms), x2="p99_ms:Q")
-    p50 = base.mark_point(filled=True, size=50, shape="circle").encode(x="p50_ms:Q").add_params(pick)
-    p99 = base.mark_tick(thickness=3, size=10).encode(x="p99_ms:Q")
-    mean = base.mark_point(shape="diamond", size=60, filled=False, strokeWidth=1.5).encode(x="mean_ms:Q")
-    chart = (spread + p50 + p99 + mean).properties(width=560, height=alt.Step(36))
+        x=alt.X("p50_ms:Q", title="latency (ms, log scale)", scale=ms), x2="p99_ms:Q")
+    stats = ["p50", "p99", "mean"]
+    points = base.transform_fold([f"{s}_ms" for s in stats], as_=["statistic", "ms"]) \
+        .transform_calculate(statistic="replace(datum.statistic, '_ms', '')").mark_point(size=60, filled=True) \
+        .encode(x="ms:Q", shape=alt.Shape("statistic:N", sort=stats,
+                                           scale=alt.Scale(domain=stats, range=["circle", "square", "diamond"])))
+    chart = (spread + points.add_params(pick)).properties(width=560, height=alt.Step(22))
     window = "totals since Kine started" if cumulative else "this run's window (last sample minus first)"
     return _finish(chart, f"Kine SQL latency per query and replica, run {run_id}", label,
                    [f"{window}; quantiles interpolated in Kine's histogram buckets (1 ms to 8.192 s)"])
