@@ -23,6 +23,9 @@ demo: kine
 test: kine
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+lab: kine
+	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser $(if $(filter 0,$(shell id -u)),--allow-root,) notebooks
+
 bench: kine
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/observe.py
