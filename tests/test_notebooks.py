@@ -7,6 +7,7 @@ import papermill
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+EXECUTED = NOTEBOOKS.parent / "build" / "notebooks"  # kept after the run: CI's artefacts, papermill's error banners
 RUNS = [
     ("01-quickstart", {}), ("01-quickstart", {"replicas": 3, "datastore": "postgres", "seed": 5}),
     ("02-revisions-and-mvcc", {}), ("02-revisions-and-mvcc", {"datastore": "postgres", "updates": 5}),
@@ -23,7 +24,9 @@ def test_every_notebook_is_covered():
 
 @pytest.mark.parametrize("name, parameters", RUNS, ids=[f"{n}-{'defaults' if not p else 'other'}" for n, p in RUNS])
 def test_notebook_runs_and_its_claim_holds(kine, tmp_path, name, parameters):
-    papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(tmp_path / "out.ipynb"), parameters=parameters,
+    EXECUTED.mkdir(parents=True, exist_ok=True)
+    output = EXECUTED / f"{name}-{'defaults' if not parameters else 'other'}.ipynb"
+    papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(output), parameters=parameters,
                                kernel_name="python3", progress_bar=False, cwd=str(tmp_path))
 
 
