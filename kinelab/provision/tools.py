@@ -39,6 +39,11 @@ class KineBinary:
         return {"kine": str(self.path), "version": self.version}
 
 
+def _sidecar(binary: Path) -> Path:
+    """Where the tool cache records what a binary is (kine-v0.17.5 -> kine-v0.17.5.json)."""
+    return binary.parent / (binary.name + ".json")
+
+
 def _parse_version(text: str) -> Optional[tuple]:
     match = re.search(r"v?(\d+)\.(\d+)\.(\d+)", text)
     return tuple(int(x) for x in match.groups()) if match else None
@@ -46,7 +51,7 @@ def _parse_version(text: str) -> Optional[tuple]:
 
 def kine_version(path: Path) -> str:
     """The module version baked into the binary (`go version -m`), else what `kine --version` says."""
-    sidecar = path.with_suffix(".json")
+    sidecar = _sidecar(path)
     if sidecar.exists():
         try:
             return json.loads(sidecar.read_text())["version"]
@@ -119,7 +124,7 @@ def install_kine(kine_bin: Optional[str] = None, log=print) -> KineBinary:
             raise ToolError(f"go install {KINE_MODULE}@{KINE_VERSION} failed (exit {result.returncode}); "
                             f"see {build_log}")
         os.replace(Path(gobin) / "kine", target)
-    target.with_suffix(".json").write_text(json.dumps({"version": KINE_VERSION, "module": KINE_MODULE}) + "\n")
+    _sidecar(target).write_text(json.dumps({"version": KINE_VERSION, "module": KINE_MODULE}) + "\n")
     return KineBinary(target, KINE_VERSION)
 
 
