@@ -32,8 +32,11 @@ def remove_root_postgres_data():
     if ROOT_PG_HOME.is_dir():
         import shutil
 
+        # another test session on this machine may be running a lab whose data appeared meanwhile: keep it
+        in_use = " ".join(" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
         for leftover in set(ROOT_PG_HOME.iterdir()) - before:
-            shutil.rmtree(leftover, ignore_errors=True)
+            if str(leftover) not in in_use:
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

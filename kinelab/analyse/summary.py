@@ -29,10 +29,10 @@ def row_counts(con) -> dict:
                count(*) FILTER (WHERE deleted = 1 AND name NOT LIKE 'gap-%') AS tombstones,
                count(*) FILTER (WHERE deleted = 0 AND id IN (SELECT id FROM superseded)
                                 AND name NOT LIKE 'compact\\_rev\\_key%' ESCAPE '\\') AS superseded
-        FROM latest""").fetchone()
+        FROM latest""").fetchall()[0]
     rows, bookkeeping, gaps, tombstones, superseded = counts
     snapshot = con.execute("""SELECT snapshot_id, max_id, compact_revision, mode FROM snapshots
-                              ORDER BY snapshot_id DESC LIMIT 1""").fetchone()
+                              ORDER BY snapshot_id DESC LIMIT 1""").fetchall()[0]
     return {"snapshot_id": snapshot[0], "max_id": snapshot[1], "compact_revision": snapshot[2], "mode": snapshot[3],
             "rows": rows, "live": rows - bookkeeping - gaps - tombstones - superseded, "superseded": superseded,
             "tombstones": tombstones, "gap_fills": gaps, "bookkeeping": bookkeeping}

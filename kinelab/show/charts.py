@@ -16,6 +16,7 @@ as its title, in red, above what the chart is, so it is never mistaken for a liv
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from contextlib import contextmanager
@@ -106,9 +107,23 @@ def _finish(chart, title: str, label: Optional[str], notes: Sequence[str] = ()):
     return chart.properties(title=params)
 
 
+_param_ids = itertools.count(1)
+
+
+def _param_name(kind: str) -> str:
+    """A name of its own for each selection, so charts combined with & or | keep their own selections
+    (Altair names them by content, and merges those of two alike charts)."""
+    return f"{kind}_{next(_param_ids)}"
+
+
+def _zoom():
+    """Drag to pan, wheel to zoom, along x."""
+    return alt.selection_interval(name=_param_name("zoom"), encodings=["x"], bind="scales")
+
+
 def _legend_pick(field: str):
     """A selection made by clicking the legend of `field` (shift-click adds)."""
-    return alt.selection_point(fields=[field], bind="legend")
+    return alt.selection_point(name=_param_name(f"pick_{field}"), fields=[field], bind="legend")
 
 
 def _highlight(selection):
@@ -200,7 +215,7 @@ def key_chain(source, key: Union[str, Sequence[str], None] = None, *, resource: 
                    min(id) OVER (PARTITION BY name) AS first_id
             FROM k QUALIFY row_number() OVER (PARTITION BY name ORDER BY id DESC) <= ?""",
                       [names, max(1, MAX_ROWS // len(names))], order_by="name, id")
-    pick, zoom = _legend_pick("op"), alt.selection_interval(encodings=["x"], bind="scales")
+    pick, zoom = _legend_pick("op"), _zoom()
     y = alt.Y("name:N", title=None, sort=alt.EncodingSortField("first_id", op="min"),
               axis=alt.Axis(labelLimit=420))
     base = alt.Chart(data).encode(y=y)
@@ -285,7 +300,7 @@ def compaction(source, run_id: Optional[int] = None, *, label: Optional[str] = N
         checks = con.execute("""SELECT check_name, ok, revision FROM compaction_checks WHERE run_id = ?
                                 ORDER BY t, check_name""", [run_id]).fetchall()
     method = data.column("method")[0].as_py() if data.num_rows else "?"
-    zoom = alt.selection_interval(encodings=["x"], bind="scales")
+    zoom = _zoom()
     x = alt.X("seconds:Q", title="seconds since the run's first sample")
     base = alt.Chart(data).encode(x=x)
     kept = base.mark_area(opacity=0.12, color="#1f77b4").encode(
@@ -382,7 +397,7 @@ def ops_by_resource(source, *, top_namespaces: int = 15, label: Optional[str] = 
                    o.op, count(*)::BIGINT AS rows
             FROM o JOIN ranked r USING (resource, namespace) GROUP BY ALL""",
                       [top_namespaces, top_namespaces], order_by="resource, namespace, op")
-    pick, chosen = _legend_pick("op"), alt.selection_point(fields=["resource"])
+    pick, chosen = _legend_pick("op"), alt.selection_point(name=_param_name("resource"), fields=["resource"])
 
     def bars(by: str):
         return alt.Chart(data).transform_aggregate(rows="sum(rows)", groupby=[by, "op"]).mark_bar().encode(
@@ -402,8 +417,9 @@ def sql_latency(source, run_id: Optional[int] = None, *, cumulative: bool = Fals
     """Kine's SQL latency per query name and replica, from its Prometheus histogram
     (kine_sql_time_seconds_*): mean from _sum/_count, p50 and p99 interpolated within the buckets like
     Prometheus' histogram_quantile. The counters are cumulative since Kine started: by default the chart
-    shows the run's own window (last sample minus first); `cumulative=True` shows the totals at the last
-    sample. Click the legend to pick replicas."""
+    shows the run's own window (last sample minus first; the first is taken as the run starts, so it may miss
+    the first few queries); `cumulative=True` shows the totals at the last sample. Click the legend to pick
+    replicas."""
     with _connected(source) as con:
         run_id = _run_id(con, run_id, "kine_metrics", "Kine metrics",
                          "record some with `kinelab load` or `kinelab watchlag`")
