@@ -227,8 +227,8 @@ def test_sql_latency_counts_the_runs_own_queries(captures):
         return sum(r["queries"] for r in rows if r["query"].startswith("Insert"))
 
     # One insert per create, counted by the replica that made it. The run's window starts at the first
-    # scrape, which races the first writes: it may miss a few.
-    assert BIG_OPS * 0.99 <= inserts(rows) <= BIG_OPS <= inserts(totals) < BIG_OPS * 1.1
+    # scrape, which races the first writes: it may miss a few; an insert Kine retried counts twice.
+    assert BIG_OPS * 0.99 <= inserts(rows) <= BIG_OPS * 1.01 and inserts(rows) <= inserts(totals) < BIG_OPS * 1.1
     assert {r["replica"] for r in rows} == {"replica 0", "replica 1"}
     assert all(0 < r["p50_ms"] <= r["p99_ms"] <= 8192 and r["mean_ms"] > 0 for r in rows)
 

@@ -1,0 +1,149 @@
+"""Two real kube-apiservers, each on its own Kine replica, on one embedded Postgres.
+
+The first run builds kube-apiserver from the Go module proxy (several minutes on 2 cores; the time is
+printed and kept in the binary's sidecar JSON); later runs reuse the cached binary.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+import kinelab as kl
+from conftest import wait_until
+from kinelab.provision.apiserver import (APISERVER_VERSION, ENV_BIN, ApiServer, apiserver_flags, build_gomod,
+                                         can_build, find_apiserver, generate_pki, install_apiserver,
+                                         staging_modules)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # a cold build takes minutes
+
+
+
+@pytest.fixture(scope="module")
+def apiserver_bin():
+    found = find_apiserver()
+    if found is None and not can_build():
+        pytest.skip(f"kube-apiserver {APISERVER_VERSION} is not in the tool cache, {ENV_BIN} is unset, and Go "
+                    "1.26+ is missing, so it cannot be built")
+    started = time.monotonic()
+    binary = install_apiserver(log=print)
+    print(f"kube-apiserver {binary.version} ready in {time.monotonic() - started:.0f}s ({binary.path})")
+    return binary
+
+
+def test_the_build_module_replaces_every_staging_module_read_from_the_kubernetes_gomod():
+    upstream = """module k8s.io/kubernetes
+
+go 1.26.0
+
+require (
+\tgithub.com/foo/bar v1.2.3
+\tk8s.io/api v0.0.0
+\tk8s.io/utils v0.0.0-20260626114624-be93311217bd
+)
+
+require k8s.io/kms v0.0.0 // indirect
+
+replace (
+\tk8s.io/api => ./staging/src/k8s.io/api
+\tk8s.io/kms => ./staging/src/k8s.io/kms
+\tk8s.io/sample-cli-plugin => ./staging/src/k8s.io/sample-cli-plugin
+)
+"""
+    assert staging_modules(upstream) == ["k8s.io/api", "k8s.io/kms"]
+    gomod = build_gomod("v1.37.2", upstream)
+    assert "require k8s.io/kubernetes v1.37.2" in gomod
+    assert "\tk8s.io/api => k8s.io/api v0.37.2" in gomod and "\tk8s.io/kms => k8s.io/kms v0.37.2" in gomod
+    assert "utils =>" not in gomod and "go 1.26.0" in gomod
+
+
+def test_flags_default_to_a_lease_reconciler_and_can_be_overridden_or_dropped():
+    flags = apiserver_flags({"watch-cache": False, "endpoint-reconciler-type": "none", "profiling": None,
+                             "storage_media_type": "application/json"})
+    assert "--watch-cache=false" in flags and "--endpoint-reconciler-type=none" in flags
+    assert "--storage-media-type=application/json" in flags and not any("profiling" in f for f in flags)
+    assert "--endpoint-reconciler-type=lease" in apiserver_flags(None)
+    assert "--advertise-address=192.0.2.2" in apiserver_flags(None, index=1)
+    with pytest.raises(kl.KinelabError, match="etcd-servers"):
+        apiserver_flags({"etcd-servers": "http://elsewhere:2379"})
+
+
+def test_pki_keys_are_private_and_the_admin_is_a_system_master(tmp_path):
+    from cryptography import x509
+
+    pki = generate_pki(tmp_path / "pki")
+    for key in (pki.ca_key, pki.serving_key, pki.sa_private, pki.admin_key):
+        assert key.stat().st_mode & 0o777 == 0o600
+    admin = x509.load_pem_x509_certificate(pki.admin_cert.read_bytes())
+    assert "O=system:masters" in admin.subject.rfc4514_string()
+    again = generate_pki(tmp_path / "pki")  # complete: reused, not regenerated
+    assert again.ca_cert.read_bytes() == pki.ca_cert.read_bytes()
+
+
+def test_two_apiservers_on_two_kine_replicas_share_one_configmap(apiserver_bin, tmp_path):
+    from kubernetes import client as k8s, config as k8s_config
+
+    capture = tmp_path / "apiservers.duckdb"
+    with kl.Lab(replicas=2, datastore="postgres", dir=tmp_path / "lab") as lab:
+        pki = generate_pki(lab.dir / "pki")
+        apiservers = []
+        try:
+            for i in range(2):
+                apiserver = ApiServer(i, apiserver_bin, [f"http://{lab.endpoints[i]}"], lab.dir, pki)
+                apiservers.append(apiserver)
+                started = time.monotonic()
+                apiserver.start()
+                print(f"{apiserver.name} ready in {time.monotonic() - started:.1f}s at {apiserver.url}")
+            core = [k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=str(a.kubeconfig)))
+                    for a in apiservers]
+            namespace, name = f"kinelab-{uuid.uuid4().hex[:8]}", "shared"
+            core[0].create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace)))
+            created = core[0].create_namespaced_config_map(namespace, k8s.V1ConfigMap(
+                metadata=k8s.V1ObjectMeta(name=name), data={"written-by": "kube-apiserver-0"}))
+
+            def read_through_1():
+                try:
+                    return core[1].read_namespaced_config_map(name, namespace)
+                except k8s.ApiException as exc:
+                    if exc.status == 404:
+                        return None
+                    raise
+            seen = wait_until(read_through_1, timeout_s=15, interval_s=0.2, what="apiserver 1 to see the ConfigMap")
+            assert seen.data == {"written-by": "kube-apiserver-0"}
+            assert seen.metadata.uid == created.metadata.uid
+            assert seen.metadata.resource_version == created.metadata.resource_version
+
+            # Each apiserver keeps its own master lease (192.0.2.1, 192.0.2.2: loopback is refused there), the
+            # two-control-plane case of k3s-io/kine#565. Let the lease reconciler (10 s) run twice on both.
+            masterleases = [f"/registry/masterleases/{a.advertise_address}" for a in apiservers]
+            for key in masterleases:
+                wait_until(lambda: lab.client(0).get(key), timeout_s=30, interval_s=0.5, what=key)
+            time.sleep(21)
+            assert all(a.alive for a in apiservers), [a.name for a in apiservers if not a.alive]
+            for a in apiservers:
+                assert a.get("/readyz") == b"ok"
+            if all(a.hostname for a in apiservers):  # each in a UTS namespace: an identity lease each
+                identity = k8s.CoordinationV1Api(core[1].api_client).list_namespaced_lease(
+                    "kube-system", label_selector="apiserver.kubernetes.io/identity=kube-apiserver")
+                holders = sorted(lease.metadata.labels.get("kubernetes.io/hostname") for lease in identity.items)
+                assert holders == [a.hostname for a in apiservers]
+            lab.capture(capture)
+        finally:
+            for apiserver in apiservers:
+                apiserver.stop()
+
+    con = kl.open_capture(capture)
+    rows = con.execute("SELECT op, resource, namespace, object_name, encoding, api_version, kind FROM kine_ops "
+                       "WHERE name = ? ORDER BY id", [f"/registry/configmaps/{namespace}/{name}"]).fetchall()
+    assert rows and rows[0] == ("create", "configmaps", namespace, name, "protobuf", "v1", "ConfigMap")
+    for key in masterleases:
+        leases = con.execute("SELECT count(*), min(encoding), min(api_version), min(kind) FROM kine_ops "
+                             "WHERE name = ? AND op IN ('create', 'update')", [key]).fetchone()
+        assert leases[0] >= 2 and leases[1:] == ("protobuf", "v1", "Endpoints"), (key, leases)
+    for name, updates, rows in con.execute(
+            "SELECT name, count(*) FILTER (op = 'update'), count(*) FROM kine_ops WHERE resource IN "
+            "('masterleases', 'leases', 'peerserverleases', 'endpoints', 'endpointslices') GROUP BY ALL ORDER BY 1"
+            ).fetchall():
+        print(f"apiserver bookkeeping: {name}: {rows} rows, {updates} updates")
