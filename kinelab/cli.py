@@ -86,6 +86,9 @@ def _status_table(status: dict) -> Table:
     for r in status["replicas"]:
         table.add_row(str(r["index"]), r["endpoint"], str(r["pid"]), "yes" if r["alive"] else "[red]no[/]",
                       str(r.get("revision", "")), r.get("last_log_line", "") or r.get("error", ""))
+    for a in status.get("apiservers", []):
+        table.add_row(f"apiserver {a['index']}", a["url"], str(a["pid"]), "yes" if a["alive"] else "[red]no[/]",
+                      "ready" if a["ready"] else "[red]not ready[/]", f"etcd: {', '.join(a['etcd_servers'])}")
     return table
 
 
@@ -94,7 +97,8 @@ def cmd_up(args) -> int:
 
     lab = Lab(replicas=args.replicas, datastore=args.datastore, dir=_dir(args), kine_bin=args.kine_bin,
               kine_args=_kv(args.kine_arg, "--kine-arg"), replica_args=_replica_args(args.replica_arg, args.replicas),
-              allow_shared_sqlite=args.allow_shared_sqlite, base_port=args.base_port)
+              allow_shared_sqlite=args.allow_shared_sqlite, base_port=args.base_port, apiservers=args.apiservers,
+              mode=args.mode, apiserver_args=_kv(args.apiserver_arg, "--apiserver-arg"))
     lab.start(owned=False)
     status = lab.status()
     if args.json:
@@ -309,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-shared-sqlite", action="store_true",
                    help="allow several replicas on one SQLite file (unsupported, k3s-io/kine#499; for the lesson)")
     p.add_argument("--kine-bin", help="use this Kine binary (also KINELAB_KINE_BIN)")
+    p.add_argument("--apiservers", type=int, default=0, help="real kube-apiservers in front of the replicas")
+    p.add_argument("--mode", default="shared-db", choices=["shared-db", "single-kine", "hybrid"],
+                   help="shared-db: apiserver i on replica i; single-kine: all on replica 0; hybrid: all on all")
+    p.add_argument("--apiserver-arg", action="append", metavar="KEY=VALUE",
+                   help="a kube-apiserver flag, e.g. watch-cache=false")
     p.add_argument("--json", action="store_true")
 
     p = add("status", cmd_status, "show each replica of a lab: alive, revision, last log line if dead")

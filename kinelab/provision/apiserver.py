@@ -435,7 +435,7 @@ def _with_hostname(hostname: str, argv: list) -> Optional[list]:
     return [*prefix, "sh", "-c", 'printf %s "$0" > /proc/sys/kernel/hostname && exec "$@"', hostname, *argv]
 
 
-def _readyz(url: str, context: ssl.SSLContext) -> bool:
+def readyz(url: str, context: ssl.SSLContext) -> bool:
     with urllib.request.urlopen(f"{url}/readyz", context=context, timeout=2) as response:
         return response.status == 200 and response.read().strip() == b"ok"
 
@@ -472,7 +472,7 @@ class ApiServer(ServedProcess):
             if wrapped:
                 argv, self.hostname = wrapped, f"kinelab-apiserver-{index}"
         self._context = pki.ssl_context()
-        super().__init__(f"kube-apiserver-{index}", argv, lab_dir, ready=lambda: _readyz(self.url, self._context),
+        super().__init__(f"kube-apiserver-{index}", argv, lab_dir, ready=lambda: readyz(self.url, self._context),
                          describe_ready=f"GET {self.url}/readyz == ok", timeout_s=timeout_s)
 
     @property

@@ -37,6 +37,18 @@ from .process import ProcessRecord, tail
 from .tools import KineBinary, install_kine
 
 MANIFEST = "lab.json"
+# How the article behind kinelab deploys apiservers on Kine: each on its own replica of one database (k3s HA),
+# all on one Kine, or all on the whole pool (the etcd client balances over --etcd-servers).
+MODES = ("shared-db", "single-kine", "hybrid")
+
+
+def etcd_servers_for(mode: str, index: int, endpoints: Sequence[str]) -> list:
+    """The Kine endpoints apiserver `index` gets in `mode`."""
+    if mode == "single-kine":
+        return [endpoints[0]]
+    if mode == "hybrid":
+        return list(endpoints)
+    return [endpoints[index % len(endpoints)]]
 SECRETS = "secrets.json"
 
 
@@ -81,6 +93,7 @@ def manifest_records(manifest: dict) -> list:
     """Every process of the lab, in start order (datastore first, reaper last)."""
     records = [p for p in manifest.get("datastore", {}).get("processes", [])]
     records += [r["process"] for r in manifest.get("replicas", []) if r.get("process")]
+    records += [a["process"] for a in manifest.get("apiservers", []) if a.get("process")]
     return [ProcessRecord(**r) for r in records]
 
 
@@ -104,9 +117,15 @@ class Lab:
     def __init__(self, replicas: int = 3, datastore: str = "postgres", *, kine_args: Optional[dict] = None,
                  replica_args: Optional[Sequence[dict]] = None, dir: Optional[os.PathLike] = None,
                  kine_bin: Optional[str] = None, allow_shared_sqlite: bool = False, base_port: Optional[int] = None,
-                 keep: Optional[bool] = None):
+                 keep: Optional[bool] = None, apiservers: int = 0, mode: str = "shared-db",
+                 apiserver_args: Optional[dict] = None):
         if replicas < 1:
             raise UsageError("a lab needs at least one Kine replica")
+        if mode not in MODES:
+            raise UsageError(f"unknown mode {mode!r}: use {', '.join(MODES)}")
+        if apiservers < 0:
+            raise UsageError("--apiservers cannot be negative")
+        self.apiserver_count, self.mode, self.apiserver_args = apiservers, mode, dict(apiserver_args or {})
         if replica_args is not None and len(replica_args) != replicas:
             raise UsageError(f"replica_args has {len(replica_args)} entries for {replicas} replicas")
         self.replica_count = replicas
@@ -170,12 +189,32 @@ class Lab:
                     self.manifest["replicas"][index]["process"] = replica.record.to_json()
                     self._save()
                     advance()
+            if self.apiserver_count:
+                self._start_apiservers()
             self.manifest["state"] = "running"
             self._save()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_apiservers(self) -> None:
+        from .apiserver import ApiServer, generate_pki, install_apiserver
+
+        binary = install_apiserver(log=progress.say)
+        pki = generate_pki(self.dir / "pki")
+        self.manifest.update(apiserver_version=binary.version, mode=self.mode, apiservers=[])
+        with progress.bar("starting kube-apiservers", total=self.apiserver_count) as advance:
+            for index in range(self.apiserver_count):
+                servers = [f"http://{ep}" for ep in etcd_servers_for(self.mode, index, self.endpoints)]
+                apiserver = ApiServer(index, binary, servers, self.dir, pki, flags=self.apiserver_args)
+                entry = {"index": index, "url": apiserver.url, "kubeconfig": str(apiserver.kubeconfig),
+                         "etcd_servers": servers, "process": None}
+                self.manifest["apiservers"].append(entry)
+                apiserver.start()
+                entry["process"] = apiserver.record.to_json()
+                self._save()
+                advance()
 
     def stop(self) -> None:
         """Stop every process, safe to repeat. A lab made in a temporary directory is removed with it."""
@@ -298,11 +337,38 @@ class Lab:
             else:
                 entry["last_log_line"] = tail(Path(record.log), 1) if record else ""
             replicas.append(entry)
+        apiservers = []
+        for entry in self.manifest.get("apiservers", []):
+            record = ProcessRecord(**entry["process"]) if entry.get("process") else None
+            apiservers.append({**{k: entry[k] for k in ("index", "url", "kubeconfig", "etcd_servers")},
+                               "pid": record.pid if record else None, "alive": bool(record and record.alive),
+                               "ready": bool(record and record.alive and self._apiserver_ready(entry["url"]))})
         datastore = {k: v for k, v in self.manifest.get("datastore", {}).items() if k != "processes"}
         datastore["alive"] = all(ProcessRecord(**p).alive for p in self.manifest.get("datastore", {})
                                  .get("processes", []))
-        return {"dir": str(self.dir), "id": self.manifest.get("id"), "state": self.manifest.get("state"),
-                "replicas": replicas, "datastore": datastore, "kine_version": self.manifest.get("kine_version")}
+        status = {"dir": str(self.dir), "id": self.manifest.get("id"), "state": self.manifest.get("state"),
+                  "replicas": replicas, "datastore": datastore, "kine_version": self.manifest.get("kine_version")}
+        if apiservers:
+            status.update(apiservers=apiservers, mode=self.manifest.get("mode"),
+                          apiserver_version=self.manifest.get("apiserver_version"))
+        return status
+
+    def _apiserver_ready(self, url: str) -> bool:
+        from .apiserver import Pki, readyz
+
+        try:
+            return readyz(url, Pki(self.dir / "pki").ssl_context())
+        except OSError:
+            return False
+
+    def kubernetes_client(self, index: int = 0):
+        """A `kubernetes` ApiClient for apiserver `index`, as the lab's admin user."""
+        from kubernetes import config
+
+        apiservers = self.manifest.get("apiservers", [])
+        if not 0 <= index < len(apiservers):
+            raise UsageError(f"no apiserver {index}: this lab has {len(apiservers)} (start it with apiservers=N)")
+        return config.new_client_from_config(config_file=apiservers[index]["kubeconfig"])
 
     def capture(self, out: os.PathLike, *, incremental: bool = False):
         """Capture this lab's kine table into the DuckDB file `out`; returns the snapshot summary."""

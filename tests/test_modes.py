@@ -1,0 +1,108 @@
+"""Labs with real kube-apiservers in the three deployment modes, and what one Kine failure does to each."""
+
+import json
+import uuid
+
+import pytest
+
+import kinelab as kl
+from conftest import run_cli, wait_until
+from kinelab.provision.apiserver import find_apiserver, can_build
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600),
+              pytest.mark.skipif(find_apiserver() is None and not can_build(),
+                                 reason="kube-apiserver is not built and Go 1.26+ is missing to build it")]
+
+
+def _core(lab, index):
+    from kubernetes import client
+
+    return client.CoreV1Api(lab.kubernetes_client(index))
+
+
+def _ready(lab) -> list:
+    return [a["ready"] for a in lab.status()["apiservers"]]
+
+
+@pytest.mark.parametrize("mode", ["shared-db", "single-kine", "hybrid"])
+def test_each_mode_serves_and_shares_state(kine, tmp_path, mode):
+    from kubernetes import client
+
+    with kl.Lab(replicas=3, datastore="postgres", apiservers=2, mode=mode, dir=tmp_path / "lab") as lab:
+        servers = [a["etcd_servers"] for a in lab.status()["apiservers"]]
+        expected = {"shared-db": [[lab.endpoints[0]], [lab.endpoints[1]]],
+                    "single-kine": [[lab.endpoints[0]], [lab.endpoints[0]]],
+                    "hybrid": [lab.endpoints, lab.endpoints]}[mode]
+        assert servers == [[f"http://{e}" for e in s] for s in expected]
+        name = f"cm-{uuid.uuid4().hex[:6]}"
+        _core(lab, 0).create_namespaced_config_map("default", client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name=name), data={"mode": mode}))
+        seen = wait_until(lambda: _safe_read(lab, 1, name), timeout_s=20, what="apiserver 1 to see the ConfigMap")
+        assert seen.data == {"mode": mode}
+        out = tmp_path / "c.duckdb"
+        lab.capture(out)
+        con = kl.open_capture(out)
+        rows = dict(con.execute("""SELECT name, kind FROM kine_ops WHERE op IN ('create', 'update')
+                                   AND (resource IN ('configmaps', 'masterleases', 'namespaces'))""").fetchall())
+        con.close()
+        assert rows[f"/registry/configmaps/default/{name}"] == "ConfigMap"
+        assert any(k.startswith("/registry/masterleases/") for k in rows)
+        assert rows["/registry/namespaces/default"] == "Namespace"
+
+
+def _safe_read(lab, index, name):
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return _core(lab, index).read_namespaced_config_map(name, "default")
+    except ApiException:
+        return None
+
+
+def test_single_kine_is_a_single_point_of_failure(kine, tmp_path):
+    with kl.Lab(replicas=2, datastore="postgres", apiservers=2, mode="single-kine", dir=tmp_path / "lab") as lab:
+        assert _ready(lab) == [True, True]
+        lab.kill(0)
+        wait_until(lambda: _ready(lab) == [False, False], timeout_s=60, what="every apiserver to fail /readyz")
+        lab.restart(0)
+        wait_until(lambda: _ready(lab) == [True, True], timeout_s=90, what="the apiservers to recover")
+
+
+@pytest.mark.parametrize("mode", ["shared-db", "hybrid"])
+def test_killing_one_kine_leaves_the_cluster_serving(kine, tmp_path, mode):
+    with kl.Lab(replicas=2, datastore="postgres", apiservers=2, mode=mode, dir=tmp_path / "lab") as lab:
+        lab.kill(1)
+        survivors = [0] if mode == "shared-db" else [0, 1]  # hybrid apiservers fail over to replica 0
+        for index in survivors:
+            name = f"after-kill-{index}-{uuid.uuid4().hex[:4]}"
+            wait_until(lambda: _create(lab, index, name), timeout_s=60, what=f"apiserver {index} to take writes")
+        if mode == "shared-db":
+            wait_until(lambda: _ready(lab)[1] is False, timeout_s=60, what="apiserver 1 to report its Kine gone")
+
+
+def _create(lab, index, name) -> bool:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        _core(lab, index).create_namespaced_config_map("default", client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name=name)))
+        return True
+    except (ApiException, HTTPError):
+        return False
+
+
+def test_cli_up_with_apiservers_reports_them(kine, tmp_path):
+    lab_dir = tmp_path / "cli"
+    up = run_cli("up", "--replicas", 2, "--apiservers", 1, "--mode", "hybrid", "--dir", lab_dir, "--json",
+                 timeout=600)
+    try:
+        assert up.returncode == 0, up.stderr
+        described = json.loads(up.stdout)
+        (apiserver,) = described["apiservers"]
+        assert apiserver["url"].startswith("https://127.0.0.1:") and apiserver["ready"]
+        assert apiserver["etcd_servers"] == [f"http://{r['endpoint']}" for r in described["replicas"]]
+        assert described["mode"] == "hybrid"
+    finally:
+        assert run_cli("down", "--dir", lab_dir).returncode == 0
