@@ -95,6 +95,18 @@ def _status_table(status: dict) -> Table:
 def cmd_up(args) -> int:
     from .provision.lab import Lab
 
+    if args.backend == "kind":
+        from .provision.kind import KindLab, require_docker
+
+        require_docker()  # before anything is planned or written
+        kind = KindLab(dir=_dir(args), control_planes=max(1, args.control_planes), replicas=args.replicas,
+                       mode=args.mode, datastore=args.datastore).create()
+        if args.json:
+            _print_json(kind.status())
+        else:
+            out.print(kind.status())
+        return 0
+
     lab = Lab(replicas=args.replicas, datastore=args.datastore, dir=_dir(args), kine_bin=args.kine_bin,
               kine_args=_kv(args.kine_arg, "--kine-arg"), replica_args=_replica_args(args.replica_arg, args.replicas),
               allow_shared_sqlite=args.allow_shared_sqlite, base_port=args.base_port, apiservers=args.apiservers,
@@ -313,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-shared-sqlite", action="store_true",
                    help="allow several replicas on one SQLite file (unsupported, k3s-io/kine#499; for the lesson)")
     p.add_argument("--kine-bin", help="use this Kine binary (also KINELAB_KINE_BIN)")
+    p.add_argument("--backend", default="local", choices=["local", "kind"],
+                   help="local: processes on loopback (default); kind: containers, needs a Docker engine")
+    p.add_argument("--control-planes", type=int, default=2, help="kind backend: control-plane nodes")
     p.add_argument("--apiservers", type=int, default=0, help="real kube-apiservers in front of the replicas")
     p.add_argument("--mode", default="shared-db", choices=["shared-db", "single-kine", "hybrid"],
                    help="shared-db: apiserver i on replica i; single-kine: all on replica 0; hybrid: all on all")
