@@ -106,3 +106,20 @@ def test_cli_up_with_apiservers_reports_them(kine, tmp_path):
         assert described["mode"] == "hybrid"
     finally:
         assert run_cli("down", "--dir", lab_dir).returncode == 0
+
+
+def test_the_lag_comes_from_kines_poll_not_the_apiserver_watch_cache(kine):
+    """shared-db, writes through apiserver 0: apiserver 1's watch lags by replica 1's poll, cache or no cache."""
+    import statistics
+
+    from kinelab.observe.apiprobe import apiserver_watch_lag
+
+    means = {}
+    for cache in (True, False):
+        with kl.Lab(replicas=2, datastore="postgres", apiservers=2, mode="shared-db",
+                    apiserver_args={"watch-cache": cache}) as lab:
+            lags = apiserver_watch_lag(lab, writes=10)
+        means[cache] = [statistics.mean(l.lag_ms for l in lags if l.observer == a) for a in (0, 1)]
+        assert len(lags) == 20  # every write reached both watches
+    for cache, (writer_side, other_side) in means.items():
+        assert writer_side < 100 and 150 < other_side < 1100, (cache, means)
