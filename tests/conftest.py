@@ -93,3 +93,18 @@ def all_gone(pids, timeout_s: float = 15.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def select_only_role(lab, name: str, *, log_statements: bool = False):
+    """A Postgres role on the lab's database that may only SELECT from kine; its Dsn."""
+    from kinelab.db import connect_postgres
+
+    admin, password = lab.datastore.admin_dsn, f"{name}-pw-0123456789"
+    with connect_postgres(admin, database="kubernetes") as conn:
+        conn.autocommit = True
+        conn.execute(f"DROP ROLE IF EXISTS {name}")
+        conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+        conn.execute(f"GRANT SELECT ON kine TO {name}")
+        if log_statements:
+            conn.execute(f"ALTER ROLE {name} SET log_statement = 'all'")
+    return kl.Dsn("postgres", admin.host, admin.port, name, password, "kubernetes")

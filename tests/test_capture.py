@@ -3,7 +3,7 @@
 import pytest
 
 import kinelab as kl
-from conftest import needs_mariadb, wait_until
+from conftest import needs_mariadb, select_only_role, wait_until
 from kinelab.db import connect_mysql, connect_postgres, connect_sqlite
 from kinelab.drive.workload import burst
 from kinelab.observe.capture import COLUMNS
@@ -172,12 +172,6 @@ def test_kine_ops_parses_keys_and_decodes_values(sqlite_lab, tmp_path):
 
 def test_capture_works_with_a_select_only_role(pg_lab, tmp_path):
     """Capture reads in READ ONLY transactions, so a role that can only SELECT is enough."""
-    admin = pg_lab.datastore.admin_dsn
-    with connect_postgres(admin, database="kubernetes") as conn:
-        conn.autocommit = True
-        conn.execute("DROP ROLE IF EXISTS kinelab_reader")
-        conn.execute("CREATE ROLE kinelab_reader LOGIN PASSWORD 'reader-pw-0123456789'")
-        conn.execute("GRANT SELECT ON kine TO kinelab_reader")
-    reader = kl.Dsn("postgres", admin.host, admin.port, "kinelab_reader", "reader-pw-0123456789", "kubernetes")
+    reader = select_only_role(pg_lab, "kinelab_reader")
     snapshot = kl.capture(reader, tmp_path / "ro.duckdb")
     assert snapshot.row_count == len(database_rows(pg_lab.dsn))

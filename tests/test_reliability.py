@@ -13,8 +13,7 @@ import psutil
 import pytest
 
 import kinelab as kl
-from conftest import REPO, lab_pids, needs_mariadb, run_cli
-from kinelab.db import connect_postgres
+from conftest import REPO, lab_pids, needs_mariadb, run_cli, select_only_role
 
 
 def listening_addresses(pids) -> set:
@@ -39,14 +38,7 @@ def test_every_process_of_a_mariadb_lab_listens_on_loopback_only(kine, tmp_path)
 
 def test_capture_issues_no_writes_as_the_server_log_shows(pg_lab, tmp_path):
     """Log every statement of a SELECT-only role while it captures; none may write."""
-    admin = pg_lab.datastore.admin_dsn
-    with connect_postgres(admin, database="kubernetes") as conn:
-        conn.autocommit = True
-        conn.execute("DROP ROLE IF EXISTS kinelab_audit")
-        conn.execute("CREATE ROLE kinelab_audit LOGIN PASSWORD 'audit-pw-0123456789'")
-        conn.execute("GRANT SELECT ON kine TO kinelab_audit")
-        conn.execute("ALTER ROLE kinelab_audit SET log_statement = 'all'")
-    reader = kl.Dsn("postgres", admin.host, admin.port, "kinelab_audit", "audit-pw-0123456789", "kubernetes")
+    reader = select_only_role(pg_lab, "kinelab_audit", log_statements=True)
     log = pg_lab.dir / "logs" / "postgres.log"
     start = log.stat().st_size
     kl.capture(reader, tmp_path / "a.duckdb")
