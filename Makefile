@@ -29,6 +29,7 @@ lab: kine
 bench: kine
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/observe.py
+	$(BIN)/python benchmarks/apiserver.py
 
 clean:
 	rm -rf $(VENV) kinelab-demo.duckdb

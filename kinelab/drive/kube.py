@@ -1,0 +1,135 @@
+"""The same Kubernetes-shaped load, through real kube-apiservers with the `kubernetes` client.
+
+Mixes: `configmaps` (20% create, 50% update, 20% delete, 10% list, as in Kine's own load test), `leases`
+(N node Leases in kube-node-lease renewed in turn, as kubelets do) and `events` (new core/v1 Events).
+Every call is recorded with its latency; every acknowledged write with the resourceVersion the apiserver
+returned, which is the Kine revision of its row.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Optional
+
+from ..errors import UsageError
+
+KUBE_MIXES = ("configmaps", "leases", "events")
+
+
+@dataclass(frozen=True)
+class KubeCall:
+    apiserver: int
+    verb: str  # create | update | delete | list
+    resource: str
+    name: str
+    ok: bool
+    latency_ms: float
+    resource_version: int  # 0 when the call failed or returned no object
+    error: str = ""
+
+
+class _Shapes:
+    """One worker's objects and how to write them."""
+
+    def __init__(self, lab, apiserver: int, rng: random.Random, run: str, nodes: int):
+        from kubernetes import client
+
+        self.k8s, self.rng, self.run = client, rng, run
+        api = lab.kubernetes_client(apiserver)
+        self.core, self.coordination = client.CoreV1Api(api), client.CoordinationV1Api(api)
+        self.live: list = []
+        self.nodes = [f"kinelab-node-{run}-{n:03d}" for n in range(nodes)]
+        self.turn = 0
+        self.serial = 0
+
+    def _name(self, prefix: str) -> str:
+        self.serial += 1
+        return f"{prefix}-{self.run}-{self.serial:06d}"
+
+    def configmaps(self):
+        k8s, roll = self.k8s, self.rng.random()
+        data = {"payload": self.rng.randbytes(self.rng.randint(250, 1000)).hex()}
+        if roll < 0.2 or not self.live:
+            name = self._name("cm")
+            obj = self.core.create_namespaced_config_map("default", k8s.V1ConfigMap(
+                metadata=k8s.V1ObjectMeta(name=name), data=data))
+            self.live.append(name)
+            return "create", "configmaps", name, obj
+        if roll < 0.7:
+            name = self.rng.choice(self.live)
+            return "update", "configmaps", name, self.core.patch_namespaced_config_map(name, "default", {"data": data})
+        if roll < 0.9:
+            name = self.live.pop(self.rng.randrange(len(self.live)))
+            return "delete", "configmaps", name, self.core.delete_namespaced_config_map(name, "default")
+        return "list", "configmaps", "", self.core.list_namespaced_config_map("default", limit=500)
+
+    def leases(self):
+        k8s = self.k8s
+        name = self.nodes[self.turn % len(self.nodes)]
+        self.turn += 1
+        spec = k8s.V1LeaseSpec(holder_identity=name, lease_duration_seconds=40,
+                               renew_time=datetime.now(timezone.utc))
+        if self.turn <= len(self.nodes):
+            return "create", "leases", name, self.coordination.create_namespaced_lease(
+                "kube-node-lease", k8s.V1Lease(metadata=k8s.V1ObjectMeta(name=name), spec=spec))
+        return "update", "leases", name, self.coordination.patch_namespaced_lease(
+            name, "kube-node-lease", {"spec": {"renewTime": spec.renew_time.isoformat()}})
+
+    def events(self):
+        k8s = self.k8s
+        name = self._name("event")
+        now = datetime.now(timezone.utc)
+        return "create", "events", name, self.core.create_namespaced_event("default", k8s.CoreV1Event(
+            metadata=k8s.V1ObjectMeta(name=name), involved_object=k8s.V1ObjectReference(kind="Pod", name="web-0",
+                                                                                        namespace="default"),
+            reason="Probe", message="kinelab load", type="Normal", first_timestamp=now, last_timestamp=now,
+            count=1))
+
+
+def run_kube_load(lab, mix: str = "configmaps", *, ops: int = 200, rate: Optional[float] = None, workers: int = 2,
+                  seed: int = 1, nodes: int = 20) -> list:
+    """Spread `ops` calls of `mix` round-robin over the lab's apiservers, `workers` at a time, at `rate` calls/s
+    (None: flat out). Returns every KubeCall, failures included."""
+    from kubernetes.client.exceptions import ApiException
+
+    if mix not in KUBE_MIXES:
+        raise UsageError(f"unknown mix {mix!r}: choose one of {', '.join(KUBE_MIXES)}")
+    count = len(lab.manifest.get("apiservers", []))
+    if not count:
+        raise UsageError("this lab has no apiservers; start it with apiservers=N (kinelab up --apiservers N)")
+    run, calls, lock, started = uuid.uuid4().hex[:6], [], threading.Lock(), time.perf_counter()
+    next_op = iter(range(ops))
+
+    def work(worker: int) -> None:
+        shapes = {a: _Shapes(lab, a, random.Random(seed * 100 + worker * 10 + a), f"{run}w{worker}a{a}", nodes)
+                  for a in range(count)}
+        while True:
+            with lock:
+                i = next(next_op, None)
+            if i is None:
+                return
+            if rate:
+                time.sleep(max(0.0, started + i / rate - time.perf_counter()))
+            apiserver = i % count
+            t0 = time.perf_counter()
+            try:
+                verb, resource, name, obj = getattr(shapes[apiserver], mix)()
+                rv = int(getattr(getattr(obj, "metadata", None), "resource_version", None) or 0)
+                call = KubeCall(apiserver, verb, resource, name, True, (time.perf_counter() - t0) * 1000, rv)
+            except ApiException as exc:
+                call = KubeCall(apiserver, "?", mix, "", False, (time.perf_counter() - t0) * 1000, 0,
+                                f"{exc.status} {exc.reason}")
+            with lock:
+                calls.append(call)
+
+    threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return calls
