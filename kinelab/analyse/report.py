@@ -24,13 +24,9 @@ def datastore_report(con, *, top: int = 10) -> dict:
                count(*) FILTER (WHERE op = 'create') AS creates, count(*) FILTER (WHERE op = 'update') AS updates,
                count(*) FILTER (WHERE op = 'delete') AS deletes, sum(value_bytes) AS value_bytes
         FROM kine_ops GROUP BY 1 ORDER BY rows DESC LIMIT ?""", [top]).fetchall()
-    superseded = _one(con, """
-        WITH s AS (SELECT * FROM kine_latest)
-        SELECT count(*) FROM s WHERE deleted = 0 AND id IN (SELECT prev_revision FROM s WHERE prev_revision > 0)
-          AND NOT starts_with(name, 'compact_rev_key')""")[0]
-    tombstones, gap_fills = _one(con, """
-        SELECT count(*) FILTER (WHERE deleted = 1 AND NOT starts_with(name, 'gap-')),
-               count(*) FILTER (WHERE deleted = 1 AND starts_with(name, 'gap-')) FROM kine_latest""")
+    classes = dict(con.execute("SELECT row_class, count(*) FROM kine_classified(?) GROUP BY 1",
+                               [snapshot_id]).fetchall())
+    superseded, tombstones, gap_fills = (classes.get(c, 0) for c in ("superseded", "tombstone", "gap"))
     missing_ids = _one(con, """
         SELECT count(*) FROM (SELECT id, lead(id) OVER (ORDER BY id) AS next FROM kine_latest
                               WHERE id > ?) WHERE next > id + 1""", [compact_revision])[0]

@@ -20,22 +20,14 @@ def ops_by_resource(con) -> list:
 def row_counts(con) -> dict:
     """What the newest snapshot holds: live versions, superseded versions, tombstones, gap fills, and
     Kine's own bookkeeping rows (compact_rev_key*)."""
-    counts = con.execute("""
-        WITH latest AS (SELECT * FROM kine_latest),
-             superseded AS (SELECT DISTINCT prev_revision AS id FROM latest WHERE prev_revision > 0)
-        SELECT count(*) AS rows,
-               count(*) FILTER (WHERE name LIKE 'compact\\_rev\\_key%' ESCAPE '\\') AS bookkeeping,
-               count(*) FILTER (WHERE deleted = 1 AND name LIKE 'gap-%') AS gap_fills,
-               count(*) FILTER (WHERE deleted = 1 AND name NOT LIKE 'gap-%') AS tombstones,
-               count(*) FILTER (WHERE deleted = 0 AND id IN (SELECT id FROM superseded)
-                                AND name NOT LIKE 'compact\\_rev\\_key%' ESCAPE '\\') AS superseded
-        FROM latest""").fetchall()[0]
-    rows, bookkeeping, gaps, tombstones, superseded = counts
+    classes = dict(con.execute("""SELECT row_class, count(*) FROM kine_classified(
+                                       (SELECT max(snapshot_id) FROM snapshots)) GROUP BY 1""").fetchall())
     snapshot = con.execute("""SELECT snapshot_id, max_id, compact_revision, mode FROM snapshots
                               ORDER BY snapshot_id DESC LIMIT 1""").fetchall()[0]
     return {"snapshot_id": snapshot[0], "max_id": snapshot[1], "compact_revision": snapshot[2], "mode": snapshot[3],
-            "rows": rows, "live": rows - bookkeeping - gaps - tombstones - superseded, "superseded": superseded,
-            "tombstones": tombstones, "gap_fills": gaps, "bookkeeping": bookkeeping}
+            "rows": sum(classes.values()), "live": classes.get("live", 0), "superseded": classes.get("superseded", 0),
+            "tombstones": classes.get("tombstone", 0), "gap_fills": classes.get("gap", 0),
+            "bookkeeping": classes.get("bookkeeping", 0)}
 
 
 def writes_by_replica(writes) -> list:

@@ -164,13 +164,9 @@ class ApiserverCompactor:
 
 
 def _timeline_row(con, run_id, t, method, snapshot, current_revision, dsn) -> tuple:
-    superseded, tombstones, gaps = con.execute("""
-        WITH s AS (SELECT * FROM kine_at(?)), later AS (SELECT DISTINCT prev_revision AS id FROM s)
-        SELECT count(*) FILTER (WHERE deleted = 0 AND id IN (SELECT id FROM later)
-                                AND NOT starts_with(name, 'compact_rev_key')),
-               count(*) FILTER (WHERE deleted = 1 AND NOT starts_with(name, 'gap-')),
-               count(*) FILTER (WHERE deleted = 1 AND starts_with(name, 'gap-'))
-        FROM s""", [snapshot.snapshot_id]).fetchall()[0]
+    classes = dict(con.execute("SELECT row_class, count(*) FROM kine_classified(?) GROUP BY 1",
+                               [snapshot.snapshot_id]).fetchall())
+    superseded, tombstones, gaps = (classes.get(c, 0) for c in ("superseded", "tombstone", "gap"))
     return (run_id, t, method, snapshot.snapshot_id, snapshot.compact_revision, current_revision,
             snapshot.row_count, superseded, tombstones, gaps, table_bytes(dsn))
 

@@ -9,6 +9,7 @@ Tables:
   kine_decoded(snapshot_id, id, encoding, api_version, kind)   what each stored value holds
 Macro and views:
   kine_at(snapshot_id)   the table as it was at that snapshot
+  kine_classified(sid)   kine_at(sid) plus row_class: live, superseded, tombstone, gap or bookkeeping
   kine_latest            kine_at(newest snapshot)
   kine_ops               kine_latest, one row per id, with op, resource, namespace, object_name, value_bytes,
                          encoding, api_version, kind
@@ -82,6 +83,20 @@ CREATE OR REPLACE MACRO kine_at(sid) AS TABLE
       AND NOT EXISTS (SELECT 1 FROM kine_removed x
                       WHERE x.id = r.id AND x.snapshot_id > base.fid AND x.snapshot_id <= sid)
     QUALIFY row_number() OVER (PARTITION BY r.id ORDER BY r.snapshot_id DESC) = 1;
+
+-- Each row of a snapshot in one class: live, superseded (a later row names it as prev_revision), tombstone,
+-- gap (a gap-fill row), or bookkeeping (compact_rev_key*, whose prev_revision holds the compact revision and
+-- so supersedes nothing).
+CREATE OR REPLACE MACRO kine_classified(sid) AS TABLE
+    WITH s AS (SELECT * FROM kine_at(sid)),
+         successors AS (SELECT DISTINCT prev_revision AS id FROM s
+                        WHERE prev_revision > 0 AND NOT starts_with(name, 'compact_rev_key'))
+    SELECT s.*, CASE WHEN starts_with(name, 'compact_rev_key') THEN 'bookkeeping'
+                     WHEN deleted = 1 AND starts_with(name, 'gap-') THEN 'gap'
+                     WHEN deleted = 1 THEN 'tombstone'
+                     WHEN id IN (SELECT id FROM successors) THEN 'superseded'
+                     ELSE 'live' END AS row_class
+    FROM s;
 
 CREATE OR REPLACE VIEW kine_latest AS
     SELECT * FROM kine_at((SELECT max(snapshot_id) FROM snapshots));

@@ -242,27 +242,18 @@ def table_anatomy(source, snapshot_id: Optional[int] = None, *, label: Optional[
         sid = _snapshot_id(con, snapshot_id)
         compact_revision = con.execute("SELECT compact_revision FROM snapshots WHERE snapshot_id = ?",
                                        [sid]).fetchall()[0][0]
-        # compact_rev_key keeps the compact revision in prev_revision: it supersedes nothing.
         data = _table(con, """
-            WITH s AS (SELECT * FROM kine_at(?)),
-            successors AS (SELECT DISTINCT prev_revision AS id FROM s
-                           WHERE prev_revision > 0 AND NOT starts_with(name, 'compact_rev_key')),
-            kinds AS (SELECT unnest(?::VARCHAR[]) AS kind, generate_subscripts(?::VARCHAR[], 1) AS ord),
+            WITH kinds AS (SELECT unnest(?::VARCHAR[]) AS kind, generate_subscripts(?::VARCHAR[], 1) AS ord),
             typed AS (
-                SELECT CASE WHEN starts_with(name, 'compact_rev_key') THEN 'bookkeeping'
-                            WHEN deleted = 1 AND starts_with(name, 'gap-') THEN 'gap'
-                            WHEN deleted = 1 THEN 'tombstone'
-                            WHEN id IN (SELECT id FROM successors) THEN 'superseded'
-                            ELSE 'live' END AS kind,
-                       coalesce(octet_length(value), 0) AS value_bytes,
+                SELECT row_class AS kind, coalesce(octet_length(value), 0) AS value_bytes,
                        coalesce(octet_length(old_value), 0) AS old_value_bytes
-                FROM s)
+                FROM kine_classified(?))
             SELECT k.kind, k.ord, count(t.kind)::BIGINT AS rows,
                    coalesce(sum(t.value_bytes), 0)::BIGINT AS value_bytes,
                    coalesce(sum(t.old_value_bytes), 0)::BIGINT AS old_value_bytes,
                    coalesce(sum(t.value_bytes + t.old_value_bytes), 0)::BIGINT AS bytes
             FROM kinds k LEFT JOIN typed t USING (kind) GROUP BY ALL""",
-                      [sid, ROW_KINDS, ROW_KINDS], order_by="ord")
+                      [ROW_KINDS, ROW_KINDS, sid], order_by="ord")
     total_rows, total_bytes = pc.sum(data.column("rows")).as_py(), pc.sum(data.column("bytes")).as_py()
     pick = _legend_pick("kind")
     color = alt.Color("kind:N", title="row kind", scale=alt.Scale(domain=ROW_KINDS, range=ROW_KIND_COLORS))
