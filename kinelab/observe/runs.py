@@ -21,6 +21,7 @@ from ..clock import Clock
 from ..db import table_bytes
 from ..drive.workload import LoadResult, run_load
 from ..errors import EtcdError, UsageError
+from ..provision.lab import replica_kine_args
 from ..etcd import Etcd
 from .capture import capture_into
 from .metrics import MetricsSampler
@@ -138,7 +139,7 @@ COMPACTION_METHODS = ("interval", "explicit", "none")
 
 
 def _compact_interval_set(lab) -> bool:
-    args = [{**lab.manifest.get("kine_args", {}), **a} for a in lab.manifest.get("replica_args", [{}])]
+    args = [replica_kine_args(lab.manifest, i) for i in range(len(lab.manifest.get("replicas", [])))]
     return any(str(a.get("compact-interval", "0")).strip() not in ("0", "0s", "") for a in args)
 
 

@@ -89,6 +89,12 @@ def write_manifest(path: Path, manifest: dict) -> None:
     os.replace(tmp, Path(path) / MANIFEST)
 
 
+def replica_kine_args(manifest: dict, index: int) -> dict:
+    """The Kine flags replica `index` runs with: the lab's, overridden by the replica's own."""
+    own = manifest.get("replica_args") or []
+    return {**manifest.get("kine_args", {}), **(own[index] if index < len(own) else {})}
+
+
 def manifest_records(manifest: dict) -> list:
     """Every process of the lab, in start order (datastore first, reaper last)."""
     records = [p for p in manifest.get("datastore", {}).get("processes", [])]
@@ -179,7 +185,7 @@ class Lab:
                 self._save()
                 advance()
                 for index in range(self.replica_count):
-                    args = {**self.kine_args, **self.replica_args[index]}
+                    args = replica_kine_args(self.manifest, index)
                     replica = KineReplica(index, kine, self.datastore.dsn, self.dir, args=args, port=next(ports),
                                           metrics_port=next(ports), env={"KINELAB_LAB_ID": self.id})
                     self.manifest["replicas"].append({"index": index, "endpoint": replica.endpoint,
@@ -311,7 +317,7 @@ class Lab:
         record = self._replica_record(index)
         record.stop()
         entry = self.manifest["replicas"][index]
-        args = {**self.manifest.get("kine_args", {}), **self.manifest.get("replica_args", [{}] * (index + 1))[index]}
+        args = replica_kine_args(self.manifest, index)
         replica = KineReplica(index, KineBinary(Path(self.manifest["kine_bin"]), self.manifest["kine_version"]),
                               self.dsn, self.dir, args=args, port=int(entry["endpoint"].rsplit(":", 1)[1]),
                               metrics_port=int(entry["metrics_url"].rsplit(":", 1)[1].split("/")[0]),
