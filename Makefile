@@ -30,6 +30,7 @@ bench: kine
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/observe.py
 	$(BIN)/python benchmarks/apiserver.py
+	$(BIN)/python benchmarks/etcd_baseline.py
 
 clean:
 	rm -rf $(VENV) kinelab-demo.duckdb

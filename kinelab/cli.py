@@ -1,7 +1,8 @@
 """`kinelab`: a thin command line over the same calls the notebooks make.
 
 Exit codes: 0 success, 1 a finding (e.g. a divergence), 2 bad input or environment, 130 interrupted.
-Expected errors print one line; `-v` adds the details and the traceback.
+Expected errors, usage mistakes included, print one line that says what to do; `-v` adds the details and
+the traceback.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def cmd_doctor(args) -> int:
 
 
 def _status_table(status: dict) -> Table:
+    if status.get("backend") == "kind":
+        return _kind_status_table(status)
     table = Table("replica", "endpoint", "pid", "alive", "revision", "note", box=None,
                   title=f"lab {status['dir']} ({status['state']}) on {status['datastore'].get('dsn', '?')}, "
                         f"Kine {status.get('kine_version')}")
@@ -92,6 +95,19 @@ def _status_table(status: dict) -> Table:
     return table
 
 
+def _kind_status_table(status: dict) -> Table:
+    table = Table("container", "role", "state", "status", box=None,
+                  title=f"kind lab {status['dir']} ({status['state']}, {status['mode']}) on "
+                        f"{status['datastore']['dsn']}, Kine {status['kine_version']}")
+    for c in status["containers"]:
+        table.add_row(c["name"], c["role"], c["state"], c.get("status", ""))
+    for n in status["nodes"]:
+        table.add_row(n["name"], f"kind {n['role']}", n["state"], n.get("status", ""))
+    if status.get("error"):
+        table.caption = f"[yellow]{status['error']}[/]"
+    return table
+
+
 def cmd_up(args) -> int:
     from .provision.lab import Lab
 
@@ -101,13 +117,16 @@ def cmd_up(args) -> int:
         require_docker()  # before anything is planned or written
         kind = KindLab(dir=_dir(args), control_planes=max(1, args.control_planes), replicas=args.replicas,
                        mode=args.mode, datastore=args.datastore).create()
+        status = kind.status()
         if args.json:
-            _print_json(kind.status())
+            _print_json(status)
         else:
-            out.print(kind.status())
+            out.print(_status_table(status))
+            out.print(f"stop it with: kinelab down --dir {kind.dir}")
         return 0
 
     lab = Lab(replicas=args.replicas, datastore=args.datastore, dir=_dir(args), kine_bin=args.kine_bin,
+              datastore_settings=_kv(args.datastore_setting, "--datastore-setting"),
               kine_args=_kv(args.kine_arg, "--kine-arg"), replica_args=_replica_args(args.replica_arg, args.replicas),
               allow_shared_sqlite=args.allow_shared_sqlite, base_port=args.base_port, apiservers=args.apiservers,
               mode=args.mode, apiserver_args=_kv(args.apiserver_arg, "--apiserver-arg"))
@@ -122,9 +141,9 @@ def cmd_up(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .provision.lab import Lab
+    from .provision.backends import attach_lab
 
-    status = Lab.attach(_dir(args)).status()
+    status = attach_lab(_dir(args)).status()
     if args.json:
         _print_json(status)
     else:
@@ -133,18 +152,18 @@ def cmd_status(args) -> int:
 
 
 def cmd_down(args) -> int:
-    from .provision.lab import Lab, purge, read_manifest, teardown, write_manifest
+    from .provision.backends import attach_lab
+    from .provision.lab import purge, read_manifest
 
     path = _dir(args).resolve()
     manifest = read_manifest(path)
     if manifest is None:
         raise UsageError(f"no lab in {path}: nothing to stop (already removed?)")
-    stopped = teardown(manifest)
-    manifest["state"] = "stopped"
-    write_manifest(path, manifest)
+    stopped = attach_lab(path).down()
     if args.purge:
         purge(path)
-    out.print(f"stopped {stopped} process(es) of the lab in {path}" + ("; removed it" if args.purge else ""))
+    what = "container(s)" if manifest.get("backend") == "kind" else "process(es)"
+    out.print(f"stopped {stopped} {what} of the lab in {path}" + ("; removed it" if args.purge else ""))
     return 0
 
 
@@ -162,14 +181,12 @@ def cmd_capture(args) -> int:
     if len(sources) != 1:
         raise UsageError("name exactly one source: --dir LAB, --dsn DSN or --sqlite PATH")
     if args.dir:
-        from .provision.lab import Lab
+        from .provision.backends import attach_lab
 
-        source = Lab.attach(args.dir).dsn
-    elif args.dsn:
-        source = Dsn.parse(args.dsn)
+        snap = attach_lab(args.dir).capture(args.out, incremental=args.incremental)
     else:
-        source = Dsn.sqlite(Path(args.sqlite))
-    snap = capture(source, args.out, incremental=args.incremental)
+        source = Dsn.parse(args.dsn) if args.dsn else Dsn.sqlite(Path(args.sqlite))
+        snap = capture(source, args.out, incremental=args.incremental)
     if args.json:
         _print_json(snap.to_json())
     else:
@@ -252,6 +269,8 @@ def cmd_check(args) -> int:
 
     if args.endpoints:
         endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
+        if not endpoints:
+            raise UsageError(f"--endpoints {args.endpoints!r} names no replica; use HOST:PORT,HOST:PORT")
         dsn = Dsn.parse(args.dsn) if args.dsn else None
     else:
         lab = _lab(args)
@@ -279,10 +298,62 @@ def cmd_check(args) -> int:
     return 0 if report.consistent else 1
 
 
+REPLICA_FAULTS = ("kill", "pause", "resume", "restart")
+
+
 def cmd_fault(args) -> int:
-    lab = _lab(args)
-    getattr(lab, args.action)(args.replica)
-    out.print(f"replica {args.replica}: {args.action} done")
+    import time
+
+    from .drive.faults import FaultInjector
+
+    if (args.action in REPLICA_FAULTS) != (args.replica is not None):
+        raise UsageError(f"`fault {args.action}` " + ("needs --replica INDEX" if args.action in REPLICA_FAULTS
+                                                      else "acts on the database; drop --replica"))
+    if (args.action == "isolation") != (args.level is not None):
+        raise UsageError("`fault isolation` needs --level" if args.action == "isolation"
+                         else f"--level applies to `fault isolation` only, not {args.action}")
+    injector = FaultInjector(_lab(args))
+    options = {"replica": args.replica} if args.action in REPLICA_FAULTS else \
+        {"level": args.level} if args.action == "isolation" else \
+        {"hold_ms": args.hold_ms, "period_ms": args.period_ms} if args.action == "slow" else {}
+    detail = injector.inject(args.action, **options)
+    try:
+        if args.action == "slow":  # the lock lives in this process: hold it for --seconds, or until Ctrl-C
+            out.print(f"database slowed ({detail}) for {args.seconds:g} s; Ctrl-C ends it sooner")
+            time.sleep(args.seconds)
+    finally:
+        detail = injector.inject("slow-stop") if args.action == "slow" else detail
+    target = f"replica {args.replica}" if args.replica is not None else "database"
+    out.print(f"{target}: {args.action} done" + (f" ({detail})" if detail else ""))
+    return 0
+
+
+def cmd_scenario(args) -> int:
+    from .observe.scenario import Scenario, run_scenario
+    from .provision.lab import Lab
+
+    scenario = Scenario.from_file(args.file)
+    if args.dir:
+        summary = run_scenario(_lab(args), args.out, scenario)
+    else:
+        with Lab(**scenario.lab) as lab:  # a lab of the scenario's own, gone when the run ends
+            summary = run_scenario(lab, args.out, scenario)
+    if args.json:
+        _print_json(summary)
+        return 1 if summary["failed"] else 0
+    table = Table("check", "value", "verdict", box=None,
+                  title=f"scenario {scenario.name}: run {summary['run_id']}, {summary['writes']} writes, "
+                        f"{summary['errors']} errors -> {args.out}")
+    for name, check in summary["checks"].items():
+        verdict = {True: "[green]ok[/]", False: "[red]failed[/]", None: ""}[check["ok"]]
+        table.add_row(name, f"{check['value']:g}", verdict)
+    out.print(table)
+    out.print("faults: " + ("; ".join(f"{t} s {fault} {target}" + ("" if ok else " (failed)")
+                                      for t, fault, target, ok in summary["faults"]) or "none"))
+    if summary["failed"]:
+        out.print(f"[red]expectations not met: {'; '.join(summary['failed'])}[/] (tables scenario_checks, "
+                  f"fault_recovery, error_kinds in {args.out})")
+        return 1
     return 0
 
 
@@ -293,8 +364,19 @@ def cmd_demo(args) -> int:
     return 0
 
 
+EXIT_CODES = "exit codes: 0 success, 1 a finding (e.g. a divergence), 2 bad input or environment, 130 interrupted"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes get one line and exit 2, like every other expected error."""
+
+    def error(self, message):
+        self.exit(2, f"kinelab: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kinelab", description="See how Kine behaves when replicas share a database.")
+    parser = _Parser(prog="kinelab", description="See how Kine behaves when replicas share a database.",
+                     epilog=EXIT_CODES)
     parser.add_argument("--version", action="version", version=f"kinelab {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show details and tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -321,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab_dir(p)
     p.add_argument("--kine-arg", action="append", metavar="KEY=VALUE", help="a Kine flag for every replica")
     p.add_argument("--replica-arg", action="append", metavar="INDEX:KEY=VALUE", help="a Kine flag for one replica")
+    p.add_argument("--datastore-setting", action="append", metavar="KEY=VALUE",
+                   help="a server setting of the embedded postgres or mysql, e.g. max_connections=20")
     p.add_argument("--base-port", type=int, help="use consecutive ports from here instead of free ones")
     p.add_argument("--allow-shared-sqlite", action="store_true",
                    help="allow several replicas on one SQLite file (unsupported, k3s-io/kine#499; for the lesson)")
@@ -360,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
         lab_dir(p)
         p.add_argument("--out", required=True, help="DuckDB file for the results (and a capture of the table)")
         p.add_argument("--mix", default="configmaps", choices=list(MIXES))
-        p.add_argument("--rate", type=float, default=rate, help="target operations per second (0: flat out)")
+        p.add_argument("--rate", type=float, default=rate, help="target operations per second, default "
+                       + ("flat out" if rate is None else f"{rate:g}"))
         p.add_argument("--duration", type=float, default=duration, help="seconds")
         p.add_argument("--seed", type=int, default=1)
         p.add_argument("--json", action="store_true")
@@ -392,10 +477,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", help="an earlier capture: report rows changed since")
     p.add_argument("--json", action="store_true")
 
-    p = add("fault", cmd_fault, "inject a replica fault: kill (SIGKILL), pause (SIGSTOP), resume, restart")
-    p.add_argument("action", choices=["kill", "pause", "resume", "restart"])
-    p.add_argument("--replica", type=int, required=True)
+    p = add("fault", cmd_fault, "inject a fault: kill (SIGKILL), pause (SIGSTOP), resume or restart a replica; "
+            "stop, start or restart the database; terminate Kine's database sessions; slow the database; set "
+            "its default isolation level")
+    p.add_argument("action", choices=[*REPLICA_FAULTS, "db-stop", "db-start", "db-restart", "terminate", "slow",
+                                      "isolation"])
+    p.add_argument("--replica", type=int, help="the replica, for kill, pause, resume and restart")
+    p.add_argument("--level", choices=["read-uncommitted", "read-committed", "repeatable-read", "serializable"],
+                   help="for isolation: the database's new default level")
+    p.add_argument("--seconds", type=float, default=30, help="for slow: how long (default 30)")
+    p.add_argument("--hold-ms", type=float, default=200, help="for slow: writes blocked this long ...")
+    p.add_argument("--period-ms", type=float, default=250, help="... of every period (default 200 of 250 ms)")
     lab_dir(p)
+
+    p = add("scenario", cmd_scenario, "run a scenario file (load with timed faults), store it in DuckDB and "
+            "reconcile: writes lost, watch events missed, recovery times")
+    p.add_argument("file", help="a scenario YAML file, e.g. scenarios/kill-one-of-three.yaml")
+    p.add_argument("--dir", help="run against this running lab (default: start the scenario's own lab)")
+    p.add_argument("--out", default="kinelab-scenario.duckdb", help="results file (default kinelab-scenario.duckdb)")
+    p.add_argument("--json", action="store_true")
 
     p = add("demo", cmd_demo, "3 replicas on embedded Postgres, a seeded burst of writes, a capture, a summary")
     p.add_argument("--replicas", type=int, default=3)

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from .analyse.summary import ops_by_resource, row_counts, writes_by_replica
 from .drive.workload import burst
-from .errors import Finding
+from .errors import Finding, UsageError
 from .observe.capture import capture, open_capture
 from .provision.lab import Lab
 
@@ -18,8 +18,8 @@ def run_demo(replicas: int = 3, datastore: str = "postgres", out: str = "kinelab
              console: Console | None = None) -> dict:
     console = console or Console()
     out_path = Path(out).resolve()
-    if out_path.exists():
-        out_path.unlink()  # the demo's own file: each run starts a fresh capture
+    if out_path.is_dir():
+        raise UsageError(f"--out {out} is a directory; name a file such as kinelab-demo.duckdb")
     with Lab(replicas=replicas, datastore=datastore) as lab:
         console.print(f"[bold]lab[/] {lab.replica_count} Kine {lab.manifest['kine_version']} replicas on "
                       f"{lab.manifest['datastore']['dsn']}")
@@ -28,6 +28,8 @@ def run_demo(replicas: int = 3, datastore: str = "postgres", out: str = "kinelab
         last = max(w.revision for w in writes)
         # Each replica sees other replicas' writes on its next poll: wait until all report the last revision.
         revisions = _wait_for_revision(clients, last)
+        # The demo's own file: each run starts a fresh capture, the old one kept until this run got here.
+        out_path.unlink(missing_ok=True)
         snapshot = capture(lab.dsn, out_path)
     con = open_capture(out_path)
     try:

@@ -122,9 +122,12 @@ class Dsn:
 
 _SECRET_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]+)(?=@)", re.I)
 _SECRET_IN_KV = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>[^\s&]+)", re.I)
+# user:secret@ without a well-formed scheme: a mistyped DSN ("postgres//u:p@h") or Go's MySQL form
+_SECRET_BEFORE_AT = re.compile(r"(?P<head>[^\s:/@'\"]+:)(?P<secret>[^\s@/'\"]+)(?=@)")
 
 
 def mask_text(text: str) -> str:
     """Mask every password that looks like part of a DSN inside free text (logs, errors)."""
-    text = _SECRET_IN_URL.sub(lambda m: m["head"] + MASK, text)
-    return _SECRET_IN_KV.sub(lambda m: m["head"] + MASK, text)
+    for pattern in (_SECRET_IN_URL, _SECRET_IN_KV, _SECRET_BEFORE_AT):
+        text = pattern.sub(lambda m: m["head"] + MASK, text)
+    return text

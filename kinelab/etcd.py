@@ -95,7 +95,11 @@ class Etcd:
     def __init__(self, endpoint: str, timeout_s: float = 10.0):
         self.endpoint = endpoint
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(endpoint)
+        # gRPC's reconnect back-off grows to 120 s by default: capped at 1 s, a restarted replica is found again
+        # within a second, so recovery times measure Kine rather than this client.
+        # (grpc.min_reconnect_backoff_ms is left alone: it is also the connect timeout.)
+        self._channel = grpc.insecure_channel(endpoint, options=[("grpc.initial_reconnect_backoff_ms", 200),
+                                                                 ("grpc.max_reconnect_backoff_ms", 1000)])
         self._kv = etcdrpc.KVStub(self._channel)
         self._lease = etcdrpc.LeaseStub(self._channel)
         self._maintenance = etcdrpc.MaintenanceStub(self._channel)

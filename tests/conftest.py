@@ -79,6 +79,16 @@ def run_cli(*args, env=None, timeout=180):
                           timeout=timeout, cwd=REPO)
 
 
+def assert_one_line_error(result, *fragments):
+    """The CLI's bad-input contract: exit 2, one `kinelab: error:` line naming each fragment, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kinelab: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
 def lab_pids(manifest: dict) -> list:
     from kinelab.provision.lab import manifest_records
 

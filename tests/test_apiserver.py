@@ -6,19 +6,24 @@ printed and kept in the binary's sidecar JSON); later runs reuse the cached bina
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
+from pathlib import Path
 
+import psutil
 import pytest
 
 import kinelab as kl
-from conftest import wait_until
+from conftest import assert_one_line_error, run_cli, wait_until
+from kinelab.errors import ProcessError
 from kinelab.provision.apiserver import (APISERVER_VERSION, ENV_BIN, ApiServer, apiserver_flags, build_gomod,
                                          can_build, find_apiserver, generate_pki, install_apiserver,
                                          staging_modules)
+from kinelab.provision.lab import read_manifest
+from kinelab.provision.process import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # a cold build takes minutes
-
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +152,75 @@ def test_two_apiservers_on_two_kine_replicas_share_one_configmap(apiserver_bin, 
             "('masterleases', 'leases', 'peerserverleases', 'endpoints', 'endpointslices') GROUP BY ALL ORDER BY 1"
             ).fetchall():
         print(f"apiserver bookkeeping: {name}: {rows} rows, {updates} updates")
+
+
+# --- bad input: one line, exit 2, no traceback, nothing left running ------------------------------------------
+def lab_processes(lab_dir: Path) -> list:
+    """Live processes of the lab in `lab_dir`, found without trusting its manifest: Kine carries the lab's id in
+    its environment, the apiserver and the datastore name the lab directory on their command line."""
+    lab_id = (read_manifest(lab_dir) or {}).get("id")
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if str(lab_dir) in " ".join(proc.info["cmdline"] or []) or \
+                    (lab_id and proc.environ().get("KINELAB_LAB_ID") == lab_id):
+                found.append(proc)
+        except psutil.Error:  # gone meanwhile, or not ours to read
+            pass
+    return found
+
+
+def no_apiserver_env(tmp_path, kine, **extra) -> dict:
+    """An empty tool cache (so no built kube-apiserver), the real Kine, and no KINELAB_KUBE_APISERVER_BIN."""
+    return {"KINELAB_CACHE": str(tmp_path / "cache"), "KINELAB_KINE_BIN": str(kine.path), ENV_BIN: "", **extra}
+
+
+def up_with_one_apiserver(lab_dir, env=None, *args):
+    return run_cli("up", "--datastore", "sqlite", "--replicas", 1, "--apiservers", 1, "--dir", lab_dir, *args,
+                   env=env)
+
+
+def test_cli_without_go_or_an_apiserver_binary(kine, tmp_path):
+    path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "go").exists())
+    result = up_with_one_apiserver(tmp_path / "lab", no_apiserver_env(tmp_path, kine, PATH=path))
+    assert_one_line_error(result, "kube-apiserver is not installed and Go is missing", ENV_BIN)
+    assert read_manifest(tmp_path / "lab")["state"] == "stopped"
+    assert lab_processes(tmp_path / "lab") == []
+
+
+@pytest.mark.skipif(not can_build(), reason="needs Go 1.26+ on PATH to start a kube-apiserver build")
+def test_cli_build_failure_names_the_build_log(kine, tmp_path):
+    # An empty module cache with the proxy off: `go mod download` fails at once, as offline it would.
+    env = no_apiserver_env(tmp_path, kine, GOPROXY="off", GOMODCACHE=str(tmp_path / "gomodcache"), GOFLAGS="",
+                           GOTOOLCHAIN="local")
+    result = up_with_one_apiserver(tmp_path / "lab", env)
+    log = tmp_path / "cache" / "bin" / f"kube-apiserver-{APISERVER_VERSION}.build.log"
+    assert_one_line_error(result, f"building kube-apiserver {APISERVER_VERSION}", "GOPROXY=off", f"see {log}")
+    assert "module lookup disabled" in log.read_text()
+    assert not (tmp_path / "cache" / "bin" / f"kube-apiserver-{APISERVER_VERSION}").exists()
+    assert lab_processes(tmp_path / "lab") == []
+
+
+@pytest.mark.parametrize("flag, says", [("service-cluster-ip-range=notacidr", "is not a valid cidr"),
+                                        ("bogus-flag=1", "Error: unknown flag: --bogus-flag")])
+def test_cli_apiserver_that_exits_reports_its_last_log_line(apiserver_bin, tmp_path, flag, says):
+    lab_dir = tmp_path / "lab"
+    result = up_with_one_apiserver(lab_dir, None, "--apiserver-arg", flag)
+    assert_one_line_error(result, "kube-apiserver-0 exited with code 1 before it was ready", says,
+                          f"log {lab_dir / 'logs' / 'kube-apiserver-0.log'}")
+    manifest = read_manifest(lab_dir)
+    assert manifest["state"] == "stopped" and manifest["replicas"][0]["process"]  # Kine had started
+    assert lab_processes(lab_dir) == []
+
+
+def test_apiserver_that_never_becomes_ready_is_stopped_with_its_last_log_line(apiserver_bin, tmp_path):
+    unreachable = f"http://127.0.0.1:{free_port()}"  # no Kine there: it keeps retrying etcd
+    apiserver = ApiServer(0, apiserver_bin, [unreachable], tmp_path, generate_pki(tmp_path / "pki"), timeout_s=5)
+    with pytest.raises(ProcessError) as info:
+        apiserver.start()
+    first = str(info.value).splitlines()[0]
+    assert first.startswith("kube-apiserver-0 was not ready (GET https://127.0.0.1:") and "after 5s: " in first
+    assert "connection refused" in first and first.endswith(f"log {apiserver.log_path}")
+    assert not apiserver.alive and lab_processes(tmp_path) == []

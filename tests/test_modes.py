@@ -108,21 +108,41 @@ def test_cli_up_with_apiservers_reports_them(kine, tmp_path):
         assert run_cli("down", "--dir", lab_dir).returncode == 0
 
 
-def test_the_lag_comes_from_kines_poll_not_the_apiserver_watch_cache(kine):
-    """shared-db, writes through apiserver 0: apiserver 1's watch lags by replica 1's poll, cache or no cache."""
+def test_the_lag_comes_from_kines_poll_not_the_apiserver_watch_cache(kine, tmp_path):
+    """shared-db, writes through apiserver 0: apiserver 1's watch lags by replica 1's poll, cache or no cache.
+    Every watch event is stored and names, by its resourceVersion, the Kine row of its object."""
     import statistics
 
     from kinelab.observe.apiprobe import apiserver_watch_lag
 
     means = {}
     for cache in (True, False):
+        out = tmp_path / f"watch-cache-{cache}.duckdb"
         with kl.Lab(replicas=2, datastore="postgres", apiservers=2, mode="shared-db",
                     apiserver_args={"watch-cache": cache}) as lab:
-            lags = apiserver_watch_lag(lab, writes=10)
+            lags = apiserver_watch_lag(lab, writes=10, out=out)
         means[cache] = [statistics.mean(l.lag_ms for l in lags if l.observer == a) for a in (0, 1)]
         assert len(lags) == 20  # every write reached both watches
+        _assert_stored_events_are_the_rows(out, lags)
     for cache, (writer_side, other_side) in means.items():
         assert writer_side < 100 and 150 < other_side < 1100, (cache, means)
+
+
+def _assert_stored_events_are_the_rows(out, lags) -> None:
+    con = kl.open_capture(out)
+    [(run_id, kind, summary)] = con.execute("SELECT run_id, kind, summary FROM runs").fetchall()
+    rows = con.execute("""SELECT apiserver, writer, name, type, resource_version, lag_ms, key, row_name, created,
+                                 deleted, kind FROM apiserver_watch_rows WHERE run_id = ? ORDER BY ALL""",
+                       [run_id]).fetchall()
+    con.close()
+    assert kind == "apiserver-watchlag" and json.loads(summary)["events"] == len(rows) == len(lags)
+    assert sorted((r[0], r[1], r[2], r[4]) for r in rows) == sorted((l.observer, l.writer, l.name, l.resource_version)
+                                                                    for l in lags)
+    assert {l.name: round(l.lag_ms, 6) for l in lags if l.observer == 1} == \
+        {r[2]: round(r[5], 6) for r in rows if r[0] == 1}
+    for apiserver, _, name, type_, _, _, key, row_name, created, deleted, value_kind in rows:
+        assert key == f"/registry/configmaps/default/{name}" and row_name == key, (apiserver, name, row_name)
+        assert (type_, created, deleted, value_kind) == ("ADDED", 1, 0, "ConfigMap")
 
 
 @pytest.mark.parametrize("mix, namespace", [("configmaps", "default"), ("leases", "kube-node-lease"),

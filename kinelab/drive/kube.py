@@ -8,6 +8,7 @@ returned, which is the Kine revision of its row.
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -16,9 +17,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
 
+from ..clock import Clock
 from ..errors import UsageError
 
 KUBE_MIXES = ("configmaps", "leases", "events")
+NAMESPACES = {"configmaps": "default", "leases": "kube-node-lease", "events": "default"}
+REQUEST_TIMEOUT_S = 5  # an apiserver whose etcd is gone may hang a call; the load must go on
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,13 @@ class KubeCall:
     latency_ms: float
     resource_version: int  # 0 when the call failed or returned no object
     error: str = ""
+    t: float = 0.0  # the run clock's time when the call returned
+    namespace: str = ""
+
+    @property
+    def key(self) -> str:
+        """The Kine key of the object: /registry/<resource>/<namespace>/<name>."""
+        return f"/registry/{self.resource}/{self.namespace}/{self.name}"
 
 
 class _Shapes:
@@ -40,7 +51,7 @@ class _Shapes:
         from kubernetes import client
 
         self.k8s, self.rng, self.run = client, rng, run
-        api = lab.kubernetes_client(apiserver)
+        api = lab.kubernetes_client(apiserver, retries=False)  # a failure must show as one, not as a retry loop
         self.core, self.coordination = client.CoreV1Api(api), client.CoordinationV1Api(api)
         self.live: list = []
         self.nodes = [f"kinelab-node-{run}-{n:03d}" for n in range(nodes)]
@@ -57,16 +68,19 @@ class _Shapes:
         if roll < 0.2 or not self.live:
             name = self._name("cm")
             obj = self.core.create_namespaced_config_map("default", k8s.V1ConfigMap(
-                metadata=k8s.V1ObjectMeta(name=name), data=data))
+                metadata=k8s.V1ObjectMeta(name=name), data=data), _request_timeout=REQUEST_TIMEOUT_S)
             self.live.append(name)
             return "create", "configmaps", name, obj
         if roll < 0.7:
             name = self.rng.choice(self.live)
-            return "update", "configmaps", name, self.core.patch_namespaced_config_map(name, "default", {"data": data})
+            return "update", "configmaps", name, self.core.patch_namespaced_config_map(
+                name, "default", {"data": data}, _request_timeout=REQUEST_TIMEOUT_S)
         if roll < 0.9:
             name = self.live.pop(self.rng.randrange(len(self.live)))
-            return "delete", "configmaps", name, self.core.delete_namespaced_config_map(name, "default")
-        return "list", "configmaps", "", self.core.list_namespaced_config_map("default", limit=500)
+            return "delete", "configmaps", name, self.core.delete_namespaced_config_map(
+                name, "default", _request_timeout=REQUEST_TIMEOUT_S)
+        return "list", "configmaps", "", self.core.list_namespaced_config_map(
+            "default", limit=500, _request_timeout=REQUEST_TIMEOUT_S)
 
     def leases(self):
         k8s = self.k8s
@@ -76,9 +90,11 @@ class _Shapes:
                                renew_time=datetime.now(timezone.utc))
         if self.turn <= len(self.nodes):
             return "create", "leases", name, self.coordination.create_namespaced_lease(
-                "kube-node-lease", k8s.V1Lease(metadata=k8s.V1ObjectMeta(name=name), spec=spec))
+                "kube-node-lease", k8s.V1Lease(metadata=k8s.V1ObjectMeta(name=name), spec=spec),
+                _request_timeout=REQUEST_TIMEOUT_S)
         return "update", "leases", name, self.coordination.patch_namespaced_lease(
-            name, "kube-node-lease", {"spec": {"renewTime": spec.renew_time.isoformat()}})
+            name, "kube-node-lease", {"spec": {"renewTime": spec.renew_time.isoformat()}},
+            _request_timeout=REQUEST_TIMEOUT_S)
 
     def events(self):
         k8s = self.k8s
@@ -88,14 +104,17 @@ class _Shapes:
             metadata=k8s.V1ObjectMeta(name=name), involved_object=k8s.V1ObjectReference(kind="Pod", name="web-0",
                                                                                         namespace="default"),
             reason="Probe", message="kinelab load", type="Normal", first_timestamp=now, last_timestamp=now,
-            count=1))
+            count=1), _request_timeout=REQUEST_TIMEOUT_S)
 
 
-def run_kube_load(lab, mix: str = "configmaps", *, ops: int = 200, rate: Optional[float] = None, workers: int = 2,
-                  seed: int = 1, nodes: int = 20) -> list:
-    """Spread `ops` calls of `mix` round-robin over the lab's apiservers, `workers` at a time, at `rate` calls/s
-    (None: flat out). Returns every KubeCall, failures included."""
+def run_kube_load(lab, mix: str = "configmaps", *, ops: Optional[int] = 200, rate: Optional[float] = None,
+                  workers: int = 2, seed: int = 1, nodes: int = 20, duration_s: Optional[float] = None,
+                  clock: Optional[Clock] = None, stop: Optional[threading.Event] = None) -> list:
+    """Spread `ops` calls of `mix` (or as many as fit in `duration_s`) round-robin over the lab's apiservers,
+    `workers` at a time (at least one per apiserver), at `rate` calls/s (None: flat out), until `stop` is set. Returns every KubeCall,
+    failures included."""
     from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
 
     if mix not in KUBE_MIXES:
         raise UsageError(f"unknown mix {mix!r}: choose one of {', '.join(KUBE_MIXES)}")
@@ -103,27 +122,37 @@ def run_kube_load(lab, mix: str = "configmaps", *, ops: int = 200, rate: Optiona
     if not count:
         raise UsageError("this lab has no apiservers; start it with apiservers=N (kinelab up --apiservers N)")
     run, calls, lock, started = uuid.uuid4().hex[:6], [], threading.Lock(), time.perf_counter()
-    next_op = iter(range(ops))
+    # Call i goes to apiserver i % count, and each worker serves one apiserver: a hung apiserver holds up only
+    # its own workers, never the calls of the others.
+    workers = max(workers, count)
+    streams = [iter(range(a, ops, count)) if ops is not None else itertools.count(a, count) for a in range(count)]
+    deadline = started + duration_s if duration_s else float("inf")
+    clock, stop = clock or Clock(), stop or threading.Event()
 
     def work(worker: int) -> None:
-        shapes = {a: _Shapes(lab, a, random.Random(seed * 100 + worker * 10 + a), f"{run}w{worker}a{a}", nodes)
-                  for a in range(count)}
+        apiserver = worker % count
+        shapes = _Shapes(lab, apiserver, random.Random(seed * 100 + worker), f"{run}w{worker}", nodes)
         while True:
             with lock:
-                i = next(next_op, None)
+                i = next(streams[apiserver], None)
             if i is None:
                 return
             if rate:
-                time.sleep(max(0.0, started + i / rate - time.perf_counter()))
-            apiserver = i % count
+                stop.wait(max(0.0, started + i / rate - time.perf_counter()))
+            if stop.is_set() or time.perf_counter() >= deadline:
+                return
             t0 = time.perf_counter()
             try:
-                verb, resource, name, obj = getattr(shapes[apiserver], mix)()
+                verb, resource, name, obj = getattr(shapes, mix)()
                 rv = int(getattr(getattr(obj, "metadata", None), "resource_version", None) or 0)
-                call = KubeCall(apiserver, verb, resource, name, True, (time.perf_counter() - t0) * 1000, rv)
+                call = KubeCall(apiserver, verb, resource, name, True, (time.perf_counter() - t0) * 1000, rv,
+                                t=clock.now(), namespace=NAMESPACES[mix])
             except ApiException as exc:
                 call = KubeCall(apiserver, "?", mix, "", False, (time.perf_counter() - t0) * 1000, 0,
-                                f"{exc.status} {exc.reason}")
+                                f"{exc.status} {exc.reason}", t=clock.now(), namespace=NAMESPACES[mix])
+            except (HTTPError, OSError) as exc:  # the apiserver itself is unreachable
+                call = KubeCall(apiserver, "?", mix, "", False, (time.perf_counter() - t0) * 1000, 0,
+                                f"unreachable: {type(exc).__name__}", t=clock.now(), namespace=NAMESPACES[mix])
             with lock:
                 calls.append(call)
 

@@ -289,16 +289,32 @@ def _replica_picker(spread: Spread, replicas: int, seed: int) -> Callable[[int],
     raise UsageError(f"unknown spread {spread!r}: use round-robin, random, or a replica index")
 
 
+def check_load(replicas: int, mix: str = "configmaps", *, rate: Optional[float] = None,
+               duration_s: Optional[float] = None, ops: Optional[int] = None, spread: Spread = "round-robin",
+               workers: int = 1) -> None:
+    """Refuse parameters `run_load` cannot honour; runs call it before they open their results file."""
+    if mix not in MIXES:
+        raise UsageError(f"unknown mix {mix!r}: choose one of {', '.join(MIXES)}")
+    if rate is not None and rate <= 0:
+        raise UsageError("--rate must be positive (`kinelab load` without --rate writes flat out)")
+    require_positive(("--duration", duration_s), ("--ops", ops), ("--workers", workers))
+    _replica_picker(spread, replicas, 0)
+
+
+def require_positive(*flags: tuple) -> None:
+    """Each (flag, value) pair given a value must be above zero."""
+    for flag, value in flags:
+        if value is not None and value <= 0:
+            raise UsageError(f"{flag} must be positive, not {value:g}")
+
+
 def run_load(clients: Sequence[Etcd], mix: str = "configmaps", *, rate: Optional[float] = None,
              duration_s: Optional[float] = None, ops: Optional[int] = None, spread: Spread = "round-robin",
              workers: int = 1, seed: int = 1, clock: Optional[Clock] = None, stop: Optional[threading.Event] = None,
              **mix_options) -> LoadResult:
     """Run `mix` at `rate` ops/s (None: flat out) for `duration_s` seconds or `ops` operations,
     spreading operations over `clients`. Every acknowledged write and every error is recorded."""
-    if mix not in MIXES:
-        raise UsageError(f"unknown mix {mix!r}: choose one of {', '.join(MIXES)}")
-    if rate is not None and rate <= 0:
-        raise UsageError("--rate must be positive (leave it out to write flat out)")
+    check_load(len(clients), mix, rate=rate, duration_s=duration_s, ops=ops, spread=spread, workers=workers)
     if mix == "heartbeat" and rate is None:
         rate = mix_options.get("nodes", 50) / NODE_LEASE_PERIOD_S
     if duration_s is None and ops is None:

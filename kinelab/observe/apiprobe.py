@@ -10,11 +10,15 @@ from dataclasses import dataclass
 
 from ..clock import Clock
 
+RESOURCE = "configmaps"
+EVENT_COLUMNS = ["run_id", "apiserver", "writer", "resource", "namespace", "name", "key", "type", "resource_version",
+                 "t_commit", "t_observed", "lag_ms"]
 
-def _core(lab, index: int):
+
+def _core(lab, index: int, *, retries: bool = True):
     from kubernetes import client
 
-    return client.CoreV1Api(lab.kubernetes_client(index))
+    return client.CoreV1Api(lab.kubernetes_client(index, retries=retries))
 
 
 def _configmap(name: str, labels: dict):
@@ -33,16 +37,21 @@ class WatchLag:
 
 
 def apiserver_watch_lag(lab, *, writes: int = 20, interval_s: float = 0.25, writer: int = 0,
-                        namespace: str = "default", timeout_s: float = 15.0) -> list:
+                        namespace: str = "default", timeout_s: float = 15.0, out=None) -> list:
     """Create `writes` ConfigMaps through apiserver `writer` while every apiserver watches them; the lag is
-    the watch event's arrival minus the create's acknowledgement, on one clock."""
+    the watch event's arrival minus the create's acknowledgement, on one clock.
+
+    With `out` (a DuckDB file) every watch event also goes to `apiserver_watch_events` under a `runs` row of
+    kind ``apiserver-watchlag``, followed by a capture of the lab's table into the same file, so the view
+    `apiserver_watch_rows` shows the Kine row each event's resourceVersion names."""
     from kubernetes import watch
 
     clock, run = Clock(), uuid.uuid4().hex[:8]
+    started = time.monotonic()
     selector = f"kinelab-probe={run}"
     count = len(lab.manifest.get("apiservers", []))
     acked: dict = {}
-    seen: dict = {i: {} for i in range(count)}
+    events: dict = {i: [] for i in range(count)}  # observer -> [(type, name, resourceVersion, t_observed)]
     watches = [watch.Watch() for _ in range(count)]
     ready = threading.Barrier(count + 1)
 
@@ -50,11 +59,13 @@ def apiserver_watch_lag(lab, *, writes: int = 20, interval_s: float = 0.25, writ
         core = _core(lab, index)
         rv = core.list_namespaced_config_map(namespace, label_selector=selector).metadata.resource_version
         ready.wait()
+        added = 0
         for event in watches[index].stream(core.list_namespaced_config_map, namespace, label_selector=selector,
                                            resource_version=rv, timeout_seconds=int(timeout_s) + 30):
-            if event["type"] == "ADDED":
-                seen[index][event["object"].metadata.name] = clock.now()
-            if len(seen[index]) >= writes:
+            meta = event["object"].metadata
+            events[index].append((event["type"], meta.name, int(meta.resource_version), clock.now()))
+            added += event["type"] == "ADDED"
+            if added >= writes:
                 return
 
     threads = [threading.Thread(target=follow, args=(i,), daemon=True) for i in range(count)]
@@ -72,8 +83,40 @@ def apiserver_watch_lag(lab, *, writes: int = 20, interval_s: float = 0.25, writ
         thread.join(max(0.1, deadline - time.monotonic()))
     for w in watches:
         w.stop()
+    if out is not None:
+        params = {"writes": writes, "interval_s": interval_s, "writer": writer, "namespace": namespace,
+                  "mode": lab.manifest.get("mode"), "probe": run}
+        _store(lab, out, params, events, acked, writer, namespace, time.monotonic() - started)
     return [WatchLag(observer, writer, name, acked[name][1], (t - acked[name][0]) * 1000)
-            for observer in range(count) for name, t in sorted(seen[observer].items())]
+            for observer in range(count)
+            for name, t in sorted({n: t for etype, n, _, t in events[observer] if etype == "ADDED"}.items())]
+
+
+def _store(lab, out, params: dict, events: dict, acked: dict, writer: int, namespace: str,
+           duration_s: float) -> None:
+    """One `runs` row, the events (with the write each came from, when the probe made it), then a capture."""
+    from ..provision.apiserver import default_flags
+    from .capture import capture_into
+    from .store import finish_run, insert_rows, new_run, open_store
+
+    prefix = default_flags()["etcd-prefix"]
+    con = open_store(out, lab.dsn.identity)
+    try:
+        run_id = new_run(con, "apiserver-watchlag", params)
+        rows = []
+        for observer, seen in events.items():
+            for etype, name, rv, t in seen:
+                made = etype == "ADDED" and name in acked  # one of the probe's creates: its acknowledgement is known
+                t_commit = acked[name][0] if made else None
+                rows.append((run_id, observer, writer if made else None, RESOURCE, namespace, name,
+                             f"{prefix}/{RESOURCE}/{namespace}/{name}", etype, rv, t_commit, t,
+                             (t - t_commit) * 1000 if made else None))
+        insert_rows(con, "apiserver_watch_events", EVENT_COLUMNS, rows)
+        snapshot = capture_into(con, lab.dsn, incremental=True)
+        finish_run(con, run_id, duration_s, {"run_id": run_id, "snapshot_id": snapshot.snapshot_id,
+                                             "events": len(rows), "writes": len(acked)})
+    finally:
+        con.close()
 
 
 @dataclass(frozen=True)
@@ -96,8 +139,7 @@ def availability(lab, *, duration_s: float = 10.0, interval_s: float = 0.25, nam
     run, attempts, lock, started = uuid.uuid4().hex[:8], [], threading.Lock(), time.monotonic()
 
     def attempt(index: int) -> None:
-        core = _core(lab, index)
-        core.api_client.configuration.retries = False  # a dead path must show as an error, not a retry loop
+        core = _core(lab, index, retries=False)  # a dead path must show as an error, not a retry loop
         n = 0
         while (t := time.monotonic() - started) < duration_s:
             try:

@@ -161,7 +161,8 @@ def open_capture(path: str | Path, read_only: bool = True):
         con = duckdb.connect(str(path), read_only=read_only)
         con.execute("SELECT value FROM capture_meta WHERE key = 'schema_version'").fetchall()
     except duckdb.Error as exc:
-        raise CaptureError(f"{path} is not a kinelab capture ({str(exc).splitlines()[0]})") from None
+        raise CaptureError(f"{path} is not a kinelab capture ({str(exc).splitlines()[0]}); name a file made by "
+                           "`kinelab capture`") from None
     return con
 
 

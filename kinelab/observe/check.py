@@ -129,6 +129,9 @@ def check(endpoints: Sequence[str], dsn: Optional[Dsn] = None, *, prefix: str = 
                 revisions.append(client.revision())
         except EtcdError:
             pass
+    if endpoints and not revisions:  # nothing to compare: the address is wrong or the lab is down
+        raise EtcdError(f"no replica answered at {', '.join(endpoints)}; check the endpoints, or start the lab "
+                        "(`kinelab status` shows it)", "UNAVAILABLE")
     revision = min(revisions) if revisions else 0
     views = [_replica_view(i, ep, prefix, revision, page) for i, ep in enumerate(endpoints)]
     breaks, changed = [], []

@@ -19,7 +19,7 @@ from typing import Optional
 from .. import progress
 from ..clock import Clock
 from ..db import table_bytes
-from ..drive.workload import LoadResult, run_load
+from ..drive.workload import LoadResult, check_load, require_positive, run_load
 from ..errors import EtcdError, UsageError
 from ..provision.lab import replica_kine_args
 from ..etcd import Etcd
@@ -46,6 +46,25 @@ def _store_metrics(con, run_id: int, sampler: MetricsSampler) -> None:
     insert_rows(con, "kine_metrics", METRIC_COLUMNS, [(run_id, *row) for row in sampler.rows])
 
 
+def store_watch(con, run_id: int, probe: WatchProbe) -> None:
+    """The probe's observers and events; each event joined with the write that caused it (stored first)."""
+    insert_rows(con, "watch_observers",
+                ["run_id", "observer", "endpoint", "prefix", "start_revision", "last_revision", "events",
+                 "progress_notifies", "cancelled", "cancel_reason", "compact_revision"],
+                [(run_id, o.index, o.endpoint, o.prefix, o.start_revision, o.last_revision, len(o.events),
+                  o.progress_notifies, o.cancelled, o.cancel_reason, o.compact_revision)
+                 for o in probe.observers])
+    raw = [(run_id, o.index, *event) for o in probe.observers for event in o.events]
+    con.execute("CREATE TEMP TABLE watch_raw (run_id INTEGER, observer INTEGER, revision BIGINT, key VARCHAR, "
+                "type VARCHAR, t_observed DOUBLE)")
+    insert_rows(con, "watch_raw", ["run_id", "observer", "revision", "key", "type", "t_observed"], raw)
+    con.execute("""INSERT INTO watch_events
+                   SELECT r.run_id, r.observer, w.replica, r.revision, r.key, r.type, w.t_commit, r.t_observed,
+                          (r.t_observed - w.t_commit) * 1000
+                   FROM watch_raw r LEFT JOIN writes w ON w.run_id = r.run_id AND w.revision = r.revision""")
+    con.execute("DROP TABLE watch_raw")
+
+
 def _load_summary(result: LoadResult) -> dict:
     return {"writes": len(result.writes), "errors": len(result.errors), "lists": result.lists,
             "write_rate": round(result.write_rate, 1),
@@ -53,9 +72,9 @@ def _load_summary(result: LoadResult) -> dict:
 
 
 @contextmanager
-def _run(lab, out, kind: str, params: dict):
+def _run(lab, out, kind: str, params: dict, timeout_s: float = 10.0):
     """Clients on every replica, the results file (checked to belong to this lab), one clock, a run id."""
-    clients = [Etcd(ep) for ep in lab.endpoints]
+    clients = [Etcd(ep, timeout_s=timeout_s) for ep in lab.endpoints]
     try:
         con = open_store(out, lab.dsn.identity)
         try:
@@ -72,6 +91,7 @@ def load(lab, out, *, mix: str = "configmaps", rate: Optional[float] = None, dur
     """Drive `mix` through the lab's replicas; store writes, errors and metrics, then capture the table."""
     params = {"mix": mix, "rate": rate, "duration_s": duration_s, "ops": ops, "spread": spread,
               "workers": workers, "seed": seed, **mix_options}
+    check_load(len(lab.endpoints), mix, rate=rate, duration_s=duration_s, ops=ops, spread=spread, workers=workers)
     with _run(lab, out, "load", params) as (clients, con, clock, run_id):
         with MetricsSampler(_metrics_urls(lab), clock) as sampler:
             result = run_load(clients, mix, rate=rate, duration_s=duration_s, ops=ops, spread=spread,
@@ -91,6 +111,7 @@ def watch_lag(lab, out, *, mix: str = "configmaps", rate: Optional[float] = 50.0
     and its writer, the observers (with cancellations), and a capture. Returns per-observer lag figures."""
     params = {"mix": mix, "rate": rate, "duration_s": duration_s, "spread": spread, "workers": workers,
               "seed": seed, "prefix": prefix, **mix_options}
+    check_load(len(lab.endpoints), mix, rate=rate, duration_s=duration_s, spread=spread, workers=workers)
     with _run(lab, out, "watchlag", params) as (clients, con, clock, run_id):
         start_revision = max(c.revision() for c in clients) + 1
         with WatchProbe(lab.endpoints, prefix=prefix, start_revision=start_revision, clock=clock) as probe:
@@ -105,21 +126,7 @@ def watch_lag(lab, out, *, mix: str = "configmaps", rate: Optional[float] = 50.0
             settled = probe.wait_for(last, settle_s)
         _store_load(con, run_id, result)
         _store_metrics(con, run_id, sampler)
-        insert_rows(con, "watch_observers",
-                    ["run_id", "observer", "endpoint", "prefix", "start_revision", "last_revision", "events",
-                     "progress_notifies", "cancelled", "cancel_reason", "compact_revision"],
-                    [(run_id, o.index, o.endpoint, o.prefix, o.start_revision, o.last_revision, len(o.events),
-                      o.progress_notifies, o.cancelled, o.cancel_reason, o.compact_revision)
-                     for o in probe.observers])
-        raw = [(run_id, o.index, *event) for o in probe.observers for event in o.events]
-        con.execute("CREATE TEMP TABLE watch_raw (run_id INTEGER, observer INTEGER, revision BIGINT, key VARCHAR, "
-                    "type VARCHAR, t_observed DOUBLE)")
-        insert_rows(con, "watch_raw", ["run_id", "observer", "revision", "key", "type", "t_observed"], raw)
-        con.execute("""INSERT INTO watch_events
-                       SELECT r.run_id, r.observer, w.replica, r.revision, r.key, r.type, w.t_commit, r.t_observed,
-                              (r.t_observed - w.t_commit) * 1000
-                       FROM watch_raw r LEFT JOIN writes w ON w.run_id = r.run_id AND w.revision = r.revision""")
-        con.execute("DROP TABLE watch_raw")
+        store_watch(con, run_id, probe)
         snapshot = capture_into(con, lab.dsn, incremental=True)
         lag = con.execute("""SELECT observer, locality, events, p50_ms, p99_ms, max_ms FROM watch_lag_summary
                              WHERE run_id = ?""", [run_id]).fetchall()
@@ -210,6 +217,8 @@ def compaction(lab, out, *, method: str = "explicit", duration_s: float = 30.0, 
     if method == "interval" and not _compact_interval_set(lab):
         raise UsageError("method 'interval' needs Kine's own compactor: start the lab with "
                          "--kine-arg compact-interval=10s (and compact-min-retain=0 to see it on a small table)")
+    check_load(len(lab.endpoints), mix, rate=rate, duration_s=duration_s, workers=workers)
+    require_positive(("--sample-every", sample_every_s), ("--compact-every", compact_every_s))
     params = {"method": method, "duration_s": duration_s, "sample_every_s": sample_every_s,
               "compact_every_s": compact_every_s, "mix": mix, "rate": rate, "workers": workers, "seed": seed}
     stop = threading.Event()

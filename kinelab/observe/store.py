@@ -23,12 +23,26 @@ single clock):
   watch_observers(run_id, observer, endpoint, prefix, start_revision, last_revision, events, progress_notifies,
                   cancelled, cancel_reason, compact_revision)
   watch_events(run_id, observer, writer, revision, key, type, t_commit, t_observed, lag_ms)
+  apiserver_watch_events(run_id, apiserver, writer, resource, namespace, name, key, type, resource_version,
+                         t_commit, t_observed, lag_ms)
+      what each kube-apiserver's watch delivered (kinelab.observe.apiprobe): `apiserver` watched, `writer` is the
+      apiserver the probe wrote through (NULL for objects it did not create), `key` the etcd key of the object
   kine_metrics(run_id, t, replica, metric, labels, value)                 labels is JSON
   compaction_timeline(run_id, t, method, snapshot_id, compact_revision, current_revision, rows_total,
                       rows_superseded, rows_tombstones, rows_gap, table_bytes)
   compaction_checks(run_id, t, check_name, revision, ok, detail)
+  fault_events(run_id, t, fault, target, detail, ok)                    t: seconds since the run's load began
+  scenario_checks(run_id, check_name, value, ok, detail)                the reconciliation after a scenario
   watch_lag_summary      p50/p90/p99/max lag per run, observer and locality (same-replica / other-replica)
+  availability           per run, replica and second since the load began: successful writes and errors
+  error_kinds            errors per run and replica, sorted into kinds (replica unreachable, timeout,
+                         database connection lost, too many connections, serialization failure, other)
+  fault_recovery         per fault: errors on its target until the next fault, and recovery_s, the time from the
+                         fault to the first success after its last error (for a restart: to the first success)
   watch_missed           acknowledged writes under an observer's prefix that its watch never delivered
+  apiserver_watch_rows   apiserver_watch_events joined to the Kine row each resource_version names (the
+                         resourceVersion is the Kine revision = kine_rows.id): row_name (= key), created,
+                         deleted, create_revision, prev_revision, lease, encoding, api_version, kind
 """
 
 from __future__ import annotations
@@ -63,6 +77,9 @@ CREATE TABLE IF NOT EXISTS watch_observers (
 CREATE TABLE IF NOT EXISTS watch_events (
     run_id INTEGER, observer INTEGER, writer INTEGER, revision BIGINT, key VARCHAR, type VARCHAR,
     t_commit DOUBLE, t_observed DOUBLE, lag_ms DOUBLE);
+CREATE TABLE IF NOT EXISTS apiserver_watch_events (
+    run_id INTEGER, apiserver INTEGER, writer INTEGER, resource VARCHAR, namespace VARCHAR, name VARCHAR,
+    key VARCHAR, type VARCHAR, resource_version BIGINT, t_commit DOUBLE, t_observed DOUBLE, lag_ms DOUBLE);
 CREATE TABLE IF NOT EXISTS kine_metrics (
     run_id INTEGER, t DOUBLE, replica INTEGER, metric VARCHAR, labels VARCHAR, value DOUBLE);
 CREATE TABLE IF NOT EXISTS compaction_timeline (
@@ -71,6 +88,10 @@ CREATE TABLE IF NOT EXISTS compaction_timeline (
     table_bytes BIGINT);
 CREATE TABLE IF NOT EXISTS compaction_checks (
     run_id INTEGER, t DOUBLE, check_name VARCHAR, revision BIGINT, ok BOOLEAN, detail VARCHAR);
+CREATE TABLE IF NOT EXISTS fault_events (
+    run_id INTEGER, t DOUBLE, fault VARCHAR, target VARCHAR, detail VARCHAR, ok BOOLEAN);
+CREATE TABLE IF NOT EXISTS scenario_checks (
+    run_id INTEGER, check_name VARCHAR, value DOUBLE, ok BOOLEAN, detail VARCHAR);
 """
 
 # Key layout of kube-apiserver: /registry/<resource>[/<namespace>]/<name>, with a few historical
@@ -156,12 +177,66 @@ CREATE OR REPLACE VIEW watch_lag_summary AS
     FROM watch_events WHERE writer IS NOT NULL
     GROUP BY ALL ORDER BY run_id, observer, locality;
 
+-- A scenario's summary holds t0, the clock time its load began; fault_events.t counts from it.
+CREATE OR REPLACE VIEW availability AS
+    WITH clock AS (SELECT run_id, CAST(json_extract_string(summary, '$.t0') AS DOUBLE) AS t0 FROM runs),
+         outcomes AS (SELECT run_id, replica, t_commit AS t, 1 AS ok, 0 AS failed FROM writes
+                      UNION ALL SELECT run_id, replica, t, 0, 1 FROM load_errors)
+    SELECT o.run_id, o.replica, CAST(floor(o.t - c.t0) AS INTEGER) AS second, sum(o.ok) AS ok,
+           sum(o.failed) AS errors
+    FROM outcomes o JOIN clock c USING (run_id) WHERE c.t0 IS NOT NULL
+    GROUP BY ALL ORDER BY ALL;
+
+CREATE OR REPLACE VIEW error_kinds AS
+    SELECT run_id, replica,
+           CASE WHEN regexp_matches(lower(error), 'too many (clients|connections)|remaining connection slots|53300')
+                     THEN 'too many connections'
+                WHEN code = 'UNAVAILABLE' THEN 'replica unreachable'
+                WHEN regexp_matches(code, '^5[0-9][0-9]$') THEN 'apiserver error ' || code
+                WHEN code = 'DEADLINE_EXCEEDED' THEN 'timeout'
+                WHEN error ILIKE '%serializ%' OR error ILIKE '%deadlock%' THEN 'serialization failure'
+                WHEN regexp_matches(lower(error), 'connection refused|terminat|broken pipe|bad connection|eof|reset by peer|shutting down')
+                     THEN 'database connection lost'
+                ELSE 'other' END AS kind,
+           count(*) AS errors, min(t) AS first_t, max(t) AS last_t, any_value(error) AS example
+    FROM load_errors GROUP BY ALL ORDER BY run_id, replica, errors DESC;
+
+CREATE OR REPLACE VIEW fault_recovery AS
+    WITH clock AS (SELECT run_id, CAST(json_extract_string(summary, '$.t0') AS DOUBLE) AS t0 FROM runs),
+    f AS (SELECT e.run_id, e.t, e.fault, e.target, c.t0,
+                 row_number() OVER (PARTITION BY e.run_id ORDER BY e.t) AS n,
+                 lead(e.t) OVER (PARTITION BY e.run_id ORDER BY e.t) AS next_t,
+                 CASE WHEN starts_with(e.target, 'replica=') THEN CAST(split_part(e.target, '=', 2) AS INTEGER)
+                 END AS replica
+          FROM fault_events e JOIN clock c USING (run_id)),
+    errs AS (SELECT f.run_id, f.n, count(x.t) AS errors, max(x.t) - f.t0 AS last_error
+             FROM f LEFT JOIN load_errors x ON x.run_id = f.run_id AND (f.replica IS NULL OR x.replica = f.replica)
+                  AND x.t - f.t0 >= f.t AND x.t - f.t0 < coalesce(f.next_t, 1e18)
+             GROUP BY f.run_id, f.n, f.t0)
+    SELECT f.run_id, f.t, f.fault, f.target, errs.errors,
+           (SELECT min(w.t_commit) - f.t0 FROM writes w
+            WHERE w.run_id = f.run_id AND (f.replica IS NULL OR w.replica = f.replica)
+              AND w.t_commit - f.t0 >= greatest(f.t, coalesce(errs.last_error, f.t))) - f.t AS recovery_s
+    FROM f JOIN errs USING (run_id, n) ORDER BY f.run_id, f.t;
+
 CREATE OR REPLACE VIEW watch_missed AS
     SELECT o.run_id, o.observer, w.revision, w.key, w.op, w.replica AS writer
     FROM watch_observers o JOIN writes w ON w.run_id = o.run_id
     WHERE w.revision >= o.start_revision AND starts_with(w.key, o.prefix)
       AND NOT EXISTS (SELECT 1 FROM watch_events e
                       WHERE e.run_id = o.run_id AND e.observer = o.observer AND e.revision = w.revision);
+
+-- resourceVersion is the Kine revision, i.e. the id of the row the write made. Kine never rewrites a row, so
+-- any snapshot's copy of an id is that row (the newest is taken), even after compaction removed it.
+CREATE OR REPLACE VIEW apiserver_watch_rows AS
+    WITH stored AS (
+        SELECT * FROM kine_rows WHERE id IN (SELECT resource_version FROM apiserver_watch_events)
+        QUALIFY row_number() OVER (PARTITION BY id ORDER BY snapshot_id DESC) = 1)
+    SELECT e.*, s.snapshot_id, s.name AS row_name, s.created, s.deleted, s.create_revision, s.prev_revision,
+           s.lease, d.encoding, d.api_version, d.kind
+    FROM apiserver_watch_events e
+    LEFT JOIN stored s ON s.id = e.resource_version
+    LEFT JOIN kine_decoded d ON d.snapshot_id = s.snapshot_id AND d.id = s.id;
 """
 
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..errors import ToolError, UsageError
-from .process import LOOPBACK, ServedProcess, free_port, require_free_port
+from ..errors import ProcessError, ToolError, UsageError
+from .process import LOOPBACK, ServedProcess, free_port, require_free_port, tail
 from .tools import cache_dir
 
 KUBERNETES_MODULE = "k8s.io/kubernetes"
@@ -197,7 +197,7 @@ def install_apiserver(apiserver_bin: Optional[str] = None, log=print,
             return subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=out)
 
         def fail(what: str, code: int):
-            raise ToolError(f"{what} failed (exit {code}); see {build_log}")
+            raise ToolError(f"building kube-apiserver {version}: {what} failed (exit {code}); see {build_log}")
 
         result = run([go, "mod", "download", "-json", f"{KUBERNETES_MODULE}@{version}"], cwd=work)
         out.write(result.stdout)
@@ -435,6 +435,17 @@ def _with_hostname(hostname: str, argv: list) -> Optional[list]:
     return [*prefix, "sh", "-c", 'printf %s "$0" > /proc/sys/kernel/hostname && exec "$@"', hostname, *argv]
 
 
+_KLOG_HEADER = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ [^\]]+\] ")
+
+
+def last_log_line(log: Path) -> str:
+    """A kube-apiserver log's last line without klog's header: the error it exited on ("command failed",
+    cobra's "Error: unknown flag"), or what it was retrying when it never became ready (an unreachable etcd)."""
+    lines = [line for line in tail(log, 5).splitlines() if line.strip()] or ["(empty log)"]
+    found = _KLOG_HEADER.sub("", lines[-1])
+    return found if len(found) <= 400 else found[:400] + "..."
+
+
 def readyz(url: str, context: ssl.SSLContext) -> bool:
     with urllib.request.urlopen(f"{url}/readyz", context=context, timeout=2) as response:
         return response.status == 200 and response.read().strip() == b"ok"
@@ -514,6 +525,17 @@ class ApiServer(ServedProcess):
         self.write_kubeconfig()
         super().start()
         return self
+
+    def _wait_ready(self) -> None:
+        # The CLI shows one line: put the apiserver's own error in it, not the argv (the log's tail follows for -v).
+        try:
+            super()._wait_ready()
+        except ProcessError:
+            code = self._popen.poll()
+            what = (f"exited with code {code} before it was ready" if code is not None
+                    else f"was not ready ({self.describe_ready}) after {self.timeout_s:.0f}s")
+            raise ProcessError(f"{self.name} {what}: {last_log_line(self.log_path)}; log {self.log_path}\n"
+                               f"{tail(self.log_path)}") from None
 
     def get(self, path: str, timeout: float = 5.0) -> bytes:
         """GET a path (``/version``, ``/readyz?verbose``) as the admin user."""

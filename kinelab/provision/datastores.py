@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..db import connect_mysql, connect_postgres
-from ..dsn import Dsn, generate_password
+from ..dsn import Dsn, generate_password, mask_text
 from ..errors import DatastoreError, ToolError, UsageError
 from .process import LOOPBACK, ServedProcess, free_port, port_open, require_free_port
 
@@ -149,10 +149,9 @@ class EmbeddedPostgres(Datastore):
     kind = "postgres"
     serves = True
 
-    def __init__(self, max_connections: int = 200, settings: Optional[dict] = None):
+    def __init__(self, settings: Optional[dict] = None):
         super().__init__()
-        self.max_connections = max_connections
-        self.settings = settings or {}
+        self.settings = {"max_connections": 200, **(settings or {})}
         self.secrets = {"admin_password": generate_password(), "kine_password": generate_password()}
 
     def start(self, lab_dir, lab_id, port=None):
@@ -177,7 +176,7 @@ class EmbeddedPostgres(Datastore):
             self._initdb(bin_dir, home, data, user)
         port = require_free_port(port) if port else free_port()
         argv = [bin_dir / "postgres", "-D", data, "-p", port, "-c", f"listen_addresses={LOOPBACK}",
-                "-c", "unix_socket_directories=", "-c", f"max_connections={self.max_connections}"]
+                "-c", "unix_socket_directories="]
         for key, value in self.settings.items():
             argv += ["-c", f"{key}={value}"]
         self.admin_dsn = Dsn("postgres", LOOPBACK, port, "postgres", self.secrets["admin_password"], "postgres")
@@ -239,7 +238,7 @@ class MariaDB(Datastore):
 
     def __init__(self, settings: Optional[dict] = None):
         super().__init__()
-        self.settings = settings or {}
+        self.settings = {"max_connections": 300, **(settings or {})}
         self.secrets = {"admin_password": generate_password(), "kine_password": generate_password()}
 
     def start(self, lab_dir, lab_id, port=None):
@@ -266,8 +265,8 @@ class MariaDB(Datastore):
         port = require_free_port(port) if port else free_port()
         argv = [mariadbd, "--no-defaults", f"--datadir={data}", f"--port={port}", f"--bind-address={LOOPBACK}",
                 f"--socket={socket_path}", f"--pid-file={home / 'mariadbd.pid'}", "--skip-name-resolve",
-                "--innodb-buffer-pool-size=128M", "--max-connections=300", *as_root]
-        argv += [f"--{key}={value}" for key, value in self.settings.items()]
+                "--innodb-buffer-pool-size=128M", *as_root]
+        argv += [f"--{key.replace('_', '-')}={value}" for key, value in self.settings.items()]
         server = ServedProcess("mariadb", argv, lab_dir, ready=lambda: port_open(port) and socket_path.exists(),
                                describe_ready=f"TCP {LOOPBACK}:{port}")
         self.processes = [server]
@@ -306,12 +305,18 @@ def mariadb_binaries() -> Optional[tuple]:
     return (Path(server), Path(install)) if server and install else None
 
 
-def make_datastore(spec: str) -> Datastore:
-    """`postgres`, `sqlite`, `mysql`, or a DSN of an existing server."""
-    named = {"postgres": EmbeddedPostgres, "sqlite": SqliteStore, "mysql": MariaDB, "mariadb": MariaDB}
-    if spec in named:
-        return named[spec]()
+def make_datastore(spec: str, settings: Optional[dict] = None) -> Datastore:
+    """`postgres`, `sqlite`, `mysql`, or a DSN of an existing server. `settings` are server options
+    (e.g. max_connections) for the servers kinelab runs itself."""
+    servers = {"postgres": EmbeddedPostgres, "mysql": MariaDB, "mariadb": MariaDB}
+    if spec in servers:
+        return servers[spec](settings=settings)
+    if settings:
+        raise UsageError(f"datastore settings ({', '.join(settings)}) apply only to the servers kinelab runs: "
+                         "use --datastore postgres or mysql, or set them on your own server")
+    if spec == "sqlite":
+        return SqliteStore()
     if "://" in spec:
         return ExternalStore(Dsn.parse(spec))
-    raise UsageError(f"unknown datastore {spec!r}: use postgres, sqlite, mysql, or a DSN such as "
+    raise UsageError(f"unknown datastore {mask_text(spec)!r}: use postgres, sqlite, mysql, or a DSN such as "
                      "postgres://user:pass@127.0.0.1:5432/kubernetes")

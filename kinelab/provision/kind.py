@@ -27,10 +27,16 @@ ClusterConfiguration patch cannot give control plane *i* its own ``--etcd-server
   [kine.kinelab.internal]}]`` (the kubelet honours hostAliases on host-network pods). The addresses exist
   only once the Kine containers run, so `KindLab.create` starts them first and writes the patch files
   from ``docker inspect``; `pod_patches` renders them for any address map.
+
+The lab directory (`KindLab.dir`) is the local backend's, with ``"backend": "kind"`` in ``lab.json``: the plan
+(``describe()``, no password), the recorded state, ``secrets.json`` (mode 0600: the Postgres password), the kind
+config, the kubeadm patches and the kubeconfig. `KindLab.attach` rebuilds the lab from it, so ``kinelab status``,
+``down`` and ``capture`` work on it like on a local lab (`kinelab.provision.backends`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets as _secrets
@@ -38,14 +44,16 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
 
 import yaml
 
+from ..dsn import Dsn
 from ..errors import ToolError, UsageError
-from .apiserver import APISERVER_VERSION, KUBERNETES_MODULE, staging_modules, staging_version
-from .lab import MODES, etcd_servers_for
+from .apiserver import APISERVER_VERSION, KUBERNETES_MODULE, _write_private, staging_modules, staging_version
+from .lab import MODES, SECRETS, etcd_servers_for, read_manifest, write_manifest
 from .tools import KINE_VERSION, cache_dir
 
 KIND_MODULE = "sigs.k8s.io/kind"
@@ -60,6 +68,9 @@ SHARED_ETCD_NAME = "kine.kinelab.internal"
 NODE_PATCH_DIR = "/kinelab/kubeadm-patches"
 POD_PATCH_FILE = "kube-apiserver+strategic.json"
 LABEL = "kinelab.lab"
+# kind's labels on every container of a cluster: its nodes and, with several control planes, a load balancer
+KIND_CLUSTER_LABEL = "io.x-k8s.kind.cluster"
+KIND_ROLE_LABEL = "io.x-k8s.kind.role"
 MASK = "****"
 DATASTORES = ("postgres",)
 NO_DOCKER = "no Docker engine (docker info failed)"
@@ -166,8 +177,9 @@ class KindPlan:
     def describe(self) -> dict:
         """The plan with every password masked (for --json and logs)."""
         return {"name": self.name, "id": self.lab_id, "mode": self.mode, "control_planes": self.control_planes,
-                "kubernetes_version": self.kubernetes_version, "node_image": self.node_image,
-                "datastore": {"kind": self.datastore, "dsn": self.masked_dsn()},
+                "replicas": len(self.kines), "kubernetes_version": self.kubernetes_version,
+                "node_image": self.node_image, "kine_image": self.kine_image, "postgres_image": self.postgres_image,
+                "patch_root": self.patch_root, "datastore": {"kind": self.datastore, "dsn": self.masked_dsn()},
                 "containers": [c.describe() for c in self.containers],
                 "cluster_endpoints": self.cluster_endpoints(),
                 "node_endpoints": [self.node_endpoints(i) for i in range(self.control_planes)]}
@@ -176,7 +188,8 @@ class KindPlan:
 def plan_kind(name: str = "kinelab", control_planes: int = 2, replicas: int = 2, mode: str = "shared-db",
               datastore: str = "postgres", kine_image: str = KINE_IMAGE, postgres_image: str = POSTGRES_IMAGE,
               kubernetes_version: str = APISERVER_VERSION, *, node_image: Optional[str] = None,
-              lab_id: Optional[str] = None, patch_root: Optional[os.PathLike] = None) -> KindPlan:
+              lab_id: Optional[str] = None, patch_root: Optional[os.PathLike] = None,
+              password: Optional[str] = None) -> KindPlan:
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}: use {', '.join(MODES)}")
     if datastore not in DATASTORES:
@@ -190,7 +203,7 @@ def plan_kind(name: str = "kinelab", control_planes: int = 2, replicas: int = 2,
         raise UsageError(f"kind cluster name {name!r} must be letters, digits and '-'")
     staging_version(kubernetes_version)  # refuses a tag that is not vX.Y.Z
     lab_id = lab_id or _secrets.token_hex(4)
-    password = _secrets.token_urlsafe(18)
+    password = password or _secrets.token_urlsafe(18)
     labels = {LABEL: lab_id, "kinelab.cluster": name}
     prefix = f"kinelab-{lab_id}"
     postgres = Container(
@@ -289,40 +302,92 @@ def require_kind() -> str:
 
 def _run(argv: Sequence[str], *, env: Optional[dict] = None, check: bool = True,
          timeout: float = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(list(argv), capture_output=True, text=True, env=env, timeout=timeout)
+    try:
+        result = subprocess.run(list(argv), capture_output=True, text=True, env=env, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:  # no docker binary, or an engine that hangs
+        raise ToolError(f"`{' '.join(argv[:3])} ...` could not run: {exc}") from None
     if check and result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise ToolError(f"`{' '.join(argv[:3])} ...` failed (exit {result.returncode}): {last}")
     return result
 
 
+def _containers(selector: str) -> list:
+    """`docker ps -a` rows (name, role, state, status, image) for a filter such as ``label=kinelab.lab=ID``; the
+    role is kinelab's (postgres, kine) or kind's (control-plane, external-load-balancer)."""
+    rows = []
+    for line in _run(["docker", "ps", "-a", "--filter", selector, "--format", "{{json .}}"]).stdout.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        labels = dict(item.partition("=")[::2] for item in (row.get("Labels") or "").split(",") if item)
+        rows.append({"name": row.get("Names"), "role": labels.get("kinelab.role") or labels.get(KIND_ROLE_LABEL),
+                     "state": row.get("State"), "status": row.get("Status"), "image": row.get("Image")})
+    return rows
+
+
 class KindLab:
     """A kind cluster whose control planes run on Kine containers sharing one Postgres container.
 
     Every container kinelab starts carries the label ``kinelab.lab=<id>`` (`leftovers()` finds them), and the
-    kind nodes carry it as a node label too. Nothing listens on a host address other than 127.0.0.1.
+    kind nodes carry it as a node label too; kind labels its own containers ``io.x-k8s.kind.cluster=<name>``.
+    Nothing listens on a host address other than 127.0.0.1.
+    Like `Lab`, it answers `status()`, `down()` and `capture()` (see `kinelab.provision.backends`).
     """
 
     def __init__(self, plan: Optional[KindPlan] = None, *, dir: Optional[os.PathLike] = None, **plan_args):
-        self.dir = Path(dir).expanduser().resolve() if dir else Path(cache_dir() / "kind-labs")
-        if plan is None:
-            plan = plan_kind(**plan_args)
-        self.plan = plan
+        self.plan = plan if plan is not None else plan_kind(**plan_args)
+        self.dir = Path(dir).expanduser().resolve() if dir else cache_dir() / "kind-labs" / self.plan.lab_id
         if self.plan.patch_root is None:
-            self.plan.patch_root = str(self.dir / self.plan.lab_id / "kubeadm-patches")
-
-    @property
-    def lab_dir(self) -> Path:
-        return self.dir / self.plan.lab_id
+            self.plan.patch_root = str(self.dir / "kubeadm-patches")
+        self.state = "new"
+        self.created_at: Optional[str] = None
 
     def __repr__(self) -> str:
-        return f"KindLab({self.plan!r})"
+        return f"KindLab({self.plan!r}, state={self.state}, dir={self.dir})"
+
+    # --- the lab directory ---------------------------------------------------------------------------
+    def save(self, state: str) -> None:
+        """Record the lab in its directory (manifest and, mode 0600, the password) as being in `state`."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state = state
+        self.created_at = self.created_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        _write_private(self.dir / SECRETS, json.dumps({"backend": "kind", "password": self.plan.password}).encode())
+        write_manifest(self.dir, {"kinelab_lab": 1, "backend": "kind", "id": self.plan.lab_id, "dir": str(self.dir),
+                                  "state": state, "created_at": self.created_at, "kine_version": KINE_VERSION,
+                                  "plan": self.plan.describe()})
+
+    @classmethod
+    def attach(cls, dir: os.PathLike) -> "KindLab":
+        """The kind lab recorded in `dir` (running or not), rebuilt from its manifest and secrets."""
+        path = Path(dir).expanduser().resolve()
+        manifest = read_manifest(path)
+        if manifest is None or manifest.get("backend") != "kind":
+            raise UsageError(f"no kind lab in {path}; start one with `kinelab up --backend kind --dir {dir}`")
+        try:
+            password = json.loads((path / SECRETS).read_text())["password"]
+        except (OSError, ValueError, KeyError):
+            raise UsageError(f"{path / SECRETS} is missing or unreadable, so the kind lab's Postgres password is "
+                             f"lost; remove its containers with `docker rm -f` (label {LABEL}={manifest['id']})") \
+                from None
+        d = manifest["plan"]
+        plan = plan_kind(d["name"], d["control_planes"], d["replicas"], d["mode"], d["datastore"]["kind"],
+                         d["kine_image"], d["postgres_image"], d["kubernetes_version"], node_image=d["node_image"],
+                         lab_id=d["id"], patch_root=d["patch_root"], password=password)
+        lab = cls(plan, dir=path)
+        lab.state, lab.created_at = manifest.get("state", "new"), manifest.get("created_at")
+        return lab
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def create(self, *, wait: str = "5m") -> "KindLab":
         require_docker()
         kind = require_kind()
-        self.lab_dir.mkdir(parents=True, exist_ok=True)
+        previous = read_manifest(self.dir)
+        if previous is not None and previous.get("state") != "stopped":
+            raise UsageError(f"a lab is recorded in {self.dir} (state {previous.get('state')}); run "
+                             f"`kinelab down --dir {self.dir}` first")
+        self.save("starting")  # before any container: `down` finds whatever a failed create leaves
         try:
             if _run(["docker", "network", "inspect", NETWORK], check=False).returncode != 0:
                 _run(["docker", "network", "create", "--label", f"{LABEL}={self.plan.lab_id}", NETWORK])
@@ -335,56 +400,91 @@ class KindLab:
                 directory = Path(node_patch_dir(self.plan, index))
                 directory.mkdir(parents=True, exist_ok=True)
                 (directory / POD_PATCH_FILE).write_text(text)
-            config = self.lab_dir / "kind-config.yaml"
+            config = self.dir / "kind-config.yaml"
             config.write_text(self.plan.to_yaml())
-            (self.lab_dir / "plan.json").write_text(json.dumps(self.plan.describe(), indent=2) + "\n")
             _run([kind, "create", "cluster", "--name", self.plan.name, "--config", str(config),
                   "--kubeconfig", str(self.kubeconfig), f"--wait={wait}"], timeout=1200)
         except BaseException:
-            self.delete()
+            with contextlib.suppress(ToolError):  # the original error says more; `down` retries the cleanup
+                self.delete()
             raise
+        self.save("running")
         return self
 
     def status(self) -> dict:
-        out = _run(["docker", "ps", "-a", "--filter", f"label={LABEL}={self.plan.lab_id}",
-                    "--format", "{{json .}}"], check=False).stdout
-        containers = []
-        for line in out.splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            containers.append({"name": row.get("Names"), "state": row.get("State"), "status": row.get("Status"),
-                               "image": row.get("Image")})
-        nodes = _run(["kind", "get", "nodes", "--name", self.plan.name], check=False).stdout.split() \
-            if shutil.which("kind") else []
-        return {"id": self.plan.lab_id, "name": self.plan.name, "mode": self.plan.mode,
-                "datastore": {"kind": self.plan.datastore, "dsn": self.plan.masked_dsn()},
-                "containers": containers, "nodes": nodes, "kubeconfig": str(self.kubeconfig)}
+        """The recorded lab with each planned container's and each kind node's Docker state. Without a Docker
+        engine nothing can be seen: ``state`` is "unknown", every container "unknown", and ``error`` says why."""
+        status = {"backend": "kind", "dir": str(self.dir), "id": self.plan.lab_id, "name": self.plan.name,
+                  "state": self.state, "mode": self.plan.mode, "control_planes": self.plan.control_planes,
+                  "kine_version": KINE_VERSION, "kubernetes_version": self.plan.kubernetes_version,
+                  "datastore": {"kind": self.plan.datastore, "dsn": self.plan.masked_dsn(), "alive": None},
+                  "kubeconfig": str(self.kubeconfig), "containers": [], "nodes": []}
+        if not docker_available():
+            status["containers"] = [{"name": c.name, "role": c.role, "state": "unknown"} for c in self.plan.containers]
+            status.update(state="unknown", error=f"{NO_DOCKER}: the lab's containers cannot be seen; start Docker "
+                                                 f"(recorded state: {self.state})")
+            return status
+        found = {c["name"]: c for c in _containers(f"label={LABEL}={self.plan.lab_id}")}
+        status["containers"] = [found.get(c.name, {"name": c.name, "role": c.role, "state": "absent"})
+                                for c in self.plan.containers]
+        status["nodes"] = _containers(f"label={KIND_CLUSTER_LABEL}={self.plan.name}")
+        status["datastore"]["alive"] = status["containers"][0]["state"] == "running"
+        everything = status["containers"] + status["nodes"]
+        control_planes = [n for n in status["nodes"] if n["role"] == "control-plane"]
+        if self.state == "running" and (len(control_planes) < self.plan.control_planes
+                                        or any(c["state"] != "running" for c in everything)):
+            status["state"] = "degraded"
+        return status
 
-    def delete(self) -> None:
-        if shutil.which("kind"):
-            _run(["kind", "delete", "cluster", "--name", self.plan.name], check=False)
-        for name in leftovers(self.plan.lab_id):
+    def down(self) -> int:
+        """`kinelab down`: remove the cluster and the lab's containers; returns how many there were. A lab
+        recorded as stopped needs no Docker (create and down clean up before they record it)."""
+        if self.state == "stopped":
+            return 0
+        self._require_engine("stop", f"run `kinelab down --dir {self.dir}` again (its containers carry the label "
+                                     f"{LABEL}={self.plan.lab_id})")
+        return self.delete()
+
+    def delete(self) -> int:
+        """Remove the kind cluster and every container of the lab, then record it stopped; returns how many
+        containers there were."""
+        ours, nodes = f"label={LABEL}={self.plan.lab_id}", f"label={KIND_CLUSTER_LABEL}={self.plan.name}"
+        present = [c["name"] for c in _containers(ours) + _containers(nodes)]
+        if present and shutil.which("kind"):
+            _run(["kind", "delete", "cluster", "--name", self.plan.name, "--kubeconfig", str(self.kubeconfig)],
+                 check=False)
+        for name in [c["name"] for c in _containers(ours) + _containers(nodes)]:  # what kind left, and ours
             _run(["docker", "rm", "-f", "-v", name], check=False)
+        remaining = [c["name"] for c in _containers(ours) + _containers(nodes)]
+        if remaining:
+            raise ToolError(f"could not remove {', '.join(remaining)}; see `docker ps -a --filter {ours}`")
+        self.save("stopped")
+        return len(present)
 
     def capture(self, out: os.PathLike, *, incremental: bool = False):
         """Snapshot the ``kine`` table through Postgres's 127.0.0.1 port into the DuckDB file `out`."""
         from ..observe.capture import capture
 
-        return capture(self.host_dsn(), out, incremental=incremental)
+        self._require_engine("capture", f"capture again (its Postgres is the container {self.plan.postgres.name})")
+        return capture(self.dsn, out, incremental=incremental)
 
     # --- helpers -----------------------------------------------------------------------------------
     @property
     def kubeconfig(self) -> Path:
-        return self.lab_dir / "kubeconfig"
+        return self.dir / "kubeconfig"
 
-    def host_dsn(self) -> str:
+    @property
+    def dsn(self) -> Dsn:
+        """The Postgres container's DSN from the host (its published 127.0.0.1 port), password included."""
         mapping = _run(["docker", "port", self.plan.postgres.name, "5432/tcp"]).stdout.split()
         host_port = next((m for m in mapping if m.startswith("127.0.0.1:")), None)
         if not host_port:
             raise ToolError(f"{self.plan.postgres.name} publishes no 127.0.0.1 port; recreate the lab")
-        return f"postgres://kine:{self.plan.password}@{host_port}/kubernetes?sslmode=disable"
+        return Dsn.parse(f"postgres://kine:{self.plan.password}@{host_port}/kubernetes?sslmode=disable")
+
+    def _require_engine(self, doing: str, then: str) -> None:
+        if not docker_available():
+            raise ToolError(f"cannot {doing} the kind lab in {self.dir}: {NO_DOCKER}; start Docker, then {then}")
 
     def _start(self, container: Container) -> None:
         _run(container.run_argv(), env=container.run_env())
@@ -406,9 +506,7 @@ class KindLab:
 
 def leftovers(lab_id: Optional[str] = None) -> list:
     """Names of containers kinelab's kind backend started (of one lab, or of any)."""
-    selector = f"label={LABEL}={lab_id}" if lab_id else f"label={LABEL}"
-    result = _run(["docker", "ps", "-a", "--filter", selector, "--format", "{{.Names}}"], check=False)
-    return result.stdout.split() if result.returncode == 0 else []
+    return [c["name"] for c in _containers(f"label={LABEL}={lab_id}" if lab_id else f"label={LABEL}")]
 
 
 # --- validation against the published types ----------------------------------------------------------

@@ -28,7 +28,7 @@ def kine_flags(args: dict) -> list:
     return flags
 
 
-def _etcd_answers(endpoint: str) -> bool:
+def etcd_answers(endpoint: str) -> bool:
     with Etcd(endpoint, timeout_s=1) as client:
         client.revision()
     return True
@@ -45,7 +45,7 @@ class KineReplica(ServedProcess):
                 f"--metrics-bind-address={LOOPBACK}:{self.metrics_port}", *self.flags]
         # The DSN carries a password: the environment keeps it out of `ps` and of the manifest.
         super().__init__(f"kine-{index}", argv, lab_dir, env={**(env or {}), "KINE_ENDPOINT": dsn.kine_endpoint},
-                         ready=lambda: _etcd_answers(self.endpoint), describe_ready=f"etcd Range on {self.endpoint}",
+                         ready=lambda: etcd_answers(self.endpoint), describe_ready=f"etcd Range on {self.endpoint}",
                          timeout_s=90)
 
     @property

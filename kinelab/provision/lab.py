@@ -77,10 +77,12 @@ def read_manifest(path: Path) -> Optional[dict]:
     if not file.exists():
         return None
     try:
-        return json.loads(file.read_text())
+        manifest = json.loads(file.read_text())
     except ValueError:
-        raise UsageError(f"{file} is not a kinelab manifest (invalid JSON); remove it or choose another --dir") \
-            from None
+        manifest = None
+    if not isinstance(manifest, dict) or "kinelab_lab" not in manifest:
+        raise UsageError(f"{file} is not a kinelab manifest; remove it or choose another --dir")
+    return manifest
 
 
 def write_manifest(path: Path, manifest: dict) -> None:
@@ -124,18 +126,22 @@ class Lab:
                  replica_args: Optional[Sequence[dict]] = None, dir: Optional[os.PathLike] = None,
                  kine_bin: Optional[str] = None, allow_shared_sqlite: bool = False, base_port: Optional[int] = None,
                  keep: Optional[bool] = None, apiservers: int = 0, mode: str = "shared-db",
-                 apiserver_args: Optional[dict] = None):
+                 apiserver_args: Optional[dict] = None, datastore_settings: Optional[dict] = None):
         if replicas < 1:
             raise UsageError("a lab needs at least one Kine replica")
         if mode not in MODES:
             raise UsageError(f"unknown mode {mode!r}: use {', '.join(MODES)}")
         if apiservers < 0:
             raise UsageError("--apiservers cannot be negative")
+        if base_port is not None and not 0 < base_port < 65536 - (2 * replicas + 1):  # datastore + 2 per replica
+            raise UsageError(f"--base-port {base_port} is out of range: the lab needs {2 * replicas + 1} consecutive "
+                             "ports from it, below 65536; choose a lower one or leave it out")
         self.apiserver_count, self.mode, self.apiserver_args = apiservers, mode, dict(apiserver_args or {})
         if replica_args is not None and len(replica_args) != replicas:
             raise UsageError(f"replica_args has {len(replica_args)} entries for {replicas} replicas")
         self.replica_count = replicas
-        self.datastore: Datastore = make_datastore(datastore)
+        self.datastore_settings = dict(datastore_settings or {})
+        self.datastore: Datastore = make_datastore(datastore, self.datastore_settings)
         if isinstance(self.datastore, ExternalStore) and self.datastore.dsn.kind == "sqlite":
             shared_sqlite = True
         else:
@@ -170,10 +176,16 @@ class Lab:
             "kinelab_lab": 1, "id": self.id, "dir": str(self.dir), "state": "starting", "created_at": _now(),
             "kine_version": kine.version, "kine_bin": str(kine.path), "kine_args": self.kine_args,
             "replica_args": self.replica_args, "owner_pid": os.getpid() if owned else None,
-            "datastore": {"kind": self.datastore.kind}, "replicas": [],
+            "datastore": {"kind": self.datastore.kind}, "datastore_settings": self.datastore_settings,
+            "replicas": [],
         }
         self._save()
         try:
+            apiserver_bin = None
+            if self.apiserver_count:  # first: no Go or a failed build stops the lab before anything runs
+                from .apiserver import install_apiserver
+
+                apiserver_bin = install_apiserver(log=progress.say)
             if owned:
                 self._start_reaper()
             with progress.bar("starting lab", total=self.replica_count + 1) as advance:
@@ -196,7 +208,7 @@ class Lab:
                     self._save()
                     advance()
             if self.apiserver_count:
-                self._start_apiservers()
+                self._start_apiservers(apiserver_bin)
             self.manifest["state"] = "running"
             self._save()
         except BaseException:
@@ -204,10 +216,9 @@ class Lab:
             raise
         return self
 
-    def _start_apiservers(self) -> None:
-        from .apiserver import ApiServer, generate_pki, install_apiserver
+    def _start_apiservers(self, binary) -> None:
+        from .apiserver import ApiServer, generate_pki
 
-        binary = install_apiserver(log=progress.say)
         pki = generate_pki(self.dir / "pki")
         self.manifest.update(apiserver_version=binary.version, mode=self.mode, apiservers=[])
         with progress.bar("starting kube-apiservers", total=self.apiserver_count) as advance:
@@ -239,6 +250,14 @@ class Lab:
         if not self.keep and self.dir is not None and self.dir.exists():
             purge(self.dir)
 
+    def down(self) -> int:
+        """`kinelab down`: stop every process the manifest names, whoever started them, and record the lab
+        stopped. Returns how many were still running."""
+        stopped = teardown(self.manifest)
+        self.manifest["state"] = "stopped"
+        self._save()
+        return stopped
+
     def __enter__(self) -> "Lab":
         return self.start()
 
@@ -253,6 +272,9 @@ class Lab:
         manifest = read_manifest(path)
         if manifest is None:
             raise UsageError(f"no lab in {path}; start one with `kinelab up --dir {dir}`")
+        if manifest.get("backend", "local") != "local":
+            raise UsageError(f"the lab in {path} runs on the {manifest['backend']} backend: `kinelab status`, "
+                             "`down` and `capture` handle it, this needs a local lab")
         lab = cls.__new__(cls)
         lab.dir, lab.manifest, lab.keep, lab.id = path, manifest, True, manifest["id"]
         lab.replica_count = len(manifest["replicas"])
@@ -271,6 +293,9 @@ class Lab:
         """The datastore DSN, password included (its repr masks it)."""
         if getattr(self, "_dsn", None) is not None:
             return self._dsn
+        if not hasattr(self, "datastore"):  # attached to a directory whose secrets.json is gone
+            raise UsageError(f"{self.dir / SECRETS} is missing, so the lab's DSN is unknown; restore it, or remove "
+                             f"the lab with `kinelab down --dir {self.dir} --purge`")
         return self.datastore.dsn
 
     def client(self, index: int = 0) -> Etcd:
@@ -327,6 +352,35 @@ class Lab:
         self._save()
         self._clients.pop(index, None)
 
+    # --- database faults: the server kinelab runs, stopped and started on the same data and port ----------
+    def _served_datastore(self) -> Datastore:
+        described = self.manifest.get("datastore", {})
+        if described.get("external") or described.get("kind") == "sqlite":
+            raise UsageError(f"this lab's datastore ({described.get('kind')}) has no server kinelab runs; "
+                             "stop and start your own database server instead")
+        store = make_datastore(described["kind"], self.manifest.get("datastore_settings"))
+        store.secrets.update(self._read_secrets().get("datastore", {}))
+        return store
+
+    def stop_datastore(self) -> None:
+        """Stop the database server (an orderly shutdown); the Kine replicas keep running without it."""
+        self._served_datastore()  # refuses external datastores before anything stops
+        for process in reversed(self.manifest["datastore"].get("processes", [])):
+            ProcessRecord(**process).stop()
+
+    def start_datastore(self) -> None:
+        """Start the database server again on the same data directory, port and passwords."""
+        store = self._served_datastore()
+        if any(ProcessRecord(**p).alive for p in self.manifest["datastore"].get("processes", [])):
+            raise UsageError("the datastore is already running; `restart` it, or stop it first")
+        store.start(self.dir, self.id, port=self.dsn.port)
+        self.manifest["datastore"]["processes"] = [p.record.to_json() for p in store.processes]
+        self._save()
+
+    def restart_datastore(self) -> None:
+        self.stop_datastore()
+        self.start_datastore()
+
     def status(self) -> dict:
         """The manifest's public view, with each replica's liveness, revision and, if dead, last log line."""
         replicas = []
@@ -367,14 +421,19 @@ class Lab:
         except OSError:
             return False
 
-    def kubernetes_client(self, index: int = 0):
-        """A `kubernetes` ApiClient for apiserver `index`, as the lab's admin user."""
-        from kubernetes import config
+    def kubernetes_client(self, index: int = 0, *, retries: bool = True):
+        """A `kubernetes` ApiClient for apiserver `index`, as the lab's admin user. With retries=False a call to a
+        dead apiserver fails at once instead of after urllib3's three retries (what fault measurements need)."""
+        from kubernetes import client, config
 
         apiservers = self.manifest.get("apiservers", [])
         if not 0 <= index < len(apiservers):
             raise UsageError(f"no apiserver {index}: this lab has {len(apiservers)} (start it with apiservers=N)")
-        return config.new_client_from_config(config_file=apiservers[index]["kubeconfig"])
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=apiservers[index]["kubeconfig"], client_configuration=configuration)
+        if not retries:
+            configuration.retries = False  # read by the connection pool when the client is built
+        return client.ApiClient(configuration)
 
     def capture(self, out: os.PathLike, *, incremental: bool = False):
         """Capture this lab's kine table into the DuckDB file `out`; returns the snapshot summary."""
@@ -410,6 +469,9 @@ class Lab:
         previous = read_manifest(self.dir)
         if previous is None:
             return
+        if previous.get("backend", "local") != "local" and previous.get("state") != "stopped":
+            raise UsageError(f"a {previous['backend']} lab is recorded in {self.dir}; run "
+                             f"`kinelab down --dir {self.dir}` first")
         alive = [r for r in manifest_records(previous) if r.alive]
         if previous.get("state") == "running" and alive and len(alive) == len(manifest_records(previous)):
             raise UsageError(f"a lab is already running in {self.dir}; run `kinelab down --dir {self.dir}` first")
@@ -419,7 +481,11 @@ class Lab:
 
     def _read_secrets(self) -> dict:
         file = self.dir / SECRETS
-        return json.loads(file.read_text()) if file.exists() else {}
+        try:
+            return json.loads(file.read_text()) if file.exists() else {}
+        except ValueError:
+            raise UsageError(f"{file} is corrupt (invalid JSON); restore it, or remove the lab with "
+                             f"`kinelab down --dir {self.dir} --purge`") from None
 
     def _load_secrets(self) -> None:
         stored = self._read_secrets()

@@ -36,6 +36,9 @@ def free_port() -> int:
 
 def require_free_port(port: int) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the servers themselves do: a port whose last connections linger in TIME_WAIT (a replica restarted
+        # on its old ports) is free to listen on.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((LOOPBACK, port))
         except OSError:

@@ -66,6 +66,10 @@ def kine_version(path: Path) -> str:
         result = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=10)
     except OSError as exc:
         raise ToolError(f"{path} cannot run ({exc.strerror}); point KINELAB_KINE_BIN at a Kine binary") from None
+    if not result.stdout.startswith("kine version"):  # what every Kine release prints, "dev (HEAD)" included
+        said = result.stdout.strip().splitlines()[0] if result.stdout.strip() else "nothing"
+        raise ToolError(f"{path} is not Kine (`--version` printed {said!r}); point KINELAB_KINE_BIN or --kine-bin "
+                        "at a kine binary, or unset it to let kinelab build Kine")
     found = re.search(r"version\s+(v?\d+\.\d+\.\d+\S*)", result.stdout)
     return found.group(1) if found else "unknown"
 
