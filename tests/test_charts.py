@@ -98,6 +98,9 @@ CHARTS = {
                   {("line", "x", "lag_ms"), ("line", "y", "fraction"), ("line", "color", "locality"),
                    ("rule", "x", "min_ms"), ("rule", "x2", "max_ms"), ("bar", "x", "p25_ms"), ("bar", "x2", "p75_ms"),
                    ("tick", "x", "p50_ms"), ("rule", "x", "poll_ms")}),
+    "watch_lag_timeline": (lambda c, **kw: show.watch_lag_timeline(c.lag, **kw),
+                           {("point", "x", "seconds"), ("point", "y", "lag_ms"), ("point", "color", "observer"),
+                            ("point", "shape", "locality"), ("rule", "y", "poll_ms")}),
     "ops_by_resource": (lambda c, **kw: show.ops_by_resource(c.lag, **kw),
                         {("bar", "y", "resource"), ("bar", "y", "namespace"), ("bar", "x", "rows"),
                          ("bar", "color", "op")}),
@@ -120,6 +123,39 @@ def test_chart_validates_carries_its_label_and_renders_offline(captures, name, t
     assert svg.startswith("<svg") and LABEL in svg  # and it is drawn
     png = show.save(chart, tmp_path / "chart.png").read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 1024
+
+
+def test_watch_lag_timeline_plots_every_event_of_the_run(captures):
+    rows = dataset(show.watch_lag_timeline(captures.lag).to_dict())
+    con = kl.open_capture(captures.lag)
+    try:
+        events = con.execute("""SELECT count(*) FROM watch_events WHERE writer IS NOT NULL
+                                AND run_id = (SELECT max(run_id) FROM watch_events)""").fetchall()[0][0]
+    finally:
+        con.close()
+    assert len(rows) == events and min(r["seconds"] for r in rows) >= 0
+    assert {r["observer"] for r in rows} == {"replica 0", "replica 1", "replica 2"}
+    assert all((r["locality"] == "same-replica") == (r["observer"] == r["writer"]) for r in rows)
+
+
+def test_apiserver_availability_of_the_recorded_deployment_modes(tmp_path):
+    """On the probes recorded in data/ (real apiservers on real Kine): one row per mode, every attempt a tick,
+    the kill a rule, and the replay label drawn as the title."""
+    from kinelab.show import replay
+
+    recorded = replay.summary(replay.dataset("deployment-modes.duckdb"), "05-deployment-modes")
+    label = replay.label("deployment-modes.duckdb")
+    chart = show.apiserver_availability(recorded["served"], kill_at_s=recorded["kill_at_s"], label=label)
+    spec = chart.to_dict()
+    assert spec["facet"]["row"]["field"] == "mode" and spec["title"]["text"] == label
+    assert {("tick", "x", "t"), ("tick", "y", "apiserver"), ("tick", "color", "ok")} <= encodings(spec)
+    assert any(mark == "rule" and enc["x"] == {"datum": recorded["kill_at_s"]} for mark, enc in units(spec))
+    rows = spec["data"]["values"]
+    assert len(rows) == sum(map(len, recorded["served"].values()))
+    assert {r["mode"] for r in rows} == {"shared-db", "single-kine", "hybrid"}
+    assert label in show.save(chart, tmp_path / "chart.svg").read_text()
+    one = show.apiserver_availability(recorded["served"]["hybrid"]).to_dict()  # one mode: no facet, no rule
+    assert "facet" not in one and not any(mark == "rule" for mark, _ in units(one))
 
 
 def test_charts_combine_and_keep_their_own_selections(captures):

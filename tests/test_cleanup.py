@@ -104,3 +104,47 @@ def test_cli_up_keeps_running_until_down(kine, tmp_path):
         assert client.get("/registry/configmaps/default/x").value == b"x"  # same data, nothing lost
     assert run_cli("down", "--dir", lab_dir, "--purge").returncode == 0
     assert not lab_dir.exists()
+
+
+def _orphan_lab(lab_dir):
+    """A lab whose owner and reaper were both SIGKILLed (say, by the OOM killer): its processes run on, orphaned."""
+    proc, pids = _start_owner(lab_dir)
+    reaper = next(p for p in psutil.process_iter(["cmdline"])
+                  if "kinelab.provision.reaper" in " ".join(p.info["cmdline"] or []) and str(lab_dir) in
+                  " ".join(p.info["cmdline"]))
+    reaper.kill()
+    proc.kill()
+    proc.wait()
+    assert all(psutil.pid_exists(p) for p in pids)
+    return pids
+
+
+@pytest.mark.parametrize("command", ["down", "up"])
+def test_orphans_of_a_sigkilled_owner_are_stopped_by_the_next_command(kine, tmp_path, command):
+    lab_dir = tmp_path / "lab"
+    pids = _orphan_lab(lab_dir)
+    result = run_cli(command, "--replicas", 2, "--dir", lab_dir) if command == "up" else run_cli("down", "--dir", lab_dir)
+    assert result.returncode == 0, result.stderr
+    assert all_gone(pids), f"`kinelab {command}` left the orphans running"
+    if command == "up":  # and the new lab runs on the old data
+        assert read_manifest(lab_dir)["state"] == "running"
+        assert run_cli("down", "--dir", lab_dir).returncode == 0
+
+
+def test_a_recycled_pid_in_the_manifest_is_never_signalled(kine, tmp_path):
+    lab_dir = tmp_path / "lab"
+    with kl.Lab(replicas=1, datastore="sqlite", dir=lab_dir):
+        pass
+    bystander = subprocess.Popen(["sleep", "300"])
+    try:
+        manifest = read_manifest(lab_dir)
+        # the stopped replica's pid now belongs to an unrelated process (its start time differs)
+        manifest["replicas"][0]["process"]["pid"] = bystander.pid
+        manifest["state"] = "running"
+        (lab_dir / "lab.json").write_text(json.dumps(manifest))
+        for command in (["down"], ["up", "--replicas", 1, "--datastore", "sqlite"], ["down"]):
+            assert run_cli(*command, "--dir", lab_dir).returncode == 0
+        assert bystander.poll() is None, "kinelab signalled a process that only shares a recorded pid"
+    finally:
+        bystander.kill()
+        bystander.wait()

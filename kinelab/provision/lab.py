@@ -176,6 +176,7 @@ class Lab:
             "kinelab_lab": 1, "id": self.id, "dir": str(self.dir), "state": "starting", "created_at": _now(),
             "kine_version": kine.version, "kine_bin": str(kine.path), "kine_args": self.kine_args,
             "replica_args": self.replica_args, "owner_pid": os.getpid() if owned else None,
+            "owner_create_time": psutil.Process().create_time() if owned else None,
             "datastore": {"kind": self.datastore.kind}, "datastore_settings": self.datastore_settings,
             "replicas": [],
         }
@@ -473,7 +474,8 @@ class Lab:
             raise UsageError(f"a {previous['backend']} lab is recorded in {self.dir}; run "
                              f"`kinelab down --dir {self.dir}` first")
         alive = [r for r in manifest_records(previous) if r.alive]
-        if previous.get("state") == "running" and alive and len(alive) == len(manifest_records(previous)):
+        if previous.get("state") == "running" and alive and len(alive) == len(manifest_records(previous)) \
+                and not _orphaned(previous):
             raise UsageError(f"a lab is already running in {self.dir}; run `kinelab down --dir {self.dir}` first")
         teardown(previous)  # leftovers of a lab whose owner died
         if previous.get("datastore", {}).get("kind") == self.datastore.kind:
@@ -509,6 +511,15 @@ class Lab:
             [sys.executable, "-m", "kinelab.provision.reaper", str(self.dir), str(me.pid), repr(me.create_time())],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(self.dir / "reaper.log", "ab"),
             start_new_session=True)
+
+
+def _orphaned(manifest: dict) -> bool:
+    """True for a lab whose owning Python process is gone (killed together with its reaper): its processes are
+    leftovers, not a lab someone is using. Labs of `kinelab up` have no owner and are never orphaned."""
+    if not manifest.get("owner_pid"):
+        return False
+    owner = ProcessRecord("owner", manifest["owner_pid"], manifest.get("owner_create_time") or 0.0, "", [])
+    return not owner.alive
 
 
 def purge(dir: Path) -> None:

@@ -6,6 +6,9 @@ DuckDB, and returns an Altair chart (it never displays one) carrying at most MAX
   table_anatomy       live, superseded, tombstone, gap and bookkeeping rows of one snapshot, and their bytes
   compaction          compact and current revision, row counts and table size over a compaction run
   watch_lag           ECDF and box plots of watch lag per observer, same-replica vs other-replica writes
+  watch_lag_timeline  each watch event's lag over the run's time, per observer, with the writes that failed
+  apiserver_availability  writes accepted or refused per kube-apiserver over time; it takes the attempts of
+                      kinelab.observe.apiprobe.availability, which no table holds
   ops_by_resource     rows by resource, namespace and op (click a resource to see its namespaces)
   sql_latency         Kine's SQL latency per query and replica from its Prometheus histograms
   save                write a chart to .png, .svg or .html (self-contained) with vl-convert, offline
@@ -17,6 +20,7 @@ as its title, in red, above what the chart is, so it is never mistaken for a liv
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import warnings
 from contextlib import contextmanager
@@ -134,12 +138,17 @@ def _op_color(title: str = "op"):
     return alt.Color("op:N", title=title, scale=alt.Scale(domain=OPS, range=OP_COLORS))
 
 
-def _poll_rule():
-    """A dashed rule at Kine's 1 s poll interval, labelled, on its own one-row data."""
+def _poll_rule(channel: str = "x"):
+    """A dashed rule at Kine's 1 s poll interval on the lag axis `channel` ("x" or "y"), labelled, on its own
+    one-row data."""
     base = alt.Chart(alt.Data(values=[{"poll_ms": POLL_MS, "text": "1 s poll"}]))
-    rule = base.mark_rule(strokeDash=[4, 3], color="black").encode(x="poll_ms:Q")
-    text = base.mark_text(align="right", dx=-3, dy=2, baseline="top", fontSize=10).encode(
-        x="poll_ms:Q", y=alt.value(0), text="text:N")
+    rule = base.mark_rule(strokeDash=[4, 3], color="black").encode(**{channel: "poll_ms:Q"})
+    if channel == "x":
+        text = base.mark_text(align="right", dx=-3, dy=2, baseline="top", fontSize=10).encode(
+            x="poll_ms:Q", y=alt.value(0), text="text:N")
+    else:
+        text = base.mark_text(align="left", dx=2, dy=2, baseline="top", fontSize=10).encode(
+            y="poll_ms:Q", x=alt.value(0), text="text:N")
     return rule + text
 
 
@@ -370,6 +379,69 @@ def watch_lag(source, run_id: Optional[int] = None, *, quantiles: int = 100, lab
                         ).resolve_scale(x="shared")
     return _finish(chart, f"watch lag per observer, run {run_id}", label,
                    [f"{missed} acknowledged writes never delivered; {cancelled} watches cancelled"])
+
+
+def watch_lag_timeline(source, run_id: Optional[int] = None, *, label: Optional[str] = None):
+    """Watch lag over a run's time: one point per delivered event (x: seconds since the run's first write, y:
+    its lag, symlog, with Kine's 1 s poll dashed), coloured by the observer's replica, shaped by locality;
+    below it, a red tick for each write that failed, on the replica it was sent to (one that was down). Drag
+    to pan, wheel to zoom."""
+    with _connected(source) as con:
+        run_id = _run_id(con, run_id, "watch_events", "watch events", "record some with `kinelab watchlag`")
+        start = """(SELECT least(min(t_commit), (SELECT min(t) FROM load_errors WHERE run_id = $1))
+                    FROM writes WHERE run_id = $1)"""
+        failed = _table(con, f"""SELECT t - {start} AS seconds, 'replica ' || replica AS writer, op, error
+                                 FROM load_errors WHERE run_id = $1""", [run_id], order_by="seconds",
+                        limit=MAX_ROWS // 5)
+        events = _table(con, f"""
+            SELECT t_commit - {start} AS seconds, 'replica ' || observer AS observer,
+                   CASE WHEN writer = observer THEN 'same-replica' ELSE 'other-replica' END AS locality,
+                   'replica ' || writer AS writer, revision, lag_ms
+            FROM watch_events WHERE run_id = $1 AND writer IS NOT NULL""", [run_id], order_by="seconds, observer",
+                        limit=MAX_ROWS - failed.num_rows)
+        errors = con.execute("SELECT count(*) FROM load_errors WHERE run_id = ?", [run_id]).fetchall()[0][0]
+        writes = con.execute("SELECT count(*) FROM writes WHERE run_id = ?", [run_id]).fetchall()[0][0]
+    zoom = _zoom()
+    x = alt.X("seconds:Q", title="seconds since the run's first write")
+    points = alt.Chart(events).mark_point(size=18, filled=True).encode(
+        x=x, y=alt.Y("lag_ms:Q", title="lag (ms, symlog)", scale=alt.Scale(type="symlog", constant=1, nice=False),
+                     axis=alt.Axis(values=LAG_TICKS, format=",~f")),
+        color=alt.Color("observer:N", title="observer"),
+        shape=alt.Shape("locality:N", scale=alt.Scale(domain=LOCALITIES, range=["circle", "triangle-up"])),
+        tooltip=["seconds:Q", "observer:N", "writer:N", "locality:N", "revision:Q",
+                 alt.Tooltip("lag_ms:Q", format=",.2f")]).add_params(zoom)
+    chart = (points + _poll_rule("y")).properties(width=640, height=240)
+    if failed.num_rows:
+        ticks = alt.Chart(failed).mark_tick(color=LABEL_COLOR, thickness=2).encode(
+            x=x, y=alt.Y("writer:N", title="failed writes"), tooltip=["seconds:Q", "writer:N", "op:N", "error:N"])
+        chart = alt.vconcat(chart, ticks.properties(width=640, height=alt.Step(14))).resolve_scale(x="shared")
+    return _finish(chart, f"watch lag over time per observer, run {run_id}", label,
+                   [f"{writes} writes acknowledged, {errors} failed"])
+
+
+def apiserver_availability(attempts, *, kill_at_s: Optional[float] = None, label: Optional[str] = None):
+    """Writes tried through each kube-apiserver over time (`kinelab.observe.apiprobe.availability`), a tick each,
+    green if accepted, red if refused: `attempts` is a list of its Attempts, or a dict of such lists by
+    deployment mode (one row each). A dashed rule at `kill_at_s` marks when a Kine replica was killed. Unlike
+    the charts above it takes the probe's results, which no capture table holds."""
+    by_mode = attempts if isinstance(attempts, dict) else {"": attempts}
+    rows = [{"mode": mode, "apiserver": f"apiserver {a.apiserver}", "t": round(a.t, 2), "ok": a.ok,
+             "error": a.error} for mode, listed in by_mode.items() for a in listed]
+    rows = rows[::max(1, math.ceil(len(rows) / MAX_ROWS))]  # every k-th, when more than a chart carries
+    ticks = alt.Chart().mark_tick(thickness=3).encode(
+        x=alt.X("t:Q", title="seconds since the probe started"), y=alt.Y("apiserver:N", title=None),
+        color=alt.Color("ok:N", title="accepted", scale=alt.Scale(domain=[True, False], range=["#4c9f4c", "#d62728"])),
+        tooltip=["apiserver:N", "t:Q", "ok:N", "error:N"])
+    layers = [ticks]
+    if kill_at_s is not None:  # one rule per panel: aggregate the panel's rows to one
+        layers.append(alt.Chart().transform_aggregate(attempts="count()").mark_rule(strokeDash=[4, 3], color="black")
+                      .encode(x=alt.datum(kill_at_s)))
+    chart = alt.layer(*layers, data=alt.Data(values=rows)).properties(width=600, height=alt.Step(18))
+    if len(by_mode) > 1:
+        chart = chart.facet(row=alt.Row("mode:N", title=None, sort=list(by_mode),
+                                        header=alt.Header(labelAngle=0, labelAlign="left")))
+    notes = [f"dashed: a Kine replica killed at {kill_at_s} s"] if kill_at_s is not None else []
+    return _finish(chart, "writes accepted per kube-apiserver over time", label, notes)
 
 
 def ops_by_resource(source, *, top_namespaces: int = 15, label: Optional[str] = None):
