@@ -31,6 +31,7 @@ bench: kine
 	$(BIN)/python benchmarks/observe.py
 	$(BIN)/python benchmarks/apiserver.py
 	$(BIN)/python benchmarks/etcd_baseline.py
+	$(BIN)/python benchmarks/faults.py
 
 clean:
 	rm -rf $(VENV) kinelab-demo.duckdb

@@ -4,7 +4,7 @@ kube-apiservers, with the figures the README quotes.
 1. kill 1 of 3 replicas during load          scenarios/kill-one-of-three.yaml
 2. database restart during load              scenarios/database-restart.yaml
 3. the three deployment modes, same kill     scenarios/modes-kill.yaml, once per mode, through 3 apiservers
-4. connection starvation                     scenarios/connection-starvation.yaml, max-open 2 / 8 / unlimited
+4. connection starvation                     scenarios/connection-starvation.yaml, max-open 4 / 8 / unlimited
 5. isolation levels, Postgres and MariaDB    scenarios/isolation.yaml, every level on both engines
 6. the TTL race                              scenarios/ttl-race.yaml
 
@@ -33,6 +33,7 @@ os.environ.setdefault("KINELAB_PROGRESS", "0")
 import duckdb  # noqa: E402
 
 import kinelab as kl  # noqa: E402
+from kinelab.analyse.troubleshoot import pool_pressure  # noqa: E402
 from kinelab.observe.scenario import Scenario, run_scenario  # noqa: E402
 
 PG_LEVELS = ("read uncommitted", "read committed", "repeatable read", "serializable")
@@ -61,7 +62,7 @@ def one(con, sql: str):
 
 def per_target(con, fault: str, what: str = "replica") -> dict:
     """Errors and success share per replica (or apiserver) while `fault` was in effect, and after it."""
-    rows = con.execute(f"""
+    rows = con.execute("""
         WITH f AS (SELECT t, lead(t) OVER (ORDER BY t) AS next_t, fault FROM fault_events)
         SELECT a.replica, sum(a.ok) FILTER (WHERE a.second >= f.t AND a.second < f.next_t) AS ok_during,
                sum(a.errors) FILTER (WHERE a.second >= f.t AND a.second < f.next_t) AS errors_during,
@@ -108,20 +109,21 @@ def modes() -> dict:
 
 def starvation() -> dict:
     results = {}
-    for cap in (2, 8, 0):
+    for cap in (4, 8, 0):
         summary, con = run("connection-starvation", f"4-max-open-{cap or 'unlimited'}",
                            lab={"kine_args": {"datastore-max-open-connections": cap,
                                               "datastore-max-idle-connections": 2}})
         p50, p99 = con.execute("SELECT quantile_cont(latency_ms, 0.5), quantile_cont(latency_ms, 0.99) "
                                "FROM writes").fetchall()[0]
+        pool = pool_pressure(con, summary["run_id"])
         results["unlimited" if not cap else str(cap)] = {
-            "writes_per_s": summary["write_rate"], "p50_ms": round(p50, 1), "p99_ms": round(p99, 1),
+            "writes_per_s": summary["write_rate"], "p50_ms": round(p50 or 0, 1), "p99_ms": round(p99 or 0, 1),
             "errors": summary["errors"], "checks": checks(summary),
             "too_many_connections": int(one(con, "SELECT coalesce(sum(errors), 0) FROM error_kinds "
                                                  "WHERE kind = 'too many connections'")),
-            "peak_open_connections": int(one(con, "SELECT coalesce(sum(peak), 0) FROM (SELECT max(value) AS peak "
-                                                  "FROM kine_metrics WHERE metric = 'go_sql_open_connections' "
-                                                  "GROUP BY replica)"))}
+            "timeouts": int(one(con, "SELECT coalesce(sum(errors), 0) FROM error_kinds WHERE kind = 'timeout'")),
+            "peak_open_connections": sum(int(r["peak_open"] or 0) for r in pool),
+            "pool_waits": sum(r["waits"] or 0 for r in pool), "waited_s": sum(r["waited_ms"] or 0 for r in pool) / 1000}
     return results
 
 
@@ -178,13 +180,16 @@ def write_results(results: dict) -> None:
         lines.append(f"| {mode} | " + " | ".join(f"{s:.0%}" for s in shares) +
                      f" | {row['checks']['writes_lost']:g} |")
     lines += ["", "## 4. Connection starvation (`scenarios/connection-starvation.yaml`)", "",
-              "Postgres `max_connections=30`, 3 replicas, 30 workers flat out for 15 s.", "",
-              "| --datastore-max-open-connections | writes/s | p50 ms | p99 ms | errors | too many connections | "
-              "peak open | writes lost |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "Postgres `max_connections=30`, 3 replicas, 15 workers flat out for 15 s (5 concurrent requests "
+              "per replica); the client gives up on a request after 2 s. `waits` and `waited` are the growth of "
+              "Go's `go_sql_wait_count_total` and `go_sql_wait_duration_seconds_total` over the run, all replicas.", "",
+              "| --datastore-max-open-connections | writes/s | p50 ms | p99 ms | errors | timeouts | too many "
+              "connections | peak open | pool waits | waited s | writes lost |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for cap, row in s4.items():
         lines.append(f"| {cap} | {row['writes_per_s']} | {row['p50_ms']} | {row['p99_ms']} | {row['errors']} | "
-                     f"{row['too_many_connections']} | {row['peak_open_connections']} | "
-                     f"**{row['checks']['writes_lost']:g}** |")
+                     f"{row['timeouts']} | {row['too_many_connections']} | {row['peak_open_connections']} | "
+                     f"{row['pool_waits']:g} | {row['waited_s']:.0f} | **{row['checks']['writes_lost']:g}** |")
     lines += ["", "## 5. Isolation levels (`scenarios/isolation.yaml`)", "",
               "| engine and default level | writes | errors | writes lost | missed | phantom events |",
               "|---|---:|---:|---:|---:|---:|"]

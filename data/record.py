@@ -3,7 +3,7 @@
     .venv/bin/python data/record.py              # every dataset (about 3 minutes; needs Kine, Postgres and,
                                                  # for deployment-modes, kube-apiserver)
     .venv/bin/python data/record.py watch-lag    # only some: quickstart mvcc compaction watch-lag
-                                                 # deployment-modes consistency sqlite-state
+                                                 # deployment-modes consistency sqlite-state troubleshooting
 
 Each run uses the notebook's default parameters. What a notebook measures that no capture table holds (the
 acknowledged writes of a burst, reads at old revisions, check reports, apiserver probes) is stored as one `runs`
@@ -173,8 +173,31 @@ def sqlite_state(work: Path) -> dict:
     return {out.name: (out, entry)}
 
 
+def troubleshooting(work: Path) -> dict:
+    """Notebook 06 records itself: run live with papermill, its scenario files kept in `work`."""
+    import papermill
+
+    notebook = DATA.parent / "notebooks" / "06-troubleshooting.ipynb"
+    papermill.execute_notebook(str(notebook), str(work / "06.ipynb"), parameters={"out_dir": str(work)},
+                               kernel_name="python3", progress_bar=False, cwd=str(work))
+    parameters = papermill.inspect_notebook(str(notebook))
+    defaults = {name: value["default"] for name, value in parameters.items() if name not in ("mode", "out_dir")}
+    meta = {"notebook": "06-troubleshooting", "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "kine_version": kl.install_kine().version, "datastore": "postgres", "replicas": 3,
+            "parameters": defaults, "command": ".venv/bin/python data/record.py troubleshooting"}
+    contents = {"troubleshooting-pool-unlimited.duckdb": "scenario run `pool-unlimited`: the `creates` mix flat "
+                f"out with no --datastore-max-open-connections on a Postgres with max_connections="
+                f"{defaults['max_connections']}",
+                "troubleshooting-pool-small.duckdb": f"scenario run `pool-small`: the same with the cap at "
+                f"{defaults['small_cap']}",
+                "troubleshooting-slow.duckdb": "scenario runs `calm`, `slowed` (the `slow` fault from 2 s) and "
+                f"`isolation` (the heartbeat mix after the `isolation` fault set {defaults['isolation']})"}
+    return {name: (work / name, {**meta, "contents": text}) for name, text in contents.items()}
+
+
 GROUPS = {"quickstart": quickstart, "mvcc": mvcc, "compaction": compaction, "watch-lag": watch_lag,
-          "deployment-modes": deployment_modes, "consistency": consistency, "sqlite-state": sqlite_state}
+          "deployment-modes": deployment_modes, "consistency": consistency, "sqlite-state": sqlite_state,
+          "troubleshooting": troubleshooting}
 
 
 def publish(source: Path, name: str) -> None:

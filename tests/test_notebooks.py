@@ -26,6 +26,8 @@ RUNS = [
     ("03-compaction", {}), ("03-compaction", {"duration_s": 8, "rate": 80}),
     ("04-watch-lag-across-replicas", {}), ("04-watch-lag-across-replicas", {"replicas": 2, "rate": 20}),
     ("05-deployment-modes", {}), ("05-deployment-modes", {"replicas": 2, "writes": 8, "duration_s": 6}),
+    ("06-troubleshooting", {}), ("06-troubleshooting", {"small_cap": 3, "duration_s": 6,
+                                                        "isolation": "serializable"}),
     ("07-consistency-check", {}), ("07-consistency-check", {"checks": 3, "rate": 40}),
     ("08-investigate-your-datastore", {}),
 ]

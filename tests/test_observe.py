@@ -1,12 +1,9 @@
 """Workload, watch lag, compaction and metrics, measured on real Kine replicas and real databases."""
 
-import json
-
 import pytest
 
 import kinelab as kl
 from conftest import wait_until
-from kinelab.db import connect_postgres
 from kinelab.drive.workload import run_load
 from kinelab.observe import runs
 from kinelab.observe.metrics import scrape

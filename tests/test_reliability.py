@@ -10,7 +10,6 @@ import textwrap
 import time
 
 import psutil
-import pytest
 
 import kinelab as kl
 from conftest import REPO, lab_pids, needs_mariadb, run_cli, select_only_role

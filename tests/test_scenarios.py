@@ -10,9 +10,11 @@ import pytest
 
 import kinelab as kl
 from conftest import assert_one_line_error, needs_mariadb, run_cli, wait_until
+from kinelab.db import connect_postgres
 from kinelab.drive.faults import SlowDatabase, current_isolation, set_isolation, terminate_connections
 from kinelab.errors import EtcdError, UsageError
 from kinelab.observe.scenario import Scenario, reconcile, run_scenario
+from kinelab.show import charts
 
 SHORT_KILL = {"name": "short-kill", "load": {"mix": "configmaps", "rate": 40, "duration_s": 9, "workers": 3},
               "steps": [{"at": 3, "fault": "kill", "replica": 1}, {"at": 6, "fault": "restart", "replica": 1}],
@@ -103,10 +105,13 @@ def test_a_scenario_stores_faults_availability_recovery_and_checks(lab2, tmp_pat
     kill, restart = con.sql("SELECT recovery_s FROM fault_recovery ORDER BY t").fetchall()
     assert 2.5 < kill[0] < 6 and restart[0] < 3
     assert con.sql("SELECT count(*) FROM scenario_checks WHERE ok IS FALSE").fetchall() == [(0,)]
+    con.close()
+    spec = charts.scenario_availability(out, label="REPLAY test").to_dict()  # a valid Vega-Lite spec
+    assert spec["title"]["text"] == "REPLAY test" and spec["facet"]["row"]["field"] == "replica"
+    assert [m["fault"] for m in spec["spec"]["layer"][1]["data"]["values"]] == ["kill replica=1", "restart replica=1"]
 
 
 def test_reconciliation_catches_an_acknowledged_write_missing_from_the_table(lab2, tmp_path):
-    from kinelab.db import connect_postgres
     from kinelab.observe.capture import capture_into
     from kinelab.observe.store import open_store
 
@@ -166,10 +171,8 @@ def test_cli_database_faults_and_their_bad_input(kine, tmp_path):
             result = run_cli("fault", *argv, "--dir", lab_dir)
             assert result.returncode == 0 and "done" in result.stdout, (argv, result.stdout, result.stderr)
         assert current_isolation(lab) == "repeatable-read"
-        with duckdb.connect() as probe:  # the setting reached the server
-            from kinelab.db import connect_postgres
-            with connect_postgres(lab.dsn) as conn:
-                assert conn.execute("SHOW max_connections").fetchall() == [("40",)]
+        with connect_postgres(lab.dsn) as conn:  # the setting reached the server
+            assert conn.execute("SHOW max_connections").fetchall() == [("40",)]
         wait_until(lambda: _write_ok(kl.Etcd(lab.endpoints[1], timeout_s=3), "/registry/configmaps/x/after"),
                    timeout_s=20, what="a write after the CLI faults")
         assert_one_line_error(run_cli("fault", "kill", "--dir", lab_dir), "needs --replica")

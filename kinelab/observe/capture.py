@@ -18,9 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
-import duckdb
 import pyarrow as pa
 
 from .. import progress
@@ -28,7 +27,7 @@ from ..db import read_only_connection
 from ..dsn import Dsn, mask_text
 from ..errors import CaptureError, DatastoreError
 from ..k8s import decode_values
-from .store import open_store
+from .store import connect_duckdb, open_store
 
 COLUMNS = ("id", "name", "created", "deleted", "create_revision", "prev_revision", "lease", "value", "old_value")
 ROW_SCHEMA = pa.schema([("id", pa.int64()), ("name", pa.string()), ("created", pa.int32()),
@@ -157,13 +156,10 @@ def open_capture(path: str | Path, read_only: bool = True):
     path = Path(path)
     if not path.is_file():
         raise CaptureError(f"no capture at {path}; make one with `kinelab capture --out {path}`")
-    try:
-        con = duckdb.connect(str(path), read_only=read_only)
-        con.execute("SELECT value FROM capture_meta WHERE key = 'schema_version'").fetchall()
-    except duckdb.Error as exc:
-        raise CaptureError(f"{path} is not a kinelab capture ({str(exc).splitlines()[0]}); name a file made by "
-                           "`kinelab capture`") from None
-    return con
+    return connect_duckdb(path, read_only=read_only, probe="SELECT value FROM capture_meta WHERE key = 'schema_version'",
+                          busy=f"{path} is open for writing in another process; wait for it to finish or open a copy",
+                          unreadable=f"{path} is not a kinelab capture ({{reason}}); name a file made by "
+                                     "`kinelab capture`")
 
 
 def _to_arrow(batch: list) -> pa.Table:

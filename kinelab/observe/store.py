@@ -245,22 +245,15 @@ def open_store(path, identity: str | None = None):
     process and files that belong to another source than `identity`."""
     from pathlib import Path
 
-    import duckdb
-
     from ..errors import CaptureError
 
     path = Path(path).expanduser().resolve()
     if not path.parent.is_dir():
         raise CaptureError(f"directory {path.parent} does not exist; create it or choose another --out")
-    try:
-        con = duckdb.connect(str(path))
-    except duckdb.Error as exc:
-        reason = str(exc).splitlines()[0]
-        if "lock" in reason.lower():
-            raise CaptureError(f"{path} is open in another process (another capture?); wait for it or use "
-                               "another --out") from None
-        raise CaptureError(f"{path} is not a readable DuckDB file ({reason}); move it away or choose another "
-                           "--out") from None
+    con = connect_duckdb(path, busy=f"{path} is open in another process (another capture?); wait for it or use "
+                                    "another --out",
+                         unreadable=f"{path} is not a readable DuckDB file ({{reason}}); move it away or choose "
+                                    "another --out")
     try:
         # Bound DuckDB's cache: a big capture is one transaction, and DuckDB would otherwise keep it in memory.
         con.execute("SET memory_limit = '1GB'")
@@ -273,6 +266,23 @@ def open_store(path, identity: str | None = None):
     except BaseException:
         con.close()
         raise
+    return con
+
+
+def connect_duckdb(path, *, busy: str, unreadable: str, read_only: bool = False, probe: str | None = None):
+    """A DuckDB connection to `path` (with `probe` run on it), or a one-line CaptureError: `busy` when another
+    process holds the file, `unreadable` (with `{reason}` filled in) for anything else."""
+    import duckdb
+
+    from ..errors import CaptureError
+
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+        if probe:
+            con.execute(probe).fetchall()
+    except duckdb.Error as exc:
+        reason = str(exc).splitlines()[0]
+        raise CaptureError(busy if "lock" in reason.lower() else unreadable.replace("{reason}", reason)) from None
     return con
 
 

@@ -110,8 +110,8 @@ def install_kine(kine_bin: Optional[str] = None, log=print) -> KineBinary:
         return found
     go = shutil.which("go")
     if not go:
-        raise ToolError(f"Kine is not installed and Go is missing: install Go 1.25+ (apt-get install golang or "
-                        f"https://go.dev/dl) and run `kinelab install`, or set KINELAB_KINE_BIN to a kine binary")
+        raise ToolError("Kine is not installed and Go is missing: install Go 1.25+ (apt-get install golang or "
+                        "https://go.dev/dl) and run `kinelab install`, or set KINELAB_KINE_BIN to a kine binary")
     target = cached_kine_path()
     target.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)

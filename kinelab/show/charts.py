@@ -444,6 +444,32 @@ def apiserver_availability(attempts, *, kill_at_s: Optional[float] = None, label
     return _finish(chart, "writes accepted per kube-apiserver over time", label, notes)
 
 
+def scenario_availability(source, run_id: Optional[int] = None, *, label: Optional[str] = None):
+    """A scenario run (`kinelab scenario`) second by second: successful writes above the axis and errors below
+    it, one row per replica (or apiserver), with a labelled rule at each fault. Hover for the counts."""
+    with _connected(source) as con:
+        run_id = _run_id(con, run_id, "scenario_checks", "scenario run", "run one with `kinelab scenario FILE`")
+        data = _table(con, """SELECT 'replica ' || replica AS replica, second, ok::BIGINT AS ok,
+                                     -errors::BIGINT AS errors FROM availability WHERE run_id = ?""",
+                      [run_id], order_by="replica, second")
+        faults = con.execute("SELECT round(t, 1), fault || ' ' || coalesce(target, '') FROM fault_events "
+                             "WHERE run_id = ? ORDER BY t", [run_id]).fetchall()
+    base = alt.Chart().encode(x=alt.X("second:Q", title="seconds since the load began", scale=alt.Scale(nice=False)),
+                              tooltip=["replica:N", "second:Q", "ok:Q", "errors:Q"])  # rows come from the facet
+    bars = base.mark_bar(color="#4c9f4c").encode(y=alt.Y("ok:Q", title="writes/s (errors < 0)")) + \
+        base.mark_bar(color="#d62728").encode(y="errors:Q")
+    layers = [bars]
+    if faults:
+        marks = alt.Chart(alt.Data(values=[{"t": t, "fault": text.strip()} for t, text in faults]))
+        layers += [marks.mark_rule(strokeDash=[4, 3], color="black").encode(x="t:Q"),
+                   marks.mark_text(align="left", dx=3, baseline="top", fontSize=10, angle=0).encode(
+                       x="t:Q", y=alt.value(0), text="fault:N")]
+    chart = alt.layer(*layers).properties(width=600, height=90).facet(
+        row=alt.Row("replica:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left")), data=data)
+    return _finish(chart, f"availability per second, scenario run {run_id}", label,
+                   ["dashed: the faults, at the time each was injected"])
+
+
 def ops_by_resource(source, *, top_namespaces: int = 15, label: Optional[str] = None):
     """Rows of the newest snapshot by resource and op (left) and by namespace (right: the `top_namespaces`
     busiest of each resource, the rest together). Click a resource bar to see only its namespaces; click
