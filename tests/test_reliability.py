@@ -35,13 +35,12 @@ def test_every_process_of_a_mariadb_lab_listens_on_loopback_only(kine, tmp_path)
         assert listening_addresses(lab_pids(lab.manifest)) == {"127.0.0.1"}
 
 
-def test_capture_issues_no_writes_as_the_server_log_shows(pg_lab, tmp_path):
-    """Log every statement of a SELECT-only role while it captures; none may write."""
-    reader = select_only_role(pg_lab, "kinelab_audit", log_statements=True)
-    log = pg_lab.dir / "logs" / "postgres.log"
+def _audited_statements(lab, role: str, action) -> list:
+    """The statements the server logged for a SELECT-only `role` (log_statement=all) while `action(dsn)` ran."""
+    reader = select_only_role(lab, role, log_statements=True)
+    log = lab.dir / "logs" / "postgres.log"
     start = log.stat().st_size
-    kl.capture(reader, tmp_path / "a.duckdb")
-    kl.capture(reader, tmp_path / "a.duckdb", incremental=True)
+    action(reader)
     time.sleep(0.5)
     with open(log, errors="replace") as handle:
         handle.seek(start)
@@ -49,9 +48,36 @@ def test_capture_issues_no_writes_as_the_server_log_shows(pg_lab, tmp_path):
     assert statements, "the server logged no statement of the audited role"
     writes = [s for s in statements if re.match(r"\s*(INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|TRUNCATE|GRANT)", s, re.I)]
     assert writes == []
+    return statements
+
+
+def test_capture_issues_no_writes_as_the_server_log_shows(pg_lab, tmp_path):
+    """Log every statement of a SELECT-only role while it captures; none may write."""
+    def capture_twice(reader):
+        kl.capture(reader, tmp_path / "a.duckdb")
+        kl.capture(reader, tmp_path / "a.duckdb", incremental=True)
+
+    statements = _audited_statements(pg_lab, "kinelab_audit", capture_twice)
     assert any("READ ONLY" in s.upper() for s in statements)
     copies = [s for s in statements if s.upper().startswith("COPY")]
     assert copies and all("TO STDOUT" in s.upper() for s in copies)
+
+
+def test_the_investigation_notebook_issues_no_writes_as_the_server_log_shows(pg_lab, tmp_path, monkeypatch):
+    """Notebook 08, the SRE's report, given only the DSN of a SELECT-only role (through KINELAB_DSN, so that
+    papermill does not write it into the output notebook)."""
+    import papermill
+
+    def investigate(reader):
+        monkeypatch.setenv("KINELAB_DSN", reader.url)  # the kernel inherits it
+        papermill.execute_notebook(str(REPO / "notebooks" / "08-investigate-your-datastore.ipynb"),
+                                   str(tmp_path / "08.ipynb"), kernel_name="python3", progress_bar=False,
+                                   parameters={"report_dir": str(tmp_path / "report")}, cwd=str(tmp_path))
+
+    statements = _audited_statements(pg_lab, "kinelab_sre", investigate)
+    assert any("READ ONLY" in s.upper() for s in statements)
+    assert (tmp_path / "report" / "report.md").exists()
+    assert "kinelab_sre-pw" not in (tmp_path / "08.ipynb").read_text()  # the password never reaches the outputs
 
 
 def _big_sqlite(path, rows: int) -> None:
