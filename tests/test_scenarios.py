@@ -190,3 +190,21 @@ def test_cli_database_faults_and_their_bad_input(kine, tmp_path):
         run_cli("down", "--dir", sqlite_dir)
     assert_one_line_error(run_cli("up", "--datastore", "sqlite", "--datastore-setting", "max_connections=5",
                                   "--dir", tmp_path / "x"), "apply only to the servers kinelab runs")
+
+
+@pytest.mark.slow
+def test_a_scenario_through_hybrid_apiservers_keeps_serving_while_a_kine_replica_is_down(kine, tmp_path):
+    spec = {"name": "hybrid-kill", "load": {"through": "apiservers", "mix": "configmaps", "rate": 20,
+                                            "duration_s": 10, "workers": 2},
+            "steps": [{"at": 3, "fault": "kill", "replica": 0}, {"at": 7, "fault": "restart", "replica": 0}],
+            "expect": {"writes_lost": 0}, "settle_s": 3}
+    with kl.Lab(replicas=2, datastore="postgres", apiservers=2, mode="hybrid", dir=tmp_path / "lab") as lab:
+        summary = run_scenario(lab, tmp_path / "h.duckdb", Scenario.from_dict(spec))
+    assert summary["failed"] == [] and summary["writes"] > 100, summary
+    con = duckdb.connect(str(tmp_path / "h.duckdb"), read_only=True)
+    # each apiserver (the `replica` column) took writes while Kine replica 0 was down: the etcd client moved on
+    served = dict(con.sql("SELECT replica, sum(ok) FROM availability WHERE second BETWEEN 4 AND 6 GROUP BY 1").fetchall())
+    assert set(served) == {0, 1} and min(served.values()) > 0, served
+    # every acknowledged create and update is a row of the table, with the apiserver's resourceVersion as its id
+    assert con.sql("SELECT count(*) FROM writes w JOIN kine_latest k ON k.id = w.revision AND k.name = w.key"
+                   ).fetchall()[0][0] == summary["writes"]

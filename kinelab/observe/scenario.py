@@ -137,17 +137,22 @@ def run_scenario(lab, out, scenario: Scenario) -> dict:
             mix_options = {k: v for k, v in load.items() if k in ("nodes", "value_bytes", "event_ttl_s")}
             began = time.perf_counter()
 
+            def load_through_apiservers():
+                calls = run_kube_load(lab, load["mix"], ops=None, rate=load["rate"], workers=int(load["workers"]),
+                                      seed=int(load["seed"]), duration_s=load["duration_s"], clock=clock, stop=stop,
+                                      nodes=int(load.get("nodes", 20)))
+                return _as_load_result(load["mix"], calls, time.perf_counter() - began)
+
+            def load_through_kine():
+                return run_load(clients, load["mix"], rate=load["rate"], duration_s=load["duration_s"],
+                                spread=load["spread"], workers=int(load["workers"]), seed=int(load["seed"]),
+                                clock=clock, stop=stop, **mix_options)
+
             def drive():
-                if through_apiservers:
-                    calls = run_kube_load(lab, load["mix"], ops=None, rate=load["rate"], workers=int(load["workers"]),
-                                          seed=int(load["seed"]), duration_s=load["duration_s"], clock=clock,
-                                          stop=stop, nodes=int(load.get("nodes", 20)))
-                    outcome["result"] = _as_load_result(load["mix"], calls, time.perf_counter() - began)
-                else:
-                    outcome["result"] = run_load(clients, load["mix"], rate=load["rate"],
-                                                 duration_s=load["duration_s"], spread=load["spread"],
-                                                 workers=int(load["workers"]), seed=int(load["seed"]), clock=clock,
-                                                 stop=stop, **mix_options)
+                try:
+                    outcome["result"] = load_through_apiservers() if through_apiservers else load_through_kine()
+                except BaseException as exc:  # raised again in the caller's thread, not lost with this one
+                    outcome["error"] = exc
 
             with WatchProbe(lab.endpoints, prefix="/registry/", start_revision=start_revision, clock=clock) as probe, \
                     MetricsSampler(_metrics_urls(lab), clock) as sampler:
@@ -167,6 +172,8 @@ def run_scenario(lab, out, scenario: Scenario) -> dict:
                     progress.say(f"{t - t0:5.1f} s  {step.fault} {step.target}: {'' if ok else 'FAILED '}{detail}")
                 loader.join()
                 injector.close()
+                if "error" in outcome:
+                    raise outcome["error"]
                 result = outcome["result"]
                 last = max((w.revision for w in result.writes), default=start_revision)
                 settled = probe.wait_for(last, scenario.settle_s)
