@@ -123,12 +123,20 @@ def _orphan_lab(lab_dir):
 def test_orphans_of_a_sigkilled_owner_are_stopped_by_the_next_command(kine, tmp_path, command):
     lab_dir = tmp_path / "lab"
     pids = _orphan_lab(lab_dir)
-    result = run_cli(command, "--replicas", 2, "--dir", lab_dir) if command == "up" else run_cli("down", "--dir", lab_dir)
-    assert result.returncode == 0, result.stderr
-    assert all_gone(pids), f"`kinelab {command}` left the orphans running"
-    if command == "up":  # and the new lab runs on the old data
-        assert read_manifest(lab_dir)["state"] == "running"
-        assert run_cli("down", "--dir", lab_dir).returncode == 0
+    try:
+        result = run_cli(command, "--replicas", 2, "--dir", lab_dir) if command == "up" else \
+            run_cli("down", "--dir", lab_dir)
+        assert result.returncode == 0, result.stderr
+        assert all_gone(pids), f"`kinelab {command}` left the orphans running"
+        if command == "up":  # and the new lab runs on the old data
+            assert read_manifest(lab_dir)["state"] == "running"
+    finally:  # whatever failed above, this test leaves nothing running
+        for pid in pids:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        run_cli("down", "--dir", lab_dir)
 
 
 def test_a_recycled_pid_in_the_manifest_is_never_signalled(kine, tmp_path):
