@@ -13,7 +13,7 @@ import pytest
 import kinelab as kl
 from conftest import REPO, all_gone, lab_pids, run_cli, wait_until
 from kinelab.errors import ProcessError
-from kinelab.provision.lab import read_manifest
+from kinelab.provision.lab import read_manifest, teardown
 
 
 def test_with_block_stops_every_process(kine, tmp_path):
@@ -122,7 +122,7 @@ def _orphan_lab(lab_dir):
 @pytest.mark.parametrize("command", ["down", "up"])
 def test_orphans_of_a_sigkilled_owner_are_stopped_by_the_next_command(kine, tmp_path, command):
     lab_dir = tmp_path / "lab"
-    pids = _orphan_lab(lab_dir)
+    pids, orphaned = _orphan_lab(lab_dir), read_manifest(lab_dir)
     try:
         result = run_cli(command, "--replicas", 2, "--dir", lab_dir) if command == "up" else \
             run_cli("down", "--dir", lab_dir)
@@ -130,12 +130,8 @@ def test_orphans_of_a_sigkilled_owner_are_stopped_by_the_next_command(kine, tmp_
         assert all_gone(pids), f"`kinelab {command}` left the orphans running"
         if command == "up":  # and the new lab runs on the old data
             assert read_manifest(lab_dir)["state"] == "running"
-    finally:  # whatever failed above, this test leaves nothing running
-        for pid in pids:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    finally:  # whatever failed above, this test leaves nothing running (pids checked by start time)
+        teardown(orphaned)
         run_cli("down", "--dir", lab_dir)
 
 
