@@ -72,9 +72,9 @@ def test_conflicting_updates_retry_and_never_report_a_write_the_table_lacks(pg_l
     wait_until(lambda: pg_lab.client(1).revision() >= base)
     writers = [Writer([pg_lab.client(0), pg_lab.client(1)], worker=w) for w in range(2)]
 
-    def hammer(writer, replica):
+    def hammer(writer, replica):  # retrying as long as it takes, like the apiserver's GuaranteedUpdate
         for i in range(40):
-            writer.update(replica, key, lambda: f"{replica}-{i}".encode(), known_revision=base)
+            writer.update(replica, key, lambda: f"{replica}-{i}".encode(), known_revision=base, max_conflicts=1000)
 
     threads = [threading.Thread(target=hammer, args=(w, w.worker)) for w in writers]
     [t.start() for t in threads]
