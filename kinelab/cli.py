@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .drive.faults import ISOLATION_LEVELS
 from .dsn import Dsn
 from .errors import KinelabError, UsageError
 
@@ -483,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=[*REPLICA_FAULTS, "db-stop", "db-start", "db-restart", "terminate", "slow",
                                       "isolation"])
     p.add_argument("--replica", type=int, help="the replica, for kill, pause, resume and restart")
-    p.add_argument("--level", choices=["read-uncommitted", "read-committed", "repeatable-read", "serializable"],
+    p.add_argument("--level", choices=ISOLATION_LEVELS,
                    help="for isolation: the database's new default level")
     p.add_argument("--seconds", type=float, default=30, help="for slow: how long (default 30)")
     p.add_argument("--hold-ms", type=float, default=200, help="for slow: writes blocked this long ...")

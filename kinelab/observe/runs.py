@@ -33,16 +33,16 @@ ERROR_COLUMNS = ["run_id", "t", "replica", "op", "key", "error", "code"]
 METRIC_COLUMNS = ["run_id", "t", "replica", "metric", "labels", "value"]
 
 
-def _metrics_urls(lab) -> list:
+def metrics_urls(lab) -> list:
     return [r["metrics_url"] for r in lab.manifest["replicas"]]
 
 
-def _store_load(con, run_id: int, result: LoadResult) -> None:
+def store_load(con, run_id: int, result: LoadResult) -> None:
     insert_rows(con, "writes", WRITE_COLUMNS, [(run_id, *asdict(w).values()) for w in result.writes])
     insert_rows(con, "load_errors", ERROR_COLUMNS, [(run_id, *asdict(e).values()) for e in result.errors])
 
 
-def _store_metrics(con, run_id: int, sampler: MetricsSampler) -> None:
+def store_metrics(con, run_id: int, sampler: MetricsSampler) -> None:
     insert_rows(con, "kine_metrics", METRIC_COLUMNS, [(run_id, *row) for row in sampler.rows])
 
 
@@ -65,14 +65,14 @@ def store_watch(con, run_id: int, probe: WatchProbe) -> None:
     con.execute("DROP TABLE watch_raw")
 
 
-def _load_summary(result: LoadResult) -> dict:
+def load_summary(result: LoadResult) -> dict:
     return {"writes": len(result.writes), "errors": len(result.errors), "lists": result.lists,
             "write_rate": round(result.write_rate, 1),
             "conflict_retries": sum(w.conflicts for w in result.writes)}
 
 
 @contextmanager
-def _run(lab, out, kind: str, params: dict, timeout_s: float = 10.0):
+def measured_run(lab, out, kind: str, params: dict, timeout_s: float = 10.0):
     """Clients on every replica, the results file (checked to belong to this lab), one clock, a run id."""
     clients = [Etcd(ep, timeout_s=timeout_s) for ep in lab.endpoints]
     try:
@@ -92,14 +92,14 @@ def load(lab, out, *, mix: str = "configmaps", rate: Optional[float] = None, dur
     params = {"mix": mix, "rate": rate, "duration_s": duration_s, "ops": ops, "spread": spread,
               "workers": workers, "seed": seed, **mix_options}
     check_load(len(lab.endpoints), mix, rate=rate, duration_s=duration_s, ops=ops, spread=spread, workers=workers)
-    with _run(lab, out, "load", params) as (clients, con, clock, run_id):
-        with MetricsSampler(_metrics_urls(lab), clock) as sampler:
+    with measured_run(lab, out, "load", params) as (clients, con, clock, run_id):
+        with MetricsSampler(metrics_urls(lab), clock) as sampler:
             result = run_load(clients, mix, rate=rate, duration_s=duration_s, ops=ops, spread=spread,
                               workers=workers, seed=seed, clock=clock, **mix_options)
-        _store_load(con, run_id, result)
-        _store_metrics(con, run_id, sampler)
+        store_load(con, run_id, result)
+        store_metrics(con, run_id, sampler)
         snapshot = capture_into(con, lab.dsn, incremental=True)
-        summary = {**_load_summary(result), "snapshot_id": snapshot.snapshot_id, "run_id": run_id}
+        summary = {**load_summary(result), "snapshot_id": snapshot.snapshot_id, "run_id": run_id}
         finish_run(con, run_id, result.duration_s, summary)
         return summary
 
@@ -112,27 +112,27 @@ def watch_lag(lab, out, *, mix: str = "configmaps", rate: Optional[float] = 50.0
     params = {"mix": mix, "rate": rate, "duration_s": duration_s, "spread": spread, "workers": workers,
               "seed": seed, "prefix": prefix, **mix_options}
     check_load(len(lab.endpoints), mix, rate=rate, duration_s=duration_s, spread=spread, workers=workers)
-    with _run(lab, out, "watchlag", params) as (clients, con, clock, run_id):
+    with measured_run(lab, out, "watchlag", params) as (clients, con, clock, run_id):
         start_revision = max(c.revision() for c in clients) + 1
         with WatchProbe(lab.endpoints, prefix=prefix, start_revision=start_revision, clock=clock) as probe:
             # The probe's own cost: CPU this process spends with idle watches open (progress notifies only).
             cpu0, wall0 = time.process_time(), time.perf_counter()
             time.sleep(idle_s)
             idle_cpu_pct = 100 * (time.process_time() - cpu0) / (time.perf_counter() - wall0)
-            with MetricsSampler(_metrics_urls(lab), clock) as sampler:
+            with MetricsSampler(metrics_urls(lab), clock) as sampler:
                 result = run_load(clients, mix, rate=rate, duration_s=duration_s, spread=spread, workers=workers,
                                   seed=seed, clock=clock, **mix_options)
             last = max((w.revision for w in result.writes), default=start_revision)
             settled = probe.wait_for(last, settle_s)
-        _store_load(con, run_id, result)
-        _store_metrics(con, run_id, sampler)
+        store_load(con, run_id, result)
+        store_metrics(con, run_id, sampler)
         store_watch(con, run_id, probe)
         snapshot = capture_into(con, lab.dsn, incremental=True)
         lag = con.execute("""SELECT observer, locality, events, p50_ms, p99_ms, max_ms FROM watch_lag_summary
                              WHERE run_id = ?""", [run_id]).fetchall()
         missed = con.execute("SELECT observer, count(*) FROM watch_missed WHERE run_id = ? GROUP BY ALL",
                              [run_id]).fetchall()
-        summary = {**_load_summary(result), "run_id": run_id, "snapshot_id": snapshot.snapshot_id,
+        summary = {**load_summary(result), "run_id": run_id, "snapshot_id": snapshot.snapshot_id,
                    "settled": settled, "idle_probe_cpu_pct": round(idle_cpu_pct, 2),
                    "lag": [dict(zip(("observer", "locality", "events", "p50_ms", "p99_ms", "max_ms"), row))
                            for row in lag],
@@ -222,7 +222,7 @@ def compaction(lab, out, *, method: str = "explicit", duration_s: float = 30.0, 
     params = {"method": method, "duration_s": duration_s, "sample_every_s": sample_every_s,
               "compact_every_s": compact_every_s, "mix": mix, "rate": rate, "workers": workers, "seed": seed}
     stop = threading.Event()
-    with _run(lab, out, "compaction", params) as (clients, con, clock, run_id):
+    with measured_run(lab, out, "compaction", params) as (clients, con, clock, run_id):
         try:
             outcome: dict = {}
 
@@ -233,7 +233,7 @@ def compaction(lab, out, *, method: str = "explicit", duration_s: float = 30.0, 
             timeline, compactions = [], []
             compactor = ApiserverCompactor(clients[0])
             loader = threading.Thread(target=drive, name="kinelab-compaction-load", daemon=True)
-            with MetricsSampler(_metrics_urls(lab), clock) as sampler, progress.bar(
+            with MetricsSampler(metrics_urls(lab), clock) as sampler, progress.bar(
                     f"compaction ({method})", total=duration_s) as advance:
                 loader.start()
                 started, shown, next_sample, next_compact = time.monotonic(), 0.0, 0.0, compact_every_s
@@ -255,8 +255,8 @@ def compaction(lab, out, *, method: str = "explicit", duration_s: float = 30.0, 
                         break
                     time.sleep(0.05)
             result = outcome["result"]
-            _store_load(con, run_id, result)
-            _store_metrics(con, run_id, sampler)
+            store_load(con, run_id, result)
+            store_metrics(con, run_id, sampler)
             insert_rows(con, "compaction_timeline",
                         ["run_id", "t", "method", "snapshot_id", "compact_revision", "current_revision", "rows_total",
                          "rows_superseded", "rows_tombstones", "rows_gap", "table_bytes"], timeline)
@@ -265,7 +265,7 @@ def compaction(lab, out, *, method: str = "explicit", duration_s: float = 30.0, 
             insert_rows(con, "compaction_checks", ["run_id", "t", "check_name", "revision", "ok", "detail"],
                         [(run_id, *c) for c in checks])
             stalled = _stalled(timeline, stall_samples)
-            summary = {**_load_summary(result), "run_id": run_id, "samples": len(timeline),
+            summary = {**load_summary(result), "run_id": run_id, "samples": len(timeline),
                        "compact_revision": final_compact, "current_revision": timeline[-1][5],
                        "rows_first": timeline[0][6], "rows_last": timeline[-1][6],
                        "bytes_first": timeline[0][10], "bytes_last": timeline[-1][10],

@@ -31,7 +31,7 @@ from ..drive.workload import LoadError, LoadResult, Write, check_load, run_load
 from ..errors import UsageError
 from .capture import capture_into
 from .metrics import MetricsSampler
-from .runs import _load_summary, _metrics_urls, _run, _store_load, _store_metrics, store_watch
+from .runs import load_summary, measured_run, metrics_urls, store_load, store_metrics, store_watch
 # Replica faults make a client wait for its deadline: keep it short so one stalled replica does not stall the load.
 FAULT_TIMEOUT_S = 2.0
 from .store import finish_run, insert_rows
@@ -129,7 +129,7 @@ def run_scenario(lab, out, scenario: Scenario) -> dict:
               "expect": scenario.expect}
     stop = threading.Event()
     injector = FaultInjector(lab)
-    with _run(lab, out, "scenario", params, timeout_s=FAULT_TIMEOUT_S) as (clients, con, clock, run_id):
+    with measured_run(lab, out, "scenario", params, timeout_s=FAULT_TIMEOUT_S) as (clients, con, clock, run_id):
         try:
             start_revision = max(c.revision() for c in clients) + 1
             outcome: dict = {}
@@ -155,7 +155,7 @@ def run_scenario(lab, out, scenario: Scenario) -> dict:
                     outcome["error"] = exc
 
             with WatchProbe(lab.endpoints, prefix="/registry/", start_revision=start_revision, clock=clock) as probe, \
-                    MetricsSampler(_metrics_urls(lab), clock) as sampler:
+                    MetricsSampler(metrics_urls(lab), clock) as sampler:
                 loader = threading.Thread(target=drive, name="kinelab-scenario-load", daemon=True)
                 t0 = clock.now()
                 loader.start()
@@ -177,14 +177,14 @@ def run_scenario(lab, out, scenario: Scenario) -> dict:
                 result = outcome["result"]
                 last = max((w.revision for w in result.writes), default=start_revision)
                 settled = probe.wait_for(last, scenario.settle_s)
-            _store_load(con, run_id, result)
-            _store_metrics(con, run_id, sampler)
+            store_load(con, run_id, result)
+            store_metrics(con, run_id, sampler)
             insert_rows(con, "fault_events", ["run_id", "t", "fault", "target", "detail", "ok"], fault_rows)
             store_watch(con, run_id, probe)
             snapshot = capture_into(con, lab.dsn, incremental=True)
             finish_run(con, run_id, result.duration_s, {"t0": t0})  # the views' time origin, before the checks
             checks = reconcile(con, run_id, scenario.expect)
-            summary = {**_load_summary(result), "run_id": run_id, "t0": t0, "snapshot_id": snapshot.snapshot_id,
+            summary = {**load_summary(result), "run_id": run_id, "t0": t0, "snapshot_id": snapshot.snapshot_id,
                        "settled": settled, "faults": [(round(r[1], 2), r[2], r[3], r[5]) for r in fault_rows],
                        "checks": {name: {"value": value, "ok": ok} for name, value, ok, _ in checks},
                        "failed": [f"{name} = {value:g}" for name, value, ok, _ in checks if ok is False]}

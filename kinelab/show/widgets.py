@@ -24,7 +24,7 @@ from ..clock import Clock
 from ..drive.workload import run_load
 from ..errors import KinelabError, UsageError
 from ..etcd import Etcd
-from ..observe.runs import _store_load, store_watch
+from ..observe.runs import store_load, store_watch
 from ..observe.store import ensure_schema, new_run
 from ..observe.watchlag import WatchProbe
 from . import charts
@@ -147,7 +147,7 @@ class LabPanel:
                 client.close()
         for observer, replica in zip(probe.observers, alive):
             observer.index = replica  # the probe numbers its watches; the chart names replicas
-        _store_load(self.con, self.run_id, result)
+        store_load(self.con, self.run_id, result)
         store_watch(self.con, self.run_id, probe)
         self.slices += 1
         return len(result.writes)
