@@ -159,13 +159,16 @@ class ServedProcess:
                                          env=env, cwd=self.cwd, user=self.user, start_new_session=True)
             except OSError as exc:
                 raise ProcessError(f"cannot start {self.name} ({self.argv[0]}): {exc.strerror}") from None
-        self.record = ProcessRecord(self.name, popen.pid, psutil.Process(popen.pid).create_time(),
-                                    str(self.log_path), [mask_text(a) for a in self.argv], int(self.stop_signal))
-        self.pid_path.write_text(json.dumps(self.record.to_json()) + "\n")
         self._popen = popen
         try:
+            self.record = ProcessRecord(self.name, popen.pid, psutil.Process(popen.pid).create_time(),
+                                        str(self.log_path), [mask_text(a) for a in self.argv], int(self.stop_signal))
+            self.pid_path.write_text(json.dumps(self.record.to_json()) + "\n")
             self._wait_ready()
-        except BaseException:
+        except BaseException:  # Ctrl-C may land before the record exists: the process is ours all the same
+            if self.record is None:
+                _signal_group(popen.pid, signal.SIGKILL)
+                popen.wait()
             self.stop()
             raise
         return self
