@@ -120,6 +120,19 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+def _kill_new_children(children_before: set) -> None:
+    """SIGKILL (with their groups) the children of this process that are not in `children_before`: a Popen
+    interrupted right after its fork leaves a child nobody holds."""
+    for child in psutil.Process().children():
+        if child.pid not in children_before:
+            _signal_group(child.pid, signal.SIGKILL)
+            try:
+                child.kill()  # before its setsid the child has no group of its own
+                child.wait(5)
+            except psutil.Error:
+                pass
+
+
 Readiness = Callable[[], bool]
 
 
@@ -153,23 +166,26 @@ class ServedProcess:
         for sub in ("logs", "pids"):
             (self.lab_dir / sub).mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **(self.env or {})}
-        with open(self.log_path, "ab") as log:
-            try:
+        children_before, popen = {c.pid for c in psutil.Process().children()}, None
+        try:
+            with open(self.log_path, "ab") as log:
                 popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          env=env, cwd=self.cwd, user=self.user, start_new_session=True)
-            except OSError as exc:
-                raise ProcessError(f"cannot start {self.name} ({self.argv[0]}): {exc.strerror}") from None
-        self._popen = popen
-        try:
+            self._popen = popen
             self.record = ProcessRecord(self.name, popen.pid, psutil.Process(popen.pid).create_time(),
                                         str(self.log_path), [mask_text(a) for a in self.argv], int(self.stop_signal))
             self.pid_path.write_text(json.dumps(self.record.to_json()) + "\n")
             self._wait_ready()
-        except BaseException:  # Ctrl-C may land before the record exists: the process is ours all the same
-            if self.record is None:
+        except BaseException as exc:
+            # Ctrl-C can land anywhere in here, even inside Popen: whatever was started is ours to stop.
+            if popen is None:
+                _kill_new_children(children_before)
+            elif self.record is None:
                 _signal_group(popen.pid, signal.SIGKILL)
                 popen.wait()
             self.stop()
+            if popen is None and isinstance(exc, OSError):
+                raise ProcessError(f"cannot start {self.name} ({self.argv[0]}): {exc.strerror}") from None
             raise
         return self
 
