@@ -116,22 +116,16 @@ def cmd_up(args) -> int:
         from .provision.kind import KindLab, require_docker
 
         require_docker()  # before anything is planned or written
-        kind = KindLab(dir=_dir(args), control_planes=max(1, args.control_planes), replicas=args.replicas,
-                       mode=args.mode, datastore=args.datastore).create()
-        status = kind.status()
-        if args.json:
-            _print_json(status)
-        else:
-            out.print(_status_table(status))
-            out.print(f"stop it with: kinelab down --dir {kind.dir}")
-        return 0
-
-    lab = Lab(replicas=args.replicas, datastore=args.datastore, dir=_dir(args), kine_bin=args.kine_bin,
-              datastore_settings=_kv(args.datastore_setting, "--datastore-setting"),
-              kine_args=_kv(args.kine_arg, "--kine-arg"), replica_args=_replica_args(args.replica_arg, args.replicas),
-              allow_shared_sqlite=args.allow_shared_sqlite, base_port=args.base_port, apiservers=args.apiservers,
-              mode=args.mode, apiserver_args=_kv(args.apiserver_arg, "--apiserver-arg"))
-    lab.start(owned=False)
+        lab = KindLab(dir=_dir(args), control_planes=max(1, args.control_planes), replicas=args.replicas,
+                      mode=args.mode, datastore=args.datastore).create()
+    else:
+        lab = Lab(replicas=args.replicas, datastore=args.datastore, dir=_dir(args), kine_bin=args.kine_bin,
+                  datastore_settings=_kv(args.datastore_setting, "--datastore-setting"),
+                  kine_args=_kv(args.kine_arg, "--kine-arg"),
+                  replica_args=_replica_args(args.replica_arg, args.replicas),
+                  allow_shared_sqlite=args.allow_shared_sqlite, base_port=args.base_port, apiservers=args.apiservers,
+                  mode=args.mode, apiserver_args=_kv(args.apiserver_arg, "--apiserver-arg"))
+        lab.start(owned=False)
     status = lab.status()
     if args.json:
         _print_json(status)
