@@ -49,7 +49,7 @@ def quickstart(work: Path) -> dict:
     with kl.Lab(replicas=1, datastore="sqlite") as lab:
         writes = burst([lab.client(0)], seed=1)
         current = lab.client(0).get(writes[0].key)
-        lab.capture(out)
+        kl.capture(lab, out)
         entry = _entry("01-quickstart", lab, parameters, "a capture after `burst(seed=1)`; runs row "
                        "`01-quickstart`: the acknowledged writes and a read of the first key", "quickstart")
     replay.record(out, "01-quickstart", writes=writes, current=current)
@@ -66,7 +66,7 @@ def mvcc(work: Path) -> dict:
             revisions.append(client.update(key, f"v{i}".encode(), mod_revision=revisions[-1]).revision)
         tombstone = client.delete(key, mod_revision=revisions[-1]).revision
         recreated = client.create(key, b"again").revision
-        lab.capture(out)
+        kl.capture(lab, out)
         old = {r: client.get(key, revision=r).value for r in revisions}
         stale = client.update(key, b"lost update", mod_revision=revisions[0])
         entry = _entry("02-revisions-and-mvcc", lab, parameters, "a capture of one key's chain; runs row "

@@ -18,8 +18,9 @@ from rich.table import Table
 
 from . import __version__
 from .drive.faults import ISOLATION_LEVELS
-from .dsn import Dsn
+from .dsn import Dsn, mask_text
 from .errors import KinelabError, UsageError
+from .provision.backends import BACKENDS
 
 out = Console(highlight=False)
 
@@ -45,7 +46,7 @@ def _replica_args(pairs: list, replicas: int) -> list:
 
 
 def _dir(args) -> Path:
-    from .provision.lab import default_dir
+    from .provision.labdir import default_dir
 
     return Path(args.dir).expanduser() if args.dir else default_dir()
 
@@ -82,50 +83,31 @@ def cmd_doctor(args) -> int:
 
 
 def _status_table(status: dict) -> Table:
-    if status.get("backend") == "kind":
-        return _kind_status_table(status)
-    table = Table("replica", "endpoint", "pid", "alive", "revision", "note", box=None,
-                  title=f"lab {status['dir']} ({status['state']}) on {status['datastore'].get('dsn', '?')}, "
-                        f"Kine {status.get('kine_version')}")
-    for r in status["replicas"]:
-        table.add_row(str(r["index"]), r["endpoint"], str(r["pid"]), "yes" if r["alive"] else "[red]no[/]",
-                      str(r.get("revision", "")), r.get("last_log_line", "") or r.get("error", ""))
-    for a in status.get("apiservers", []):
-        table.add_row(f"apiserver {a['index']}", a["url"], str(a["pid"]), "yes" if a["alive"] else "[red]no[/]",
-                      "ready" if a["ready"] else "[red]not ready[/]", f"etcd: {', '.join(a['etcd_servers'])}")
-    return table
-
-
-def _kind_status_table(status: dict) -> Table:
-    table = Table("container", "role", "state", "status", box=None,
-                  title=f"kind lab {status['dir']} ({status['state']}, {status['mode']}) on "
-                        f"{status['datastore']['dsn']}, Kine {status['kine_version']}")
-    for c in status["containers"]:
-        table.add_row(c["name"], c["role"], c["state"], c.get("status", ""))
-    for n in status["nodes"]:
-        table.add_row(n["name"], f"kind {n['role']}", n["state"], n.get("status", ""))
-    if status.get("error"):
-        table.caption = f"[yellow]{status['error']}[/]"
+    table = Table("component", "endpoint", "pid", "alive", "state", "note", box=None,
+                  title=f"lab {status['dir']} ({status['state']}, {status['backend']}) on "
+                        f"{status['datastore'].get('dsn', '?')}, Kine {status.get('kine_version')}")
+    for c in status["components"]:
+        if c["role"] == "kine":
+            state, note = str(c.get("revision", "")), c.get("last_log_line", "") or c.get("error", "")
+            state = f"revision {state}" if state else ""
+        elif c["role"] == "apiserver":
+            state, note = "ready" if c["ready"] else "[red]not ready[/]", f"etcd: {', '.join(c['etcd_servers'])}"
+        else:
+            state, note = "", ""
+        endpoint = c.get("url") or c.get("endpoint") or ""
+        table.add_row(c["name"], endpoint, str(c["pid"] or ""), "yes" if c["alive"] else "[red]no[/]", state, note)
     return table
 
 
 def cmd_up(args) -> int:
     from .provision.lab import Lab
 
-    if args.backend == "kind":
-        from .provision.kind import KindLab, require_docker
-
-        require_docker()  # before anything is planned or written
-        lab = KindLab(dir=_dir(args), control_planes=max(1, args.control_planes), replicas=args.replicas,
-                      mode=args.mode, datastore=args.datastore).create()
-    else:
-        lab = Lab(replicas=args.replicas, datastore=args.datastore, dir=_dir(args), kine_bin=args.kine_bin,
-                  datastore_settings=_kv(args.datastore_setting, "--datastore-setting"),
-                  kine_args=_kv(args.kine_arg, "--kine-arg"),
-                  replica_args=_replica_args(args.replica_arg, args.replicas),
-                  allow_shared_sqlite=args.allow_shared_sqlite, base_port=args.base_port, apiservers=args.apiservers,
-                  mode=args.mode, apiserver_args=_kv(args.apiserver_arg, "--apiserver-arg"))
-        lab.start(owned=False)
+    lab = Lab(replicas=args.replicas, datastore=args.datastore, backend=args.backend, dir=_dir(args),
+              kine_bin=args.kine_bin, datastore_settings=_kv(args.datastore_setting, "--datastore-setting"),
+              kine_args=_kv(args.kine_arg, "--kine-arg"), replica_args=_replica_args(args.replica_arg, args.replicas),
+              allow_shared_sqlite=args.allow_shared_sqlite, base_port=args.base_port, apiservers=args.apiservers,
+              mode=args.mode, apiserver_args=_kv(args.apiserver_arg, "--apiserver-arg"))
+    lab.start(owned=False)
     status = lab.status()
     if args.json:
         _print_json(status)
@@ -136,9 +118,9 @@ def cmd_up(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .provision.backends import attach_lab
+    from .provision.lab import Lab
 
-    status = attach_lab(_dir(args)).status()
+    status = Lab.attach(_dir(args)).status()
     if args.json:
         _print_json(status)
     else:
@@ -147,19 +129,52 @@ def cmd_status(args) -> int:
 
 
 def cmd_down(args) -> int:
-    from .provision.backends import attach_lab
-    from .provision.lab import purge, read_manifest
+    from .provision.lab import Lab
+    from .provision.labdir import LabDir
 
-    path = _dir(args).resolve()
-    manifest = read_manifest(path)
-    if manifest is None:
-        raise UsageError(f"no lab in {path}: nothing to stop (already removed?)")
-    stopped = attach_lab(path).down()
-    if args.purge:
-        purge(path)
-    what = "container(s)" if manifest.get("backend") == "kind" else "process(es)"
-    out.print(f"stopped {stopped} {what} of the lab in {path}" + ("; removed it" if args.purge else ""))
+    labdir = LabDir(_dir(args))
+    if not labdir.manifest_path.exists():
+        raise UsageError(f"no lab in {labdir.path}: nothing to stop (already removed?)")
+    if not labdir.is_kinelab():
+        labdir.read()  # refuses, in one line, a file that is not a kinelab manifest
+    if not args.purge:
+        stopped = Lab.attach(labdir.path).down()
+    else:  # with --purge, also a manifest this version cannot read: its pid files still name its processes
+        stopped = labdir.sweep(labdir.read_if_current())
+        labdir.purge()
+    out.print(f"stopped {stopped} process(es) of the lab in {labdir.path}" + ("; removed it" if args.purge else ""))
     return 0
+
+
+def cmd_labs(args) -> int:
+    from .provision.lab import prune_labs, stale_labs
+
+    labs = stale_labs(include_running=not args.prune)
+    if args.prune:
+        removed = prune_labs(labs)
+        for entry in removed:
+            out.print(f"removed {entry['what']} {entry['path']} ({_size(entry['bytes'])})")
+        out.print(f"removed {len(removed)} stale lab(s) and data set(s)" if removed else "nothing stale to remove")
+        return 0
+    if args.json:
+        _print_json(labs)
+        return 0
+    table = Table("lab", "state", "kept", "size", "where", box=None, title="labs on this machine")
+    for entry in labs:
+        table.add_row(entry["id"] or "-", entry["state"], "yes" if entry["keep"] else "no (temporary)",
+                      _size(entry["bytes"]), entry["path"])
+    out.print(table)
+    out.print("`kinelab labs --prune` removes the stale ones (stopped temporary labs, labs whose owner died, data "
+              "no lab uses); `kinelab down --dir DIR --purge` removes one kept lab")
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
 
 
 def cmd_dsn(args) -> int:
@@ -176,12 +191,12 @@ def cmd_capture(args) -> int:
     if len(sources) != 1:
         raise UsageError("name exactly one source: --dir LAB, --dsn DSN or --sqlite PATH")
     if args.dir:
-        from .provision.backends import attach_lab
+        from .provision.lab import Lab
 
-        snap = attach_lab(args.dir).capture(args.out, incremental=args.incremental)
+        source = Lab.attach(args.dir).dsn
     else:
         source = Dsn.parse(args.dsn) if args.dsn else Dsn.sqlite(Path(args.sqlite))
-        snap = capture(source, args.out, incremental=args.incremental)
+    snap = capture(source, args.out, incremental=args.incremental)
     if args.json:
         _print_json(snap.to_json())
     else:
@@ -195,7 +210,7 @@ def _lab(args):
     from .provision.lab import Lab
 
     lab = Lab.attach(_dir(args))
-    if lab.manifest.get("state") != "running":
+    if lab.model.state != "running":
         raise UsageError(f"the lab in {lab.dir} is not running; start it with `kinelab up --dir {lab.dir}`")
     return lab
 
@@ -301,14 +316,18 @@ def cmd_fault(args) -> int:
 
     from .drive.faults import FaultInjector
 
-    if (args.action in REPLICA_FAULTS) != (args.replica is not None):
-        raise UsageError(f"`fault {args.action}` " + ("needs --replica INDEX" if args.action in REPLICA_FAULTS
-                                                      else "acts on the database; drop --replica"))
+    if args.replica is not None and args.component:
+        raise UsageError("name either --replica INDEX or --component NAME, not both")
+    target = args.replica if args.replica is not None else args.component
+    if (args.action in REPLICA_FAULTS) != (target is not None):
+        raise UsageError(f"`fault {args.action}` " + ("needs --replica INDEX or --component NAME"
+                                                      if args.action in REPLICA_FAULTS
+                                                      else "acts on the database; drop --replica/--component"))
     if (args.action == "isolation") != (args.level is not None):
         raise UsageError("`fault isolation` needs --level" if args.action == "isolation"
                          else f"--level applies to `fault isolation` only, not {args.action}")
     injector = FaultInjector(_lab(args))
-    options = {"replica": args.replica} if args.action in REPLICA_FAULTS else \
+    options = {"replica": target} if args.action in REPLICA_FAULTS else \
         {"level": args.level} if args.action == "isolation" else \
         {"hold_ms": args.hold_ms, "period_ms": args.period_ms} if args.action == "slow" else {}
     detail = injector.inject(args.action, **options)
@@ -318,8 +337,8 @@ def cmd_fault(args) -> int:
             time.sleep(args.seconds)
     finally:
         detail = injector.inject("slow-stop") if args.action == "slow" else detail
-    target = f"replica {args.replica}" if args.replica is not None else "database"
-    out.print(f"{target}: {args.action} done" + (f" ({detail})" if detail else ""))
+    what = f"replica {target}" if isinstance(target, int) else target or "database"
+    out.print(f"{what}: {args.action} done" + (f" ({detail})" if detail else ""))
     return 0
 
 
@@ -404,9 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-shared-sqlite", action="store_true",
                    help="allow several replicas on one SQLite file (unsupported, k3s-io/kine#499; for the lesson)")
     p.add_argument("--kine-bin", help="use this Kine binary (also KINELAB_KINE_BIN)")
-    p.add_argument("--backend", default="local", choices=["local", "kind"],
+    p.add_argument("--backend", default="local", choices=list(BACKENDS),
                    help="local: processes on loopback (default); kind: containers, needs a Docker engine")
-    p.add_argument("--control-planes", type=int, default=2, help="kind backend: control-plane nodes")
     p.add_argument("--apiservers", type=int, default=0, help="real kube-apiservers in front of the replicas")
     p.add_argument("--mode", default="shared-db", choices=["shared-db", "single-kine", "hybrid"],
                    help="shared-db: apiserver i on replica i; single-kine: all on replica 0; hybrid: all on all")
@@ -421,6 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("down", cmd_down, "stop every process of a lab")
     lab_dir(p)
     p.add_argument("--purge", action="store_true", help="also delete the lab directory and its data")
+
+    p = add("labs", cmd_labs, "list the labs on this machine and what they take; --prune removes the stale ones")
+    p.add_argument("--prune", action="store_true", help="remove stopped temporary labs, labs whose owner died, "
+                   "and data no lab uses")
+    p.add_argument("--json", action="store_true")
 
     p = add("dsn", cmd_dsn, "print the lab datastore's full DSN, password included (for psql or mysql)")
     lab_dir(p)
@@ -477,7 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
             "its default isolation level")
     p.add_argument("action", choices=[*REPLICA_FAULTS, "db-stop", "db-start", "db-restart", "terminate", "slow",
                                       "isolation"])
-    p.add_argument("--replica", type=int, help="the replica, for kill, pause, resume and restart")
+    p.add_argument("--replica", type=int, help="the Kine replica, for kill, pause, resume and restart")
+    p.add_argument("--component", help="or any component by name (kube-apiserver-0, postgres, ...), as `kinelab "
+                   "status` lists them")
     p.add_argument("--level", choices=ISOLATION_LEVELS,
                    help="for isolation: the database's new default level")
     p.add_argument("--seconds", type=float, default=30, help="for slow: how long (default 30)")
@@ -510,7 +535,7 @@ def main(argv=None) -> int:
         print(f"kinelab: error: {first}", file=sys.stderr)
         if args.verbose:
             print(message, file=sys.stderr)
-            traceback.print_exc()
+            print(mask_text(traceback.format_exc()), file=sys.stderr, end="")
         return exc.exit_code
     except KeyboardInterrupt:
         print("kinelab: interrupted; everything it started has been stopped", file=sys.stderr)

@@ -21,8 +21,8 @@ def run_demo(replicas: int = 3, datastore: str = "postgres", out: str = "kinelab
     if out_path.is_dir():
         raise UsageError(f"--out {out} is a directory; name a file such as kinelab-demo.duckdb")
     with Lab(replicas=replicas, datastore=datastore) as lab:
-        console.print(f"[bold]lab[/] {lab.replica_count} Kine {lab.manifest['kine_version']} replicas on "
-                      f"{lab.manifest['datastore']['dsn']}")
+        console.print(f"[bold]lab[/] {lab.replica_count} Kine {lab.model.versions['kine']} replicas on "
+                      f"{lab.model.datastore_dsn}")
         clients = [lab.client(i) for i in range(replicas)]
         writes = burst(clients, seed=seed)
         last = max(w.revision for w in writes)

@@ -15,12 +15,11 @@ import psutil
 import pytest
 
 import kinelab as kl
-from conftest import assert_one_line_error, run_cli, wait_until
+from conftest import assert_one_line_error, read_model, run_cli, wait_until
 from kinelab.errors import ProcessError
 from kinelab.provision.apiserver import (APISERVER_VERSION, ENV_BIN, ApiServer, apiserver_flags, build_gomod,
                                          can_build, find_apiserver, generate_pki, install_apiserver,
                                          staging_modules)
-from kinelab.provision.lab import read_manifest
 from kinelab.provision.process import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # a cold build takes minutes
@@ -134,7 +133,7 @@ def test_two_apiservers_on_two_kine_replicas_share_one_configmap(apiserver_bin, 
                     "kube-system", label_selector="apiserver.kubernetes.io/identity=kube-apiserver")
                 holders = sorted(lease.metadata.labels.get("kubernetes.io/hostname") for lease in identity.items)
                 assert holders == [a.hostname for a in apiservers]
-            lab.capture(capture)
+            kl.capture(lab, capture)
         finally:
             for apiserver in apiservers:
                 apiserver.stop()
@@ -158,7 +157,8 @@ def test_two_apiservers_on_two_kine_replicas_share_one_configmap(apiserver_bin, 
 def lab_processes(lab_dir: Path) -> list:
     """Live processes of the lab in `lab_dir`, found without trusting its manifest: Kine carries the lab's id in
     its environment, the apiserver and the datastore name the lab directory on their command line."""
-    lab_id = (read_manifest(lab_dir) or {}).get("id")
+    model = read_model(lab_dir) if (lab_dir / "lab.json").exists() else None
+    lab_id = model.id if model else None
     found = []
     for proc in psutil.process_iter(["cmdline", "status"]):
         try:
@@ -186,7 +186,7 @@ def test_cli_without_go_or_an_apiserver_binary(kine, tmp_path):
     path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "go").exists())
     result = up_with_one_apiserver(tmp_path / "lab", no_apiserver_env(tmp_path, kine, PATH=path))
     assert_one_line_error(result, "kube-apiserver is not installed and Go is missing", ENV_BIN)
-    assert read_manifest(tmp_path / "lab")["state"] == "stopped"
+    assert read_model(tmp_path / "lab") is None  # refused before anything was recorded or started
     assert lab_processes(tmp_path / "lab") == []
 
 
@@ -210,8 +210,8 @@ def test_cli_apiserver_that_exits_reports_its_last_log_line(apiserver_bin, tmp_p
     result = up_with_one_apiserver(lab_dir, None, "--apiserver-arg", flag)
     assert_one_line_error(result, "kube-apiserver-0 exited with code 1 before it was ready", says,
                           f"log {lab_dir / 'logs' / 'kube-apiserver-0.log'}")
-    manifest = read_manifest(lab_dir)
-    assert manifest["state"] == "stopped" and manifest["replicas"][0]["process"]  # Kine had started
+    model = read_model(lab_dir)
+    assert model.state == "stopped" and model.replicas[0].processes  # Kine had started
     assert lab_processes(lab_dir) == []
 
 

@@ -11,23 +11,23 @@ import psutil
 import pytest
 
 import kinelab as kl
-from conftest import REPO, all_gone, lab_pids, run_cli, wait_until
+from conftest import REPO, all_gone, lab_pids, read_model, run_cli, wait_until
 from kinelab.errors import ProcessError
-from kinelab.provision.lab import read_manifest, teardown
+from kinelab.provision.labdir import LabDir
 
 
 def test_with_block_stops_every_process(kine, tmp_path):
     with kl.Lab(replicas=2, datastore="postgres", dir=tmp_path / "lab") as lab:
-        pids = lab_pids(lab.manifest)
+        pids = lab_pids(lab.model)
         assert len(pids) == 3 and all(psutil.pid_exists(p) for p in pids)
     assert all_gone(pids)
-    assert read_manifest(tmp_path / "lab")["state"] == "stopped"
+    assert read_model(tmp_path / "lab").state == "stopped"
 
 
 def test_an_error_inside_the_with_block_still_stops_everything(kine, tmp_path):
     with pytest.raises(RuntimeError):
         with kl.Lab(replicas=1, datastore="sqlite", dir=tmp_path / "lab") as lab:
-            pids = lab_pids(lab.manifest)
+            pids = lab_pids(lab.model)
             raise RuntimeError("boom")
     assert all_gone(pids)
 
@@ -38,7 +38,7 @@ def test_a_replica_that_fails_to_start_reports_its_log_and_leaves_nothing(kine, 
     with pytest.raises(ProcessError, match="kine-1 exited") as failure:
         lab.start()
     assert "not-a-duration" in str(failure.value)  # the tail of Kine's own log explains why
-    assert all_gone(lab_pids(read_manifest(tmp_path / "lab")))
+    assert all_gone(lab_pids(read_model(tmp_path / "lab")))
 
 
 def test_a_temporary_lab_directory_is_removed_with_the_lab(kine):
@@ -60,7 +60,7 @@ def _start_owner(lab_dir):
     proc = subprocess.Popen([sys.executable, "-c", OWNER, str(lab_dir)], stdout=subprocess.PIPE, text=True,
                             cwd=REPO, env={**os.environ, "KINELAB_PROGRESS": "0"})
     assert proc.stdout.readline().strip() == "ready"
-    return proc, lab_pids(read_manifest(lab_dir))
+    return proc, lab_pids(read_model(lab_dir))
 
 
 def test_sigkill_of_the_owning_python_process_is_cleaned_up_by_the_reaper(kine, tmp_path):
@@ -68,7 +68,7 @@ def test_sigkill_of_the_owning_python_process_is_cleaned_up_by_the_reaper(kine, 
     proc.kill()
     proc.wait()
     assert all_gone(pids, timeout_s=20), "the reaper did not stop the lab after its owner died"
-    wait_until(lambda: read_manifest(tmp_path / "lab")["state"] == "stopped", what="the reaper to record the stop")
+    wait_until(lambda: read_model(tmp_path / "lab").state == "stopped", what="the reaper to record the stop")
 
 
 def test_ctrl_c_in_the_owning_python_process_stops_the_lab(kine, tmp_path):
@@ -86,7 +86,7 @@ def test_cli_up_keeps_running_until_down(kine, tmp_path):
     assert [r["index"] for r in described["replicas"]] == [0, 1]
     assert described["datastore"]["kind"] == "postgres" and "****" in described["datastore"]["dsn"]
     assert described["kine_version"] == kl.KINE_VERSION
-    pids = lab_pids(read_manifest(lab_dir))
+    pids = lab_pids(read_model(lab_dir))
     assert all(psutil.pid_exists(p) for p in pids)  # the lab outlived the `up` command
     with kl.Etcd(described["replicas"][1]["endpoint"]) as client:
         assert client.create("/registry/configmaps/default/x", b"x").succeeded
@@ -122,16 +122,16 @@ def _orphan_lab(lab_dir):
 @pytest.mark.parametrize("command", ["down", "up"])
 def test_orphans_of_a_sigkilled_owner_are_stopped_by_the_next_command(kine, tmp_path, command):
     lab_dir = tmp_path / "lab"
-    pids, orphaned = _orphan_lab(lab_dir), read_manifest(lab_dir)
+    pids, orphaned = _orphan_lab(lab_dir), read_model(lab_dir)
     try:
         result = run_cli(command, "--replicas", 2, "--dir", lab_dir) if command == "up" else \
             run_cli("down", "--dir", lab_dir)
         assert result.returncode == 0, result.stderr
         assert all_gone(pids), f"`kinelab {command}` left the orphans running"
         if command == "up":  # and the new lab runs on the old data
-            assert read_manifest(lab_dir)["state"] == "running"
+            assert read_model(lab_dir).state == "running"
     finally:  # whatever failed above, this test leaves nothing running (pids checked by start time)
-        teardown(orphaned)
+        LabDir(lab_dir).sweep(orphaned)
         run_cli("down", "--dir", lab_dir)
 
 
@@ -141,11 +141,12 @@ def test_a_recycled_pid_in_the_manifest_is_never_signalled(kine, tmp_path):
         pass
     bystander = subprocess.Popen(["sleep", "300"])
     try:
-        manifest = read_manifest(lab_dir)
+        model = read_model(lab_dir)
         # the stopped replica's pid now belongs to an unrelated process (its start time differs)
-        manifest["replicas"][0]["process"]["pid"] = bystander.pid
-        manifest["state"] = "running"
-        (lab_dir / "lab.json").write_text(json.dumps(manifest))
+        model.component("kine-0").processes[0].pid = bystander.pid
+        model.state = "running"
+        LabDir(lab_dir).write(model)
+        (lab_dir / "pids" / "kine-0.pid").write_text(json.dumps(model.component("kine-0").processes[0].to_json()))
         for command in (["down"], ["up", "--replicas", 1, "--datastore", "sqlite"], ["down"]):
             assert run_cli(*command, "--dir", lab_dir).returncode == 0
         assert bystander.poll() is None, "kinelab signalled a process that only shares a recorded pid"

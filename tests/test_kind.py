@@ -13,11 +13,9 @@ import pytest
 import yaml
 
 import kinelab as kl
-from conftest import assert_one_line_error, run_cli
 from kinelab.errors import ToolError
 from kinelab.provision import kind as k
-from kinelab.provision.backends import attach_lab
-from kinelab.provision.lab import MODES
+from kinelab.provision.model import MODES
 
 needs_go = pytest.mark.skipif(shutil.which("go") is None, reason="Go is needed to build the kind config checker")
 ADDRESSES_BASE = "172.18.0."
@@ -155,106 +153,3 @@ def test_require_docker_says_what_to_do():
     message = str(info.value)
     assert "\n" not in message
     assert "install Docker Engine and start it; the local backend needs neither" in message
-
-
-def test_live_kind_lab(tmp_path):
-    if not k.docker_available():
-        pytest.skip(k.NO_DOCKER)
-    if shutil.which("kind") is None:
-        pytest.skip(f"no kind CLI (go install {k.KIND_MODULE}@{k.KIND_VERSION})")
-    lab = k.KindLab(dir=tmp_path / "lab", name=f"kinelab-{tmp_path.name[-6:].lower().replace('_', '-')}",
-                    control_planes=2, replicas=2, mode="shared-db")
-    try:
-        lab.create()
-        status = json.loads(run_cli("status", "--dir", lab.dir, "--json").stdout)
-        assert status["state"] == "running"
-        assert [n["role"] for n in status["nodes"]].count("control-plane") == 2
-        assert [c["state"] for c in status["containers"]] == ["running"] * 3
-        capture = run_cli("capture", "--dir", lab.dir, "--out", tmp_path / "kind.duckdb")
-        assert capture.returncode == 0, capture.stderr
-        con = kl.open_capture(tmp_path / "kind.duckdb")
-        assert con.execute("SELECT count(*) FROM kine_ops WHERE name = '/registry/namespaces/default'").fetchone()[0]
-        con.close()
-        assert run_cli("down", "--dir", lab.dir).returncode == 0
-        assert attach_lab(lab.dir).status()["state"] == "stopped"
-    finally:
-        lab.delete()
-    assert k.leftovers(lab.plan.lab_id) == []
-
-
-@pytest.mark.skipif(k.docker_available(), reason="a Docker engine is running here; this is for hosts without one")
-def test_cli_kind_backend_without_docker_is_one_line_and_starts_nothing(tmp_path):
-    result = run_cli("up", "--backend", "kind", "--control-planes", 2, "--replicas", 2, "--dir", tmp_path / "k")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "Docker" in result.stderr
-    assert not (tmp_path / "k").exists()
-
-
-# --- a kind lab's directory, and the CLI on it where Docker is missing -----------------------------------------
-def recorded_kind_lab(tmp_path, state="running") -> k.KindLab:
-    """A kind lab as `create` records it, for hosts that cannot create one."""
-    lab = k.KindLab(dir=tmp_path / "kind-lab", name="kinelab-recorded", control_planes=2, replicas=2)
-    lab.save(state)
-    return lab
-
-
-def test_a_kind_lab_directory_rebuilds_the_same_lab(tmp_path):
-    lab = recorded_kind_lab(tmp_path)
-    again = attach_lab(lab.dir)
-    assert isinstance(again, k.KindLab) and again.state == "running"
-    assert again.plan.describe() == lab.plan.describe() and again.plan.dsn() == lab.plan.dsn()
-    assert again.plan.to_yaml() == lab.plan.to_yaml()
-    manifest = (lab.dir / "lab.json").read_text()
-    assert json.loads(manifest)["backend"] == "kind" and lab.plan.password not in manifest
-    assert (lab.dir / "secrets.json").stat().st_mode & 0o777 == 0o600
-
-
-# Docker's CLI without an engine, and no docker binary at all (PATH without it)
-NO_ENGINE = [pytest.param(None, id="engine-down"),
-             pytest.param({"PATH": "/usr/bin:/bin"}, id="no-docker-cli")]
-needs_no_docker = pytest.mark.skipif(k.docker_available(), reason="a Docker engine is running here")
-
-
-@needs_no_docker
-@pytest.mark.parametrize("env", NO_ENGINE)
-def test_cli_status_of_a_kind_lab_without_docker_says_so(tmp_path, env):
-    lab = recorded_kind_lab(tmp_path)
-    result = run_cli("status", "--dir", lab.dir, "--json", env=env)
-    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-    status = json.loads(result.stdout)
-    assert status["backend"] == "kind" and status["state"] == "unknown" and status["nodes"] == []
-    assert status["error"].startswith(k.NO_DOCKER) and "recorded state: running" in status["error"]
-    assert [(c["name"], c["state"]) for c in status["containers"]] == [(c.name, "unknown")
-                                                                        for c in lab.plan.containers]
-    assert lab.plan.password not in result.stdout
-    table = run_cli("status", "--dir", lab.dir, env=env)
-    assert table.returncode == 0 and "unknown" in table.stdout and "Traceback" not in table.stderr
-
-
-@needs_no_docker
-@pytest.mark.parametrize("env", NO_ENGINE)
-def test_cli_down_and_capture_of_a_kind_lab_without_docker_fail_in_one_line(tmp_path, env):
-    lab = recorded_kind_lab(tmp_path)
-    assert_one_line_error(run_cli("down", "--dir", lab.dir, "--purge", env=env), "cannot stop the kind lab",
-                          k.NO_DOCKER, f"{k.LABEL}={lab.plan.lab_id}")
-    assert attach_lab(lab.dir).state == "running"  # nothing was removed, so nothing is recorded as stopped
-    out = tmp_path / "c.duckdb"
-    assert_one_line_error(run_cli("capture", "--dir", lab.dir, "--out", out, env=env), "cannot capture the kind lab",
-                          k.NO_DOCKER, lab.plan.postgres.name)
-    assert not out.exists()
-
-
-@needs_no_docker
-def test_cli_down_of_a_stopped_kind_lab_needs_no_docker(tmp_path):
-    lab = recorded_kind_lab(tmp_path, state="stopped")
-    result = run_cli("down", "--dir", lab.dir, "--purge")
-    assert result.returncode == 0, result.stderr
-    assert "stopped 0 container(s)" in result.stdout and not lab.dir.exists()
-
-
-def test_local_commands_refuse_a_kind_lab(tmp_path):
-    lab = recorded_kind_lab(tmp_path)
-    assert_one_line_error(run_cli("dsn", "--dir", lab.dir), "runs on the kind backend", "kinelab status")
-    assert_one_line_error(run_cli("up", "--datastore", "sqlite", "--replicas", 1, "--dir", lab.dir),
-                          "a kind lab is recorded in", "kinelab down")
-    assert attach_lab(lab.dir).state == "running"

@@ -40,7 +40,7 @@ def test_each_mode_serves_and_shares_state(kine, tmp_path, mode):
         seen = wait_until(lambda: _safe_read(lab, 1, name), timeout_s=20, what="apiserver 1 to see the ConfigMap")
         assert seen.data == {"mode": mode}
         out = tmp_path / "c.duckdb"
-        lab.capture(out)
+        kl.capture(lab, out)
         con = kl.open_capture(out)
         rows = dict(con.execute("""SELECT name, kind FROM kine_ops WHERE op IN ('create', 'update')
                                    AND (resource IN ('configmaps', 'masterleases', 'namespaces'))""").fetchall())
@@ -152,7 +152,7 @@ def test_load_through_the_apiservers_lands_at_the_revisions_they_returned(kine, 
 
     with kl.Lab(replicas=3, datastore="postgres", apiservers=2, mode="shared-db", dir=tmp_path / "lab") as lab:
         calls = run_kube_load(lab, mix, ops=120, workers=2)
-        lab.capture(tmp_path / "c.duckdb")
+        kl.capture(lab, tmp_path / "c.duckdb")
     assert len(calls) == 120 and all(c.ok for c in calls), [c.error for c in calls if not c.ok][:3]
     assert {c.apiserver for c in calls} == {0, 1}
     con = kl.open_capture(tmp_path / "c.duckdb")
@@ -176,7 +176,7 @@ def test_capture_shows_the_apiservers_own_rows(kine, tmp_path):
                 dir=tmp_path / "lab") as lab:
         assert all(c.ok for c in run_kube_load(lab, "events", ops=10, workers=1))
         time.sleep(5)
-        lab.capture(tmp_path / "c.duckdb")
+        kl.capture(lab, tmp_path / "c.duckdb")
     con = kl.open_capture(tmp_path / "c.duckdb")
     events = con.execute("SELECT DISTINCT lease FROM kine_ops WHERE resource = 'events' AND op = 'create'").fetchall()
     compactions = con.execute("SELECT count(*) FROM kine_ops WHERE name = 'compact_rev_key_apiserver'").fetchall()

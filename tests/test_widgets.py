@@ -75,5 +75,5 @@ def test_panel_drives_a_lab_and_its_faults(panel):
     # another replica count: a new lab, the old one stopped
     panel.replicas.value = 3
     panel.start_button.click()
-    assert panel.lab is not lab and panel.lab.replica_count == 3 and lab.manifest["state"] == "stopped"
+    assert panel.lab is not lab and panel.lab.replica_count == 3 and lab.model.state == "stopped"
     assert [value for _, value in panel.target.options] == [0, 1, 2]

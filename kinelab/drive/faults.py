@@ -207,7 +207,8 @@ class FaultInjector:
         self._slow_stop()
 
 
-def _replica(replica) -> int:
+def _replica(replica):
+    """A Kine replica's index, or any component's name (kube-apiserver-0)."""
     if replica is None:
-        raise UsageError("this fault needs a replica index (replica: N)")
-    return int(replica)
+        raise UsageError("this fault needs a replica index or a component name (replica: N)")
+    return int(replica) if isinstance(replica, int) or str(replica).isdigit() else str(replica)

@@ -118,7 +118,7 @@ def run_kube_load(lab, mix: str = "configmaps", *, ops: Optional[int] = 200, rat
 
     if mix not in KUBE_MIXES:
         raise UsageError(f"unknown mix {mix!r}: choose one of {', '.join(KUBE_MIXES)}")
-    count = len(lab.manifest.get("apiservers", []))
+    count = lab.apiserver_count
     if not count:
         raise UsageError("this lab has no apiservers; start it with apiservers=N (kinelab up --apiservers N)")
     run, calls, lock, started = uuid.uuid4().hex[:6], [], threading.Lock(), time.perf_counter()

@@ -49,7 +49,7 @@ def apiserver_watch_lag(lab, *, writes: int = 20, interval_s: float = 0.25, writ
     clock, run = Clock(), uuid.uuid4().hex[:8]
     started = time.monotonic()
     selector = f"kinelab-probe={run}"
-    count = len(lab.manifest.get("apiservers", []))
+    count = lab.apiserver_count
     acked: dict = {}
     events: dict = {i: [] for i in range(count)}  # observer -> [(type, name, resourceVersion, t_observed)]
     watches = [watch.Watch() for _ in range(count)]
@@ -85,7 +85,7 @@ def apiserver_watch_lag(lab, *, writes: int = 20, interval_s: float = 0.25, writ
         w.stop()
     if out is not None:
         params = {"writes": writes, "interval_s": interval_s, "writer": writer, "namespace": namespace,
-                  "mode": lab.manifest.get("mode"), "probe": run}
+                  "mode": lab.mode, "probe": run}
         _store(lab, out, params, events, acked, writer, namespace, time.monotonic() - started)
     return [WatchLag(observer, writer, name, acked[name][1], (t - acked[name][0]) * 1000)
             for observer in range(count)
@@ -135,7 +135,7 @@ def availability(lab, *, duration_s: float = 10.0, interval_s: float = 0.25, nam
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
-    count = len(lab.manifest.get("apiservers", []))
+    count = lab.apiserver_count
     run, attempts, lock, started = uuid.uuid4().hex[:8], [], threading.Lock(), time.monotonic()
 
     def attempt(index: int) -> None:

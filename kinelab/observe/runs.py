@@ -21,7 +21,6 @@ from ..clock import Clock
 from ..db import table_bytes
 from ..drive.workload import LoadResult, check_load, require_positive, run_load
 from ..errors import EtcdError, UsageError
-from ..provision.lab import replica_kine_args
 from ..etcd import Etcd
 from .capture import capture_into
 from .metrics import MetricsSampler
@@ -31,10 +30,6 @@ from .watchlag import WatchProbe
 WRITE_COLUMNS = ["run_id", "key", "op", "revision", "replica", "t_commit", "latency_ms", "conflicts", "worker"]
 ERROR_COLUMNS = ["run_id", "t", "replica", "op", "key", "error", "code"]
 METRIC_COLUMNS = ["run_id", "t", "replica", "metric", "labels", "value"]
-
-
-def metrics_urls(lab) -> list:
-    return [r["metrics_url"] for r in lab.manifest["replicas"]]
 
 
 def store_load(con, run_id: int, result: LoadResult) -> None:
@@ -93,7 +88,7 @@ def load(lab, out, *, mix: str = "configmaps", rate: Optional[float] = None, dur
               "workers": workers, "seed": seed, **mix_options}
     check_load(len(lab.endpoints), mix, rate=rate, duration_s=duration_s, ops=ops, spread=spread, workers=workers)
     with measured_run(lab, out, "load", params) as (clients, con, clock, run_id):
-        with MetricsSampler(metrics_urls(lab), clock) as sampler:
+        with MetricsSampler(lab.metrics_urls, clock) as sampler:
             result = run_load(clients, mix, rate=rate, duration_s=duration_s, ops=ops, spread=spread,
                               workers=workers, seed=seed, clock=clock, **mix_options)
         store_load(con, run_id, result)
@@ -119,7 +114,7 @@ def watch_lag(lab, out, *, mix: str = "configmaps", rate: Optional[float] = 50.0
             cpu0, wall0 = time.process_time(), time.perf_counter()
             time.sleep(idle_s)
             idle_cpu_pct = 100 * (time.process_time() - cpu0) / (time.perf_counter() - wall0)
-            with MetricsSampler(metrics_urls(lab), clock) as sampler:
+            with MetricsSampler(lab.metrics_urls, clock) as sampler:
                 result = run_load(clients, mix, rate=rate, duration_s=duration_s, spread=spread, workers=workers,
                                   seed=seed, clock=clock, **mix_options)
             last = max((w.revision for w in result.writes), default=start_revision)
@@ -146,7 +141,7 @@ COMPACTION_METHODS = ("interval", "explicit", "none")
 
 
 def _compact_interval_set(lab) -> bool:
-    args = [replica_kine_args(lab.manifest, i) for i in range(len(lab.manifest.get("replicas", [])))]
+    args = [lab.kine_args_of(i) for i in range(len(lab.endpoints))]
     return any(str(a.get("compact-interval", "0")).strip() not in ("0", "0s", "") for a in args)
 
 
@@ -233,7 +228,7 @@ def compaction(lab, out, *, method: str = "explicit", duration_s: float = 30.0, 
             timeline, compactions = [], []
             compactor = ApiserverCompactor(clients[0])
             loader = threading.Thread(target=drive, name="kinelab-compaction-load", daemon=True)
-            with MetricsSampler(metrics_urls(lab), clock) as sampler, progress.bar(
+            with MetricsSampler(lab.metrics_urls, clock) as sampler, progress.bar(
                     f"compaction ({method})", total=duration_s) as advance:
                 loader.start()
                 started, shown, next_sample, next_compact = time.monotonic(), 0.0, 0.0, compact_every_s

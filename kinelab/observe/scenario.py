@@ -31,7 +31,7 @@ from ..drive.workload import LoadError, LoadResult, Write, check_load, run_load
 from ..errors import UsageError
 from .capture import capture_into
 from .metrics import MetricsSampler
-from .runs import load_summary, measured_run, metrics_urls, store_load, store_metrics, store_watch
+from .runs import load_summary, measured_run, store_load, store_metrics, store_watch
 # Replica faults make a client wait for its deadline: keep it short so one stalled replica does not stall the load.
 FAULT_TIMEOUT_S = 2.0
 from .store import finish_run, insert_rows
@@ -118,7 +118,7 @@ def run_scenario(lab, out, scenario: Scenario) -> dict:
     load = {"mix": "configmaps", "rate": 50.0, "workers": 3, "spread": "round-robin", "seed": 1, **scenario.load}
     through_apiservers = load.pop("through", "kine") == "apiservers"
     if through_apiservers:
-        if not lab.manifest.get("apiservers"):
+        if not lab.apiserver_count:
             raise UsageError(f"scenario {scenario.name} loads through apiservers: start the lab with apiservers=N")
         if load["mix"] not in KUBE_MIXES:
             raise UsageError(f"through apiservers the mix is one of {', '.join(KUBE_MIXES)}, not {load['mix']!r}")
@@ -155,7 +155,7 @@ def run_scenario(lab, out, scenario: Scenario) -> dict:
                     outcome["error"] = exc
 
             with WatchProbe(lab.endpoints, prefix="/registry/", start_revision=start_revision, clock=clock) as probe, \
-                    MetricsSampler(metrics_urls(lab), clock) as sampler:
+                    MetricsSampler(lab.metrics_urls, clock) as sampler:
                 loader = threading.Thread(target=drive, name="kinelab-scenario-load", daemon=True)
                 t0 = clock.now()
                 loader.start()

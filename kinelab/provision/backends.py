@@ -1,44 +1,168 @@
-"""Which backend made a lab directory, and the calls every lab answers (kind's providers style).
+"""Backends: where a lab's components run (kind's providers, kwok's runtimes).
 
-The manifest (``lab.json``) names its backend: ``"kind"`` for `KindLab`, ``"local"`` (or nothing, as in labs
-made before the kind backend) for `Lab`. `attach_lab` returns the right one; the CLI's ``status``, ``down``
-and ``capture`` use only the `LabBackend` calls, so they work the same on both.
+`Lab` does the orchestration once for every backend: the spec, the manifest, start order, concurrency,
+stop, reaping, faults. A backend answers only what differs:
+
+* `available()`: why it cannot run on this machine (None when it can) -- `doctor` and the compliance tests;
+* `check(spec)`: refuse a spec it cannot honour, before anything is built or started;
+* `prepare(lab)`: find or build every binary and image it needs (the slow, fallible part, done first);
+* `plan(lab)`: the components, with their ports and addresses, before any of them starts;
+* `start(lab, component, **start_options)`: launch one component and wait until it is ready;
+* `signal(lab, component, sig)`: the faults (SIGKILL, SIGSTOP, SIGCONT) on one component.
+
+`BACKENDS` is the registry; `get_backend(name)` refuses unknown names with the list.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Protocol
+import shutil
+import signal as _signal
+from typing import Optional, Protocol
 
-from ..errors import UsageError
-from .lab import MANIFEST, Lab, read_manifest
+import psutil
 
-
-class LabBackend(Protocol):
-    dir: Path
-
-    def status(self) -> dict:
-        """JSON-ready; ``state`` says whether it runs (``backend`` is "kind" for kind labs)."""
-
-    def down(self) -> int:
-        """Stop everything the lab started and record it stopped; returns how many things were still running."""
-
-    def capture(self, out: os.PathLike, *, incremental: bool = False):
-        """One snapshot of the lab's kine table into the DuckDB file `out`."""
+from ..errors import ToolError, UsageError
+from .apiserver import ApiServer, generate_pki, install_apiserver
+from .kine import KineReplica
+from .model import MODES, Component, LabSpec, etcd_servers_for
+from .process import LOOPBACK, ProcessRecord, free_port, require_free_port
+from .tools import find_kine, install_kine
 
 
-def attach_lab(dir: os.PathLike) -> LabBackend:
-    """The lab recorded in `dir`, whichever backend made it."""
-    from .kind import KindLab
+class Backend(Protocol):
+    name: str
 
-    path = Path(dir).expanduser().resolve()
-    manifest = read_manifest(path)
-    if manifest is None:
-        raise UsageError(f"no lab in {path}; start one with `kinelab up --dir {dir}`")
-    backends = {"local": Lab, "kind": KindLab}
-    backend = manifest.get("backend", "local")
-    if backend not in backends:
-        raise UsageError(f"{path / MANIFEST} names backend {backend!r}, which this kinelab does not know "
-                         f"({', '.join(backends)}); upgrade kinelab or choose another --dir")
-    return backends[backend].attach(path)
+    def available(self) -> Optional[str]:
+        """None when this machine can run the backend, else why not and what to do."""
+
+    def check(self, spec: LabSpec) -> None:
+        """Raise UsageError for a spec this backend cannot run."""
+
+    def prepare(self, lab) -> dict:
+        """Find or build what the lab needs; returns {tool name: binary}."""
+
+    def plan(self, lab) -> list:
+        """The lab's components (`model.Component`), addresses assigned, none started."""
+
+    def start(self, lab, component: Component, **start_options) -> None:
+        """Launch `component`, record its processes through `start_options["on_started"]`, wait until ready."""
+
+    def signal(self, lab, component: Component, sig: int) -> None:
+        """Deliver `sig` to every process of `component`."""
+
+
+# Start order by role; a role's components start together once the roles before them are ready.
+STAGES = {"datastore": 0, "kine": 10, "apiserver": 20, "control-plane": 30, "nodes": 40}
+
+
+class LocalBackend:
+    """Every component is a process on this machine, bound to 127.0.0.1 (the embedded default)."""
+
+    name = "local"
+    kine_host = LOOPBACK
+
+    def available(self) -> Optional[str]:
+        try:
+            if find_kine() is not None:
+                return None
+        except ToolError as exc:
+            return str(exc)
+        return None if shutil.which("go") else "Kine is not installed and Go is missing: run `kinelab install` after " \
+                                         "installing Go, or set KINELAB_KINE_BIN"
+
+    def check(self, spec: LabSpec) -> None:
+        if spec.mode not in MODES:
+            raise UsageError(f"unknown mode {spec.mode!r}: use {', '.join(MODES)}")
+        if spec.workers:
+            raise UsageError(f"worker nodes are kind's (--backend kind); on the {self.name} backend, simulated "
+                             "nodes come from --nodes")
+
+    def prepare(self, lab) -> dict:
+        tools = {"kine": install_kine(lab.kine_bin, log=lab.say)}
+        if lab.spec.apiservers:  # before anything runs: no Go or a failed build stops the lab here
+            tools["kube-apiserver"] = install_apiserver(log=lab.say)
+        return tools
+
+    def plan(self, lab) -> list:
+        spec = lab.spec
+        ports = _ports(spec.base_port)
+        components = []
+        if lab.datastore.serves:
+            components.append(Component("postgres" if lab.datastore.kind == "postgres" else "mariadb", "datastore",
+                                        endpoint=f"{LOOPBACK}:{_port(next(ports))}", stage=STAGES["datastore"]))
+        else:
+            components.append(Component("datastore", "datastore", runtime="none", stage=STAGES["datastore"]))
+        for index in range(spec.replicas):
+            port, metrics = _port(next(ports), self.kine_host), _port(next(ports))
+            # Replica 0 first: replicas starting at once on an empty database race to create Kine's schema, and
+            # the losers exit (Postgres: duplicate key in pg_type_typname_nsp_index).
+            components.append(Component(f"kine-{index}", "kine", index, endpoint=f"{self.kine_host}:{port}",
+                                        metrics_url=f"http://{LOOPBACK}:{metrics}/metrics",
+                                        stage=STAGES["kine"] + (index > 0)))
+        endpoints = [c.endpoint for c in components if c.role == "kine"]
+        if spec.apiservers:
+            pki = generate_pki(lab.dir / "pki")
+            for index in range(spec.apiservers):
+                port = free_port()
+                servers = [f"http://{ep}" for ep in etcd_servers_for(spec.mode, index, endpoints)]
+                components.append(Component(
+                    f"kube-apiserver-{index}", "apiserver", index, endpoint=f"{LOOPBACK}:{port}",
+                    url=f"https://{LOOPBACK}:{port}", stage=STAGES["apiserver"],
+                    details={"etcd_servers": servers, "kubeconfig": str(pki.dir / f"kubeconfig-kube-apiserver-{index}.yaml")}))
+        return components
+
+    def start(self, lab, component: Component, **start_options) -> None:
+        if component.role == "datastore":
+            if component.runtime == "none":
+                lab.datastore.start(lab.dir, lab.id)
+            else:
+                lab.datastore.start(lab.dir, lab.id, port=component.port, **start_options)
+            return
+        if component.role == "kine":
+            KineReplica(component.index, lab.tools["kine"], lab.dsn, lab.dir, args=lab.spec.kine_args_of(component.index),
+                        port=component.port, metrics_port=int(component.metrics_url.rsplit(":", 1)[1].split("/")[0]),
+                        env={"KINELAB_LAB_ID": lab.id}, host=component.endpoint.rsplit(":", 1)[0]).start(**start_options)
+            return
+        if component.role == "apiserver":
+            ApiServer(component.index, lab.tools["kube-apiserver"], component.details["etcd_servers"], lab.dir,
+                      generate_pki(lab.dir / "pki"), port=component.port, flags=lab.spec.apiserver_args
+                      ).start(**start_options)
+            return
+        raise UsageError(f"the {self.name} backend cannot start a {component.role} component")
+
+    def signal(self, lab, component: Component, sig: int) -> None:
+        for record in component.records:
+            if record.alive:
+                os.killpg(record.pid, sig)
+                if sig == _signal.SIGKILL:
+                    _reap(record)
+
+
+def _reap(record: ProcessRecord) -> None:
+    try:
+        psutil.Process(record.pid).wait(10)  # reaps it too when this process started it
+    except psutil.Error:
+        pass
+
+
+def _ports(base_port: Optional[int]):
+    """None forever (free ports), or consecutive ports from `base_port`."""
+    port = base_port
+    while True:
+        yield port
+        if port is not None:
+            port += 1
+
+
+def _port(wanted: Optional[int], host: str = LOOPBACK) -> int:
+    return require_free_port(wanted, host) if wanted else free_port(host)
+
+
+BACKENDS: dict = {"local": LocalBackend()}
+
+
+def get_backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise UsageError(f"unknown backend {name!r}: use {', '.join(BACKENDS)}")
+    return BACKENDS[name]

@@ -52,8 +52,19 @@ import yaml
 
 from ..dsn import Dsn
 from ..errors import ToolError, UsageError
-from .apiserver import APISERVER_VERSION, KUBERNETES_MODULE, _write_private, staging_modules, staging_version
-from .lab import MODES, SECRETS, etcd_servers_for, read_manifest, write_manifest
+from .apiserver import APISERVER_VERSION, KUBERNETES_MODULE, staging_modules, staging_version
+from .labdir import MANIFEST, SECRETS
+from .labdir import write_private as _write_private
+from .model import MODES, etcd_servers_for
+
+
+def read_manifest(path: Path) -> Optional[dict]:
+    file = Path(path) / MANIFEST
+    return json.loads(file.read_text()) if file.exists() else None
+
+
+def write_manifest(path: Path, manifest: dict) -> None:
+    (Path(path) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 from .tools import KINE_VERSION, cache_dir
 
 KIND_MODULE = "sigs.k8s.io/kind"
