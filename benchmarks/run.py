@@ -350,8 +350,9 @@ def bench_capture(rows: int, rounds: int, seed: int, with_text: bool) -> dict:
 # environment and report
 # ------------------------------------------------------------------------------------------------
 def environment(kine) -> dict:
-    import psutil
     from importlib.metadata import version
+
+    import psutil
 
     import kinelab
 

@@ -18,7 +18,9 @@ from .errors import UsageError
 
 MASK = "****"
 SQLITE_PARAMS = "_journal_mode=WAL&cache=shared&_busy_timeout=30000&_txlock=immediate"
-_GO_MYSQL = re.compile(r"^(?P<user>[^:@/]*)(?::(?P<password>[^@]*))?@tcp\((?P<host>[^:)]+)(?::(?P<port>\d+))?\)/(?P<db>[^?]*)(?:\?(?P<query>.*))?$")
+# Kine's MySQL DSN, as the Go driver writes it: user:password@tcp(host:port)/db?params
+_GO_MYSQL = re.compile(r"^(?P<user>[^:@/]*)(?::(?P<password>[^@]*))?@tcp\((?P<host>[^:)]+)(?::(?P<port>\d+))?\)/"
+                       r"(?P<db>[^?]*)(?:\?(?P<query>.*))?$")
 
 
 def generate_password(length: int = 24) -> str:

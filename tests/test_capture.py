@@ -1,13 +1,13 @@
 """Capture into DuckDB: exact rows from SQLite, Postgres and MariaDB; incremental snapshots; compaction."""
 
 import pytest
+from test_k8s_values import hand_encoded
 
 import kinelab as kl
 from conftest import needs_mariadb, select_only_role, wait_until
 from kinelab.db import connect_mysql, connect_postgres, connect_sqlite
 from kinelab.drive.workload import burst
 from kinelab.observe.capture import COLUMNS
-from test_k8s_values import hand_encoded
 
 ORDERED = f"SELECT {', '.join(COLUMNS)} FROM kine ORDER BY id"
 

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import psutil
 import pytest
@@ -153,3 +154,69 @@ def test_a_recycled_pid_in_the_manifest_is_never_signalled(kine, tmp_path):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def _leftovers_of(lab_dir, lab_id) -> list:
+    """What a lab left on this machine: its directory, its Postgres data kept outside it (as root), its index
+    entry."""
+    from kinelab.provision.labdir import ROOT_PG_HOME, index_file
+
+    return [p for p in (Path(lab_dir), ROOT_PG_HOME / lab_id, index_file(lab_id)) if p.exists()]
+
+
+def test_a_kernel_shutdown_leaves_no_lab_and_no_data(kine, tmp_path, monkeypatch):
+    """A notebook starts a lab without `with` and the kernel is shut down (JupyterLab's "Shut Down Kernel"):
+    the reaper stops every process and removes the temporary lab, its Postgres data included."""
+    from jupyter_client.manager import start_new_kernel
+
+    monkeypatch.setenv("KINELAB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KINELAB_PROGRESS", "0")
+    manager, client = start_new_kernel(kernel_name="python3", cwd=str(REPO))
+    said = []
+    try:
+        reply = client.execute_interactive(
+            "import kinelab as kl\nlab = kl.Lab(replicas=2, datastore='postgres').start()\n"
+            "print(lab.dir, lab.id, *[r.pid for r in lab.model.records])", timeout=120,
+            output_hook=lambda msg: said.append(msg["content"].get("text", "")))
+        assert reply["content"]["status"] == "ok", reply["content"]
+        lab_dir, lab_id, *pids = "".join(said).split()
+        assert _leftovers_of(lab_dir, lab_id) and all(psutil.pid_exists(int(p)) for p in pids)
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=False)
+    assert all_gone([int(p) for p in pids], timeout_s=30), "the kernel's lab outlived it"
+    wait_until(lambda: not _leftovers_of(lab_dir, lab_id), timeout_s=30, what="the lab's directory and data to go")
+
+
+TEMPORARY_OWNER = textwrap.dedent("""
+    import sys, time, kinelab as kl
+    lab = kl.Lab(replicas=1, datastore="postgres").start()
+    print(lab.dir, lab.id, flush=True)
+    time.sleep(300)
+""")
+
+
+def test_kinelab_labs_lists_and_prunes_what_a_dead_owner_left(kine, tmp_path):
+    env = {"KINELAB_HOME": str(tmp_path / "home")}
+    owner = subprocess.Popen([sys.executable, "-c", TEMPORARY_OWNER], stdout=subprocess.PIPE, text=True, cwd=REPO,
+                             env={**os.environ, "KINELAB_PROGRESS": "0", **env})
+    lab_dir, lab_id = owner.stdout.readline().split()
+    model = read_model(lab_dir)
+    try:
+        reaper = next(p for p in psutil.process_iter(["cmdline"])
+                      if "kinelab.provision.reaper" in " ".join(p.info["cmdline"] or []) and lab_dir in
+                      " ".join(p.info["cmdline"]))
+        reaper.kill()  # owner and reaper killed at once (the OOM killer): the lab is orphaned
+        owner.kill()
+        owner.wait()
+        listed = json.loads(run_cli("labs", "--json", env=env).stdout)
+        (entry,) = [e for e in listed if e["id"] == lab_id]
+        assert entry["state"] == "orphaned" and not entry["keep"] and entry["bytes"] > 1_000_000, entry
+        assert all(psutil.pid_exists(p) for p in lab_pids(model))
+        pruned = run_cli("labs", "--prune", env=env)
+        assert pruned.returncode == 0 and lab_dir in pruned.stdout, pruned.stdout + pruned.stderr
+        assert all_gone(lab_pids(model)) and not _leftovers_of(lab_dir, lab_id)
+        assert lab_id not in run_cli("labs", "--json", env=env).stdout
+    finally:
+        LabDir(lab_dir).sweep(model)
+        LabDir(lab_dir).purge(lab_id)

@@ -1,7 +1,6 @@
 """Bad input gets one line that says what to do, exit code 2, no traceback, no password, and no damage."""
 
 import hashlib
-import json
 import os
 import shlex
 import shutil

@@ -12,7 +12,6 @@ import shutil
 import pytest
 import yaml
 
-import kinelab as kl
 from kinelab.errors import ToolError
 from kinelab.provision import kind as k
 from kinelab.provision.model import MODES

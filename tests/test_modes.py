@@ -7,7 +7,7 @@ import pytest
 
 import kinelab as kl
 from conftest import run_cli, wait_until
-from kinelab.provision.apiserver import find_apiserver, can_build
+from kinelab.provision.apiserver import can_build, find_apiserver
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600),
               pytest.mark.skipif(find_apiserver() is None and not can_build(),
@@ -121,7 +121,7 @@ def test_the_lag_comes_from_kines_poll_not_the_apiserver_watch_cache(kine, tmp_p
         with kl.Lab(replicas=2, datastore="postgres", apiservers=2, mode="shared-db",
                     apiserver_args={"watch-cache": cache}) as lab:
             lags = apiserver_watch_lag(lab, writes=10, out=out)
-        means[cache] = [statistics.mean(l.lag_ms for l in lags if l.observer == a) for a in (0, 1)]
+        means[cache] = [statistics.mean(lag.lag_ms for lag in lags if lag.observer == a) for a in (0, 1)]
         assert len(lags) == 20  # every write reached both watches
         _assert_stored_events_are_the_rows(out, lags)
     for cache, (writer_side, other_side) in means.items():
@@ -136,9 +136,9 @@ def _assert_stored_events_are_the_rows(out, lags) -> None:
                        [run_id]).fetchall()
     con.close()
     assert kind == "apiserver-watchlag" and json.loads(summary)["events"] == len(rows) == len(lags)
-    assert sorted((r[0], r[1], r[2], r[4]) for r in rows) == sorted((l.observer, l.writer, l.name, l.resource_version)
-                                                                    for l in lags)
-    assert {l.name: round(l.lag_ms, 6) for l in lags if l.observer == 1} == \
+    assert sorted((r[0], r[1], r[2], r[4]) for r in rows) == sorted(
+        (lag.observer, lag.writer, lag.name, lag.resource_version) for lag in lags)
+    assert {lag.name: round(lag.lag_ms, 6) for lag in lags if lag.observer == 1} == \
         {r[2]: round(r[5], 6) for r in rows if r[0] == 1}
     for apiserver, _, name, type_, _, _, key, row_name, created, deleted, value_kind in rows:
         assert key == f"/registry/configmaps/default/{name}" and row_name == key, (apiserver, name, row_name)

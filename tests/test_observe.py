@@ -1,13 +1,13 @@
 """Workload, watch lag, compaction and metrics, measured on real Kine replicas and real databases."""
 
 import pytest
+from test_capture import database_rows
 
 import kinelab as kl
 from conftest import wait_until
 from kinelab.drive.workload import run_load
 from kinelab.observe import runs
 from kinelab.observe.metrics import scrape
-from test_capture import database_rows
 
 
 def _con(path):

@@ -106,7 +106,8 @@ def test_a_capture_killed_midway_leaves_the_previous_snapshot_intact(tmp_path):
     conn = sqlite3.connect(source)
     blob = os.urandom(1500)
     conn.executemany("INSERT INTO kine (name, created, deleted, create_revision, prev_revision, lease, value) "
-                     "VALUES (?, 1, 0, 0, 0, 0, ?)", ((f"/registry/configmaps/more/k{i}", blob) for i in range(300_000)))
+                     "VALUES (?, 1, 0, 0, 0, 0, ?)",
+                     ((f"/registry/configmaps/more/k{i}", blob) for i in range(300_000)))
     conn.commit()
     conn.close()
     child = subprocess.Popen([sys.executable, "-c", CAPTURE, str(source), str(out)], stdout=subprocess.PIPE,

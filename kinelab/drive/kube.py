@@ -8,7 +8,6 @@ returned, which is the Kine revision of its row.
 
 from __future__ import annotations
 
-import itertools
 import random
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import Optional
 
 from ..clock import Clock
 from ..errors import UsageError
+from .pool import run_paced
 
 KUBE_MIXES = ("configmaps", "leases", "events")
 NAMESPACES = {"configmaps": "default", "leases": "kube-node-lease", "events": "default"}
@@ -111,8 +111,8 @@ def run_kube_load(lab, mix: str = "configmaps", *, ops: Optional[int] = 200, rat
                   workers: int = 2, seed: int = 1, nodes: int = 20, duration_s: Optional[float] = None,
                   clock: Optional[Clock] = None, stop: Optional[threading.Event] = None) -> list:
     """Spread `ops` calls of `mix` (or as many as fit in `duration_s`) round-robin over the lab's apiservers,
-    `workers` at a time (at least one per apiserver), at `rate` calls/s (None: flat out), until `stop` is set. Returns every KubeCall,
-    failures included."""
+    `workers` at a time (at least one per apiserver), at `rate` calls/s (None: flat out), until `stop` is set.
+    Returns every KubeCall, failures included."""
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
@@ -121,44 +121,31 @@ def run_kube_load(lab, mix: str = "configmaps", *, ops: Optional[int] = 200, rat
     count = lab.apiserver_count
     if not count:
         raise UsageError("this lab has no apiservers; start it with apiservers=N (kinelab up --apiservers N)")
-    run, calls, lock, started = uuid.uuid4().hex[:6], [], threading.Lock(), time.perf_counter()
+    run, calls, lock = uuid.uuid4().hex[:6], [], threading.Lock()
     # Call i goes to apiserver i % count, and each worker serves one apiserver: a hung apiserver holds up only
     # its own workers, never the calls of the others.
     workers = max(workers, count)
-    streams = [iter(range(a, ops, count)) if ops is not None else itertools.count(a, count) for a in range(count)]
-    deadline = started + duration_s if duration_s else float("inf")
-    clock, stop = clock or Clock(), stop or threading.Event()
+    clock = clock or Clock()
+    shapes: dict = {}
 
-    def work(worker: int) -> None:
+    def call(worker: int, i: int) -> None:
         apiserver = worker % count
-        shapes = _Shapes(lab, apiserver, random.Random(seed * 100 + worker), f"{run}w{worker}", nodes)
-        while True:
-            with lock:
-                i = next(streams[apiserver], None)
-            if i is None:
-                return
-            if rate:
-                stop.wait(max(0.0, started + i / rate - time.perf_counter()))
-            if stop.is_set() or time.perf_counter() >= deadline:
-                return
-            t0 = time.perf_counter()
-            try:
-                verb, resource, name, obj = getattr(shapes, mix)()
-                rv = int(getattr(getattr(obj, "metadata", None), "resource_version", None) or 0)
-                call = KubeCall(apiserver, verb, resource, name, True, (time.perf_counter() - t0) * 1000, rv,
-                                t=clock.now(), namespace=NAMESPACES[mix])
-            except ApiException as exc:
-                call = KubeCall(apiserver, "?", mix, "", False, (time.perf_counter() - t0) * 1000, 0,
-                                f"{exc.status} {exc.reason}", t=clock.now(), namespace=NAMESPACES[mix])
-            except (HTTPError, OSError) as exc:  # the apiserver itself is unreachable
-                call = KubeCall(apiserver, "?", mix, "", False, (time.perf_counter() - t0) * 1000, 0,
-                                f"unreachable: {type(exc).__name__}", t=clock.now(), namespace=NAMESPACES[mix])
-            with lock:
-                calls.append(call)
+        if worker not in shapes:
+            shapes[worker] = _Shapes(lab, apiserver, random.Random(seed * 100 + worker), f"{run}w{worker}", nodes)
+        t0 = time.perf_counter()
+        try:
+            verb, resource, name, obj = getattr(shapes[worker], mix)()
+            rv = int(getattr(getattr(obj, "metadata", None), "resource_version", None) or 0)
+            result = KubeCall(apiserver, verb, resource, name, True, (time.perf_counter() - t0) * 1000, rv,
+                              t=clock.now(), namespace=NAMESPACES[mix])
+        except ApiException as exc:
+            result = KubeCall(apiserver, "?", mix, "", False, (time.perf_counter() - t0) * 1000, 0,
+                              f"{exc.status} {exc.reason}", t=clock.now(), namespace=NAMESPACES[mix])
+        except (HTTPError, OSError) as exc:  # the apiserver itself is unreachable
+            result = KubeCall(apiserver, "?", mix, "", False, (time.perf_counter() - t0) * 1000, 0,
+                              f"unreachable: {type(exc).__name__}", t=clock.now(), namespace=NAMESPACES[mix])
+        with lock:
+            calls.append(result)
 
-    threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_paced(call, workers=workers, rate=rate, ops=ops, duration_s=duration_s, stop=stop, lanes=count)
     return calls

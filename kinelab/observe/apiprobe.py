@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass
 
 from ..clock import Clock
+from ..drive.pool import Background, run_paced
 
 RESOURCE = "configmaps"
 EVENT_COLUMNS = ["run_id", "apiserver", "writer", "resource", "namespace", "name", "key", "type", "resource_version",
@@ -137,27 +138,25 @@ def availability(lab, *, duration_s: float = 10.0, interval_s: float = 0.25, nam
 
     count = lab.apiserver_count
     run, attempts, lock, started = uuid.uuid4().hex[:8], [], threading.Lock(), time.monotonic()
+    # a dead path must show as an error, not a retry loop
+    cores = [_core(lab, index, retries=False) for index in range(count)]
 
-    def attempt(index: int) -> None:
-        core = _core(lab, index, retries=False)  # a dead path must show as an error, not a retry loop
-        n = 0
-        while (t := time.monotonic() - started) < duration_s:
-            try:
-                core.create_namespaced_config_map(namespace, _configmap(f"avail-{run}-{index}-{n:04d}", {}),
-                                                  _request_timeout=2)
-                result = Attempt(index, t, True, "")
-            except (ApiException, HTTPError, OSError) as exc:
-                result = Attempt(index, t, False, type(exc).__name__)
-            with lock:
-                attempts.append(result)
-            n += 1
-            time.sleep(max(0.0, interval_s - (time.monotonic() - started - t)))
+    def attempt(index: int, n: int) -> None:
+        t = time.monotonic() - started
+        try:
+            cores[index].create_namespaced_config_map(namespace, _configmap(f"avail-{run}-{index}-{n:05d}", {}),
+                                                      _request_timeout=2)
+            result = Attempt(index, t, True, "")
+        except (ApiException, HTTPError, OSError) as exc:
+            result = Attempt(index, t, False, type(exc).__name__)
+        with lock:
+            attempts.append(result)
 
-    threads = [threading.Thread(target=attempt, args=(i,), daemon=True) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    while any(thread.is_alive() for thread in threads):
-        if during is not None:
-            during(time.monotonic() - started)
-        time.sleep(interval_s)
+    # One lane and one worker per apiserver, each trying once per interval: a dead one slows only itself.
+    with Background(run_paced, attempt, workers=count, lanes=count, rate=count / interval_s,
+                    duration_s=duration_s, name="kinelab-availability") as attempts_loop:
+        while not attempts_loop.join(interval_s):
+            if during is not None:
+                during(time.monotonic() - started)
+        attempts_loop.result()
     return sorted(attempts, key=lambda a: a.t)

@@ -19,6 +19,7 @@ from typing import Optional
 from .. import progress
 from ..clock import Clock
 from ..db import table_bytes
+from ..drive.pool import Background
 from ..drive.workload import LoadResult, check_load, require_positive, run_load
 from ..errors import EtcdError, UsageError
 from ..etcd import Etcd
@@ -216,60 +217,51 @@ def compaction(lab, out, *, method: str = "explicit", duration_s: float = 30.0, 
     require_positive(("--sample-every", sample_every_s), ("--compact-every", compact_every_s))
     params = {"method": method, "duration_s": duration_s, "sample_every_s": sample_every_s,
               "compact_every_s": compact_every_s, "mix": mix, "rate": rate, "workers": workers, "seed": seed}
-    stop = threading.Event()
     with measured_run(lab, out, "compaction", params) as (clients, con, clock, run_id):
-        try:
-            outcome: dict = {}
+        timeline, compactions = [], []
+        compactor = ApiserverCompactor(clients[0])
+        with MetricsSampler(lab.metrics_urls, clock) as sampler, progress.bar(
+                f"compaction ({method})", total=duration_s) as advance, \
+                Background(run_load, clients, mix, rate=rate, duration_s=duration_s, workers=workers, seed=seed,
+                           clock=clock, name="kinelab-compaction-load", **mix_options) as loader:
+            started, shown, next_sample, next_compact = time.monotonic(), 0.0, 0.0, compact_every_s
+            while True:
+                elapsed = time.monotonic() - started
+                if method == "explicit" and elapsed >= next_compact:
+                    target = compactor.tick()
+                    if target:
+                        compactions.append((clock.now(), target))
+                    next_compact += compact_every_s
+                if elapsed >= next_sample or not loader.alive:
+                    snapshot = capture_into(con, lab.dsn, incremental=True)
+                    timeline.append(_timeline_row(con, run_id, clock.now(), method, snapshot,
+                                                  clients[0].revision(), lab.dsn))
+                    next_sample += sample_every_s
+                advance(min(elapsed, duration_s) - shown)
+                shown = min(elapsed, duration_s)
+                if not loader.alive:
+                    break
+                time.sleep(0.05)
+        result = loader.result()
+        store_load(con, run_id, result)
+        store_metrics(con, run_id, sampler)
+        insert_rows(con, "compaction_timeline",
+                    ["run_id", "t", "method", "snapshot_id", "compact_revision", "current_revision", "rows_total",
+                     "rows_superseded", "rows_tombstones", "rows_gap", "table_bytes"], timeline)
+        final_compact = timeline[-1][4]
+        checks = _compacted_checks(clients[-1], final_compact, clock.now()) if final_compact else []
+        insert_rows(con, "compaction_checks", ["run_id", "t", "check_name", "revision", "ok", "detail"],
+                    [(run_id, *c) for c in checks])
+        stalled = _stalled(timeline, stall_samples)
+        summary = {**load_summary(result), "run_id": run_id, "samples": len(timeline),
+                   "compact_revision": final_compact, "current_revision": timeline[-1][5],
+                   "rows_first": timeline[0][6], "rows_last": timeline[-1][6],
+                   "bytes_first": timeline[0][10], "bytes_last": timeline[-1][10],
+                   "apiserver_compactions": len(compactions), "stalled": stalled,
+                   "checks": {c[1]: c[3] for c in checks}}
+        finish_run(con, run_id, result.duration_s, summary)
+        return summary
 
-            def drive():
-                outcome["result"] = run_load(clients, mix, rate=rate, duration_s=duration_s, workers=workers, seed=seed,
-                                             clock=clock, stop=stop, **mix_options)
-
-            timeline, compactions = [], []
-            compactor = ApiserverCompactor(clients[0])
-            loader = threading.Thread(target=drive, name="kinelab-compaction-load", daemon=True)
-            with MetricsSampler(lab.metrics_urls, clock) as sampler, progress.bar(
-                    f"compaction ({method})", total=duration_s) as advance:
-                loader.start()
-                started, shown, next_sample, next_compact = time.monotonic(), 0.0, 0.0, compact_every_s
-                while True:
-                    elapsed = time.monotonic() - started
-                    if method == "explicit" and elapsed >= next_compact:
-                        target = compactor.tick()
-                        if target:
-                            compactions.append((clock.now(), target))
-                        next_compact += compact_every_s
-                    if elapsed >= next_sample or not loader.is_alive():
-                        snapshot = capture_into(con, lab.dsn, incremental=True)
-                        timeline.append(_timeline_row(con, run_id, clock.now(), method, snapshot,
-                                                      clients[0].revision(), lab.dsn))
-                        next_sample += sample_every_s
-                    advance(min(elapsed, duration_s) - shown)
-                    shown = min(elapsed, duration_s)
-                    if not loader.is_alive():
-                        break
-                    time.sleep(0.05)
-            result = outcome["result"]
-            store_load(con, run_id, result)
-            store_metrics(con, run_id, sampler)
-            insert_rows(con, "compaction_timeline",
-                        ["run_id", "t", "method", "snapshot_id", "compact_revision", "current_revision", "rows_total",
-                         "rows_superseded", "rows_tombstones", "rows_gap", "table_bytes"], timeline)
-            final_compact = timeline[-1][4]
-            checks = _compacted_checks(clients[-1], final_compact, clock.now()) if final_compact else []
-            insert_rows(con, "compaction_checks", ["run_id", "t", "check_name", "revision", "ok", "detail"],
-                        [(run_id, *c) for c in checks])
-            stalled = _stalled(timeline, stall_samples)
-            summary = {**load_summary(result), "run_id": run_id, "samples": len(timeline),
-                       "compact_revision": final_compact, "current_revision": timeline[-1][5],
-                       "rows_first": timeline[0][6], "rows_last": timeline[-1][6],
-                       "bytes_first": timeline[0][10], "bytes_last": timeline[-1][10],
-                       "apiserver_compactions": len(compactions), "stalled": stalled,
-                       "checks": {c[1]: c[3] for c in checks}}
-            finish_run(con, run_id, result.duration_s, summary)
-            return summary
-        finally:
-            stop.set()  # an interrupted run must not leave its load thread writing
 
 def _stalled(timeline: list, samples: int) -> bool:
     """True when the compact revision stood still over the last `samples` samples while rows grew."""

@@ -19,7 +19,6 @@ errors, watch events and metrics every run stores (see store.py for the views ov
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,15 +26,17 @@ from pathlib import Path
 from .. import progress
 from ..drive.faults import FaultInjector
 from ..drive.kube import KUBE_MIXES, run_kube_load
+from ..drive.pool import Background
 from ..drive.workload import LoadError, LoadResult, Write, check_load, run_load
 from ..errors import UsageError
 from .capture import capture_into
 from .metrics import MetricsSampler
 from .runs import load_summary, measured_run, store_load, store_metrics, store_watch
-# Replica faults make a client wait for its deadline: keep it short so one stalled replica does not stall the load.
-FAULT_TIMEOUT_S = 2.0
 from .store import finish_run, insert_rows
 from .watchlag import WatchProbe
+
+# Replica faults make a client wait for its deadline: keep it short so one stalled replica does not stall the load.
+FAULT_TIMEOUT_S = 2.0
 
 LOAD_KEYS = ("mix", "rate", "duration_s", "workers", "spread", "seed", "nodes", "value_bytes", "event_ttl_s",
              "through")
@@ -127,42 +128,33 @@ def run_scenario(lab, out, scenario: Scenario) -> dict:
                    spread=load["spread"], workers=int(load["workers"]))
     params = {"scenario": scenario.name, "load": load, "steps": [vars(s) for s in scenario.steps],
               "expect": scenario.expect}
-    stop = threading.Event()
     injector = FaultInjector(lab)
     with measured_run(lab, out, "scenario", params, timeout_s=FAULT_TIMEOUT_S) as (clients, con, clock, run_id):
         try:
             start_revision = max(c.revision() for c in clients) + 1
-            outcome: dict = {}
             fault_rows: list = []
             mix_options = {k: v for k, v in load.items() if k in ("nodes", "value_bytes", "event_ttl_s")}
             began = time.perf_counter()
 
-            def load_through_apiservers():
+            def load_through_apiservers(stop):
                 calls = run_kube_load(lab, load["mix"], ops=None, rate=load["rate"], workers=int(load["workers"]),
                                       seed=int(load["seed"]), duration_s=load["duration_s"], clock=clock, stop=stop,
                                       nodes=int(load.get("nodes", 20)))
                 return _as_load_result(load["mix"], calls, time.perf_counter() - began)
 
-            def load_through_kine():
+            def load_through_kine(stop):
                 return run_load(clients, load["mix"], rate=load["rate"], duration_s=load["duration_s"],
                                 spread=load["spread"], workers=int(load["workers"]), seed=int(load["seed"]),
                                 clock=clock, stop=stop, **mix_options)
 
-            def drive():
-                try:
-                    outcome["result"] = load_through_apiservers() if through_apiservers else load_through_kine()
-                except BaseException as exc:  # raised again in the caller's thread, not lost with this one
-                    outcome["error"] = exc
-
             with WatchProbe(lab.endpoints, prefix="/registry/", start_revision=start_revision, clock=clock) as probe, \
-                    MetricsSampler(lab.metrics_urls, clock) as sampler:
-                loader = threading.Thread(target=drive, name="kinelab-scenario-load", daemon=True)
+                    MetricsSampler(lab.metrics_urls, clock) as sampler, \
+                    Background(load_through_apiservers if through_apiservers else load_through_kine,
+                               name="kinelab-scenario-load") as loader:
                 t0 = clock.now()
-                loader.start()
                 for step in scenario.steps:
-                    time.sleep(max(0.0, t0 + step.at - clock.now()))
-                    if not loader.is_alive():
-                        break
+                    if loader.join(max(0.0, t0 + step.at - clock.now())):
+                        break  # the load ended before this step was due
                     t = clock.now()
                     try:
                         detail, ok = injector.inject(step.fault, **step.args), True
@@ -170,11 +162,8 @@ def run_scenario(lab, out, scenario: Scenario) -> dict:
                         detail, ok = str(exc).splitlines()[0], False
                     fault_rows.append((run_id, t - t0, step.fault, step.target, detail, ok))
                     progress.say(f"{t - t0:5.1f} s  {step.fault} {step.target}: {'' if ok else 'FAILED '}{detail}")
-                loader.join()
+                result = loader.result()
                 injector.close()
-                if "error" in outcome:
-                    raise outcome["error"]
-                result = outcome["result"]
                 last = max((w.revision for w in result.writes), default=start_revision)
                 settled = probe.wait_for(last, scenario.settle_s)
             store_load(con, run_id, result)
@@ -190,7 +179,6 @@ def run_scenario(lab, out, scenario: Scenario) -> dict:
                        "failed": [f"{name} = {value:g}" for name, value, ok, _ in checks if ok is False]}
             finish_run(con, run_id, result.duration_s, summary)
         finally:
-            stop.set()  # an interrupted run must not leave its load thread writing
             injector.close()
     return summary
 

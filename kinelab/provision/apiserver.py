@@ -34,7 +34,7 @@ from typing import Optional, Sequence
 
 from ..errors import ToolError, UsageError
 from .labdir import write_private
-from .process import LOOPBACK, ServedProcess, free_port, require_free_port, tail
+from .process import LOOPBACK, ServedProcess, free_port, require_free_port
 from .tools import cache_dir
 from .wait import http_probe
 

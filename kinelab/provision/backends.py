@@ -19,6 +19,7 @@ import os
 import shutil
 import signal as _signal
 from typing import Optional, Protocol
+from urllib.parse import urlsplit
 
 import psutil
 
@@ -109,7 +110,8 @@ class LocalBackend:
                 components.append(Component(
                     f"kube-apiserver-{index}", "apiserver", index, endpoint=f"{LOOPBACK}:{port}",
                     url=f"https://{LOOPBACK}:{port}", stage=STAGES["apiserver"],
-                    details={"etcd_servers": servers, "kubeconfig": str(pki.dir / f"kubeconfig-kube-apiserver-{index}.yaml")}))
+                    details={"etcd_servers": servers,
+                             "kubeconfig": str(pki.dir / f"kubeconfig-kube-apiserver-{index}.yaml")}))
         return components
 
     def start(self, lab, component: Component, **start_options) -> None:
@@ -120,9 +122,10 @@ class LocalBackend:
                 lab.datastore.start(lab.dir, lab.id, port=component.port, **start_options)
             return
         if component.role == "kine":
-            KineReplica(component.index, lab.tools["kine"], lab.dsn, lab.dir, args=lab.spec.kine_args_of(component.index),
-                        port=component.port, metrics_port=int(component.metrics_url.rsplit(":", 1)[1].split("/")[0]),
-                        env={"KINELAB_LAB_ID": lab.id}, host=component.endpoint.rsplit(":", 1)[0]).start(**start_options)
+            host, metrics_port = component.endpoint.rsplit(":", 1)[0], urlsplit(component.metrics_url).port
+            KineReplica(component.index, lab.tools["kine"], lab.dsn, lab.dir, host=host, port=component.port,
+                        metrics_port=metrics_port, args=lab.spec.kine_args_of(component.index),
+                        env={"KINELAB_LAB_ID": lab.id}).start(**start_options)
             return
         if component.role == "apiserver":
             ApiServer(component.index, lab.tools["kube-apiserver"], component.details["etcd_servers"], lab.dir,

@@ -31,7 +31,7 @@ from ..etcd import Etcd
 from .backends import get_backend
 from .datastores import Datastore, ExternalStore, SqliteStore, make_datastore
 from .kine import kine_flags
-from .labdir import LabDir, default_dir, register
+from .labdir import LabDir, register
 from .model import MODES, Component, LabModel, LabSpec
 from .process import ProcessRecord, tail
 from .wait import Cancelled
@@ -73,8 +73,8 @@ class Lab:
         if shared_sqlite and replicas > 1 and not allow_shared_sqlite:
             raise UsageError("several Kine replicas on one SQLite file are unsupported (k3s-io/kine#499): use "
                              "--datastore postgres, or --allow-shared-sqlite to see why as a lesson")
-        self.spec = LabSpec(backend=backend, replicas=replicas, datastore="external" if external else self.datastore.kind,
-                            kine_args=dict(kine_args or {}),
+        self.spec = LabSpec(backend=backend, replicas=replicas,
+                            datastore="external" if external else self.datastore.kind, kine_args=dict(kine_args or {}),
                             replica_args=[dict(a or {}) for a in (replica_args or [{}] * replicas)],
                             datastore_settings=dict(datastore_settings or {}), apiservers=apiservers, mode=mode,
                             apiserver_args=dict(apiserver_args or {}), nodes=nodes, workers=workers,
@@ -398,7 +398,8 @@ class Lab:
                 entry["last_log_line"] = tail(Path(records[0].log), 1) if records else ""
         elif component.role == "apiserver":
             entry.update(url=component.url, kubeconfig=component.details["kubeconfig"],
-                         etcd_servers=component.details["etcd_servers"], ready=alive and self._apiserver_ready(component))
+                         etcd_servers=component.details["etcd_servers"],
+                         ready=alive and self._apiserver_ready(component))
         return entry
 
     def _apiserver_ready(self, component: Component) -> bool:
