@@ -70,7 +70,7 @@ class Dsn:
         try:
             port = url.port or default_port
         except ValueError as exc:
-            raise UsageError(f"bad port in DSN {mask_text(text)!r}: {exc}") from None
+            raise UsageError(f"bad port in DSN {mask_text(text)!r}: {exc}") from exc
         return cls(kind, host=url.hostname or "127.0.0.1", port=port, user=unquote(url.username or ""),
                    password=unquote(url.password or ""), database=url.path.lstrip("/") or "kubernetes",
                    params=dict(parse_qsl(url.query)))

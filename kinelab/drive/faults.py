@@ -188,7 +188,7 @@ class FaultInjector:
         try:
             detail = action(**args)
         except TypeError as exc:
-            raise UsageError(f"fault {fault!r}: {exc}") from None
+            raise UsageError(f"fault {fault!r}: {exc}") from exc
         return detail or ""
 
     def _slow(self, hold_ms: float = 200, period_ms: float = 250) -> str:

@@ -99,9 +99,9 @@ class Scenario:
         try:
             spec = yaml.safe_load(path.read_text())
         except OSError as exc:
-            raise UsageError(f"cannot read scenario {path}: {exc.strerror}") from None
+            raise UsageError(f"cannot read scenario {path}: {exc.strerror}") from exc
         except yaml.YAMLError as exc:
-            raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+            raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
         return cls.from_dict(spec, source=path.stem)
 
 

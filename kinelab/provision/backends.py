@@ -115,6 +115,8 @@ class LocalBackend:
         return components
 
     def start(self, lab, component: Component, **start_options) -> None:
+        if component.runtime != "none":
+            _claim_ports(lab, component)
         if component.role == "datastore":
             if component.runtime == "none":
                 lab.datastore.start(lab.dir, lab.id)
@@ -128,6 +130,9 @@ class LocalBackend:
                         env={"KINELAB_LAB_ID": lab.id}).start(**start_options)
             return
         if component.role == "apiserver":
+            # from the replicas' endpoints as they started (a port taken since the plan was picked again)
+            component.details["etcd_servers"] = [f"http://{ep}" for ep in etcd_servers_for(
+                lab.spec.mode, component.index, lab.endpoints)]
             ApiServer(component.index, lab.tools["kube-apiserver"], component.details["etcd_servers"], lab.dir,
                       generate_pki(lab.dir / "pki"), port=component.port, flags=lab.spec.apiserver_args
                       ).start(**start_options)
@@ -140,6 +145,31 @@ class LocalBackend:
                 os.killpg(record.pid, sig)
                 if sig == _signal.SIGKILL:
                     _reap(record)
+
+
+def _claim_ports(lab, component: Component) -> None:
+    """Ports picked free at plan time can be taken by the time the component starts (other programs pick free
+    ports too): a first start picks another. Ports the user chose (--base-port), and those of a component that
+    ran before (a restart keeps its address), must be free as they are."""
+    pinned = lab.spec.base_port is not None or bool(component.processes)
+    host, port = component.endpoint.rsplit(":", 1)
+    port = require_free_port(int(port), host) if pinned or _free(host, int(port)) else free_port(host)
+    component.endpoint = f"{host}:{port}"
+    if component.url:
+        component.url = f"{urlsplit(component.url).scheme}://{component.endpoint}"
+    if component.metrics_url:
+        metrics = urlsplit(component.metrics_url)
+        metrics_port = require_free_port(metrics.port, metrics.hostname) if pinned or _free(
+            metrics.hostname, metrics.port) else free_port(metrics.hostname)
+        component.metrics_url = f"{metrics.scheme}://{metrics.hostname}:{metrics_port}{metrics.path}"
+
+
+def _free(host: str, port: int) -> bool:
+    try:
+        require_free_port(port, host)
+        return True
+    except UsageError:
+        return False
 
 
 def _reap(record: ProcessRecord) -> None:

@@ -581,8 +581,8 @@ def save(chart, path, *, scale: float = 2.0) -> Path:
                          f"{', '.join(SAVE_FORMATS)}")
     try:
         import vl_convert  # noqa: F401  (Altair renders through it)
-    except ImportError:
-        raise ToolError("saving charts needs vl-convert: pip install vl-convert-python") from None
+    except ImportError as exc:
+        raise ToolError("saving charts needs vl-convert: pip install vl-convert-python") from exc
     if fmt == "html":
         chart.save(str(path), format="html", inline=True)
     else:
