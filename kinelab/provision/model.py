@@ -30,14 +30,6 @@ def etcd_servers_for(mode: str, index: int, endpoints: list) -> list:
     return [endpoints[index % len(endpoints)]]
 
 
-@dataclass(frozen=True)
-class Binary:
-    """A tool a lab runs: where it is and which version it is."""
-
-    path: Path
-    version: str
-
-
 @dataclass
 class LabSpec:
     """What was asked for: the constructor's arguments, checked, with no secret in them."""
@@ -146,7 +138,10 @@ class LabModel:
 
     def recorded_binaries(self) -> dict:
         """The binaries the lab was started with, for restarting its components from another process."""
-        return {name: Binary(Path(path), self.versions.get(name, "unknown")) for name, path in self.binaries.items()}
+        from .tools import Binary
+
+        return {name: Binary(Path(path), self.versions.get(name, "unknown"), name)
+                for name, path in self.binaries.items()}
 
     def stages(self) -> list:
         """The components grouped by stage, in start order."""
