@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from . import __version__
 from .drive.faults import ISOLATION_LEVELS
@@ -83,7 +83,8 @@ def cmd_doctor(args) -> int:
 
 
 def _status_table(status: dict) -> Table:
-    table = Table("component", "endpoint", "pid", "alive", "state", "note", box=None,
+    table = Table(Column("component", no_wrap=True), Column("endpoint", overflow="fold"), "pid", "alive",
+                  Column("state", no_wrap=True), "note", box=None,
                   title=f"lab {status['dir']} ({status['state']}, {status['backend']}) on "
                         f"{status['datastore'].get('dsn', '?')}, Kine {status.get('kine_version')}")
     for c in status["components"]:
@@ -92,6 +93,10 @@ def _status_table(status: dict) -> Table:
             state = f"revision {state}" if state else ""
         elif c["role"] == "apiserver":
             state, note = "ready" if c["ready"] else "[red]not ready[/]", f"etcd: {', '.join(c['etcd_servers'])}"
+        elif c["role"] == "control-plane":
+            state, note = "ready" if c["ready"] else "[red]not ready[/]", ""
+        elif c["role"] == "nodes":
+            state, note = f"{c['ready_nodes']}/{c['nodes']} nodes Ready", c.get("error", "")
         else:
             state, note = "", ""
         endpoint = c.get("url") or c.get("endpoint") or ""
@@ -106,7 +111,8 @@ def cmd_up(args) -> int:
               kine_bin=args.kine_bin, datastore_settings=_kv(args.datastore_setting, "--datastore-setting"),
               kine_args=_kv(args.kine_arg, "--kine-arg"), replica_args=_replica_args(args.replica_arg, args.replicas),
               allow_shared_sqlite=args.allow_shared_sqlite, base_port=args.base_port, apiservers=args.apiservers,
-              mode=args.mode, apiserver_args=_kv(args.apiserver_arg, "--apiserver-arg"))
+              mode=args.mode, apiserver_args=_kv(args.apiserver_arg, "--apiserver-arg"), nodes=args.nodes,
+              controllers=args.controllers or None)
     lab.start(owned=False)
     status = lab.status()
     if args.json:
@@ -235,7 +241,7 @@ def cmd_load(args) -> int:
     from .observe.runs import load
 
     summary = load(_lab(args), args.out, mix=args.mix, rate=args.rate, duration_s=args.duration, ops=args.ops,
-                   spread=_spread(args.spread), workers=args.workers, seed=args.seed)
+                   spread=_spread(args.spread), workers=args.workers, seed=args.seed, through=args.through)
     if args.json:
         _print_json(summary)
     else:
@@ -430,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shared-db: apiserver i on replica i; single-kine: all on replica 0; hybrid: all on all")
     p.add_argument("--apiserver-arg", action="append", metavar="KEY=VALUE",
                    help="a kube-apiserver flag, e.g. watch-cache=false")
+    p.add_argument("--nodes", type=int, default=0, help="simulated nodes (kwok), with a controller-manager and a "
+                   "scheduler per apiserver (one apiserver unless --apiservers says more)")
+    p.add_argument("--controllers", action="store_true",
+                   help="a controller-manager and a scheduler per apiserver, also without --nodes")
     p.add_argument("--json", action="store_true")
 
     p = add("status", cmd_status, "show each replica of a lab: alive, revision, last log line if dead")
@@ -456,12 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--incremental", action="store_true", help="store only rows new since the previous snapshot")
     p.add_argument("--json", action="store_true")
 
+    from .drive.kube import KUBE_MIXES
     from .drive.workload import MIXES
 
     def run_flags(p, rate, duration):
         lab_dir(p)
         p.add_argument("--out", required=True, help="DuckDB file for the results (and a capture of the table)")
-        p.add_argument("--mix", default="configmaps", choices=list(MIXES))
+        p.add_argument("--mix", default="configmaps", choices=sorted(set(MIXES) | set(KUBE_MIXES)))
         p.add_argument("--rate", type=float, default=rate, help="target operations per second, default "
                        + ("flat out" if rate is None else f"{rate:g}"))
         p.add_argument("--duration", type=float, default=duration, help="seconds")
@@ -471,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("load", cmd_load, "drive a Kubernetes-shaped mix through the lab; record every acknowledged write")
     run_flags(p, None, 10.0)
     p.add_argument("--ops", type=int, help="stop after this many operations instead of --duration")
+    p.add_argument("--through", default="kine", choices=["kine", "apiservers"],
+                   help="kine: the replicas' etcd API (default); apiservers: the kube-apiservers, with the mixes "
+                        f"{', '.join(KUBE_MIXES)}")
     p.add_argument("--spread", default="round-robin", help="round-robin, random, or a replica index to pin to")
     p.add_argument("--workers", type=int, default=1, help="concurrent writers")
 

@@ -19,6 +19,7 @@ from typing import Optional
 from .. import progress
 from ..clock import Clock
 from ..db import table_bytes
+from ..drive.kube import as_load_result, check_kube_load, run_kube_load
 from ..drive.pool import Background
 from ..drive.workload import LoadResult, check_load, require_positive, run_load
 from ..errors import EtcdError, UsageError
@@ -83,19 +84,37 @@ def measured_run(lab, out, kind: str, params: dict, timeout_s: float = 10.0):
 
 
 def load(lab, out, *, mix: str = "configmaps", rate: Optional[float] = None, duration_s: Optional[float] = 10.0,
-         ops: Optional[int] = None, spread="round-robin", workers: int = 1, seed: int = 1, **mix_options) -> dict:
-    """Drive `mix` through the lab's replicas; store writes, errors and metrics, then capture the table."""
+         ops: Optional[int] = None, spread="round-robin", workers: int = 1, seed: int = 1, through: str = "kine",
+         **mix_options) -> dict:
+    """Drive `mix` through the lab's replicas (or, `through="apiservers"`, through its kube-apiservers); store
+    writes, errors and metrics, then capture the table. The summary's `revisions` are the table's revision
+    before and after the run: every row between them was written during it, by the load or by the cluster."""
     params = {"mix": mix, "rate": rate, "duration_s": duration_s, "ops": ops, "spread": spread,
-              "workers": workers, "seed": seed, **mix_options}
-    check_load(len(lab.endpoints), mix, rate=rate, duration_s=duration_s, ops=ops, spread=spread, workers=workers)
+              "workers": workers, "seed": seed, "through": through, **mix_options}
+    if through == "apiservers":
+        check_kube_load(lab, mix)
+    elif through == "kine":
+        check_load(len(lab.endpoints), mix, rate=rate, duration_s=duration_s, ops=ops, spread=spread,
+                   workers=workers)
+    else:
+        raise UsageError(f"--through {through!r}: use kine (the etcd API of the replicas) or apiservers")
     with measured_run(lab, out, "load", params) as (clients, con, clock, run_id):
+        before = max(c.revision() for c in clients)
         with MetricsSampler(lab.metrics_urls, clock) as sampler:
-            result = run_load(clients, mix, rate=rate, duration_s=duration_s, ops=ops, spread=spread,
-                              workers=workers, seed=seed, clock=clock, **mix_options)
+            if through == "apiservers":
+                began = time.perf_counter()
+                calls = run_kube_load(lab, mix, ops=ops, rate=rate, workers=workers, seed=seed,
+                                      duration_s=duration_s, clock=clock, nodes=int(mix_options.get("nodes", 20)))
+                result = as_load_result(mix, calls, time.perf_counter() - began)
+            else:
+                result = run_load(clients, mix, rate=rate, duration_s=duration_s, ops=ops, spread=spread,
+                                  workers=workers, seed=seed, clock=clock, **mix_options)
+        after = max(c.revision() for c in clients)
         store_load(con, run_id, result)
         store_metrics(con, run_id, sampler)
         snapshot = capture_into(con, lab.dsn, incremental=True)
-        summary = {**load_summary(result), "snapshot_id": snapshot.snapshot_id, "run_id": run_id}
+        summary = {**load_summary(result), "snapshot_id": snapshot.snapshot_id, "run_id": run_id,
+                   "revisions": [before, after]}
         finish_run(con, run_id, result.duration_s, summary)
         return summary
 

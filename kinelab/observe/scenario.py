@@ -25,9 +25,9 @@ from pathlib import Path
 
 from .. import progress
 from ..drive.faults import FaultInjector
-from ..drive.kube import KUBE_MIXES, run_kube_load
+from ..drive.kube import as_load_result, check_kube_load, run_kube_load
 from ..drive.pool import Background
-from ..drive.workload import LoadError, LoadResult, Write, check_load, run_load
+from ..drive.workload import check_load, run_load
 from ..errors import UsageError
 from .capture import capture_into
 from .metrics import MetricsSampler
@@ -119,10 +119,7 @@ def run_scenario(lab, out, scenario: Scenario) -> dict:
     load = {"mix": "configmaps", "rate": 50.0, "workers": 3, "spread": "round-robin", "seed": 1, **scenario.load}
     through_apiservers = load.pop("through", "kine") == "apiservers"
     if through_apiservers:
-        if not lab.apiserver_count:
-            raise UsageError(f"scenario {scenario.name} loads through apiservers: start the lab with apiservers=N")
-        if load["mix"] not in KUBE_MIXES:
-            raise UsageError(f"through apiservers the mix is one of {', '.join(KUBE_MIXES)}, not {load['mix']!r}")
+        check_kube_load(lab, load["mix"])
     else:
         check_load(len(lab.endpoints), load["mix"], rate=load["rate"], duration_s=load["duration_s"],
                    spread=load["spread"], workers=int(load["workers"]))
@@ -140,7 +137,7 @@ def run_scenario(lab, out, scenario: Scenario) -> dict:
                 calls = run_kube_load(lab, load["mix"], ops=None, rate=load["rate"], workers=int(load["workers"]),
                                       seed=int(load["seed"]), duration_s=load["duration_s"], clock=clock, stop=stop,
                                       nodes=int(load.get("nodes", 20)))
-                return _as_load_result(load["mix"], calls, time.perf_counter() - began)
+                return as_load_result(load["mix"], calls, time.perf_counter() - began)
 
             def load_through_kine(stop):
                 return run_load(clients, load["mix"], rate=load["rate"], duration_s=load["duration_s"],
@@ -181,18 +178,6 @@ def run_scenario(lab, out, scenario: Scenario) -> dict:
         finally:
             injector.close()
     return summary
-
-
-def _as_load_result(mix: str, calls: list, duration_s: float) -> LoadResult:
-    """Calls through apiservers as writes and errors; `replica` then holds the apiserver's index. A delete returns
-    no resourceVersion and a list no row, so only creates and updates take part in the reconciliation."""
-    writes = [Write(c.key, c.verb, c.resource_version, c.apiserver, c.t, c.latency_ms)
-              for c in calls if c.ok and c.verb in ("create", "update")]
-    errors = [LoadError(c.t, c.apiserver, c.verb, c.key if c.name else "", c.error,
-                        "UNAVAILABLE" if c.error.startswith("unreachable") else c.error.split(" ")[0])
-              for c in calls if not c.ok]
-    return LoadResult(mix, sorted(writes, key=lambda w: w.revision), sorted(errors, key=lambda e: e.t),
-                      sum(1 for c in calls if c.ok and c.verb == "list"), duration_s)
 
 
 def reconcile(con, run_id: int, expect: dict) -> list:

@@ -18,17 +18,27 @@ from __future__ import annotations
 import os
 import shutil
 import signal as _signal
+from pathlib import Path
 from typing import Optional, Protocol
 from urllib.parse import urlsplit
 
 import psutil
 
+from .. import progress
 from ..errors import ToolError, UsageError
-from .apiserver import ApiServer, generate_pki, install_apiserver
+from .apiserver import ApiServer, Pki, generate_pki
+from .controlplane import (
+    ControllerManager,
+    NodeSimulator,
+    Scheduler,
+    check_node_memory,
+    register_nodes,
+    wait_nodes_ready,
+)
 from .kine import KineReplica
 from .model import MODES, Component, LabSpec, etcd_servers_for
 from .process import LOOPBACK, ProcessRecord, free_port, require_free_port
-from .tools import find_kine, install_kine
+from .tools import KWOK, ensure, ensure_kubernetes, find_kine, install_kine
 
 
 class Backend(Protocol):
@@ -78,11 +88,18 @@ class LocalBackend:
         if spec.workers:
             raise UsageError(f"worker nodes are kind's (--backend kind); on the {self.name} backend, simulated "
                              "nodes come from --nodes")
+        if spec.nodes:
+            check_node_memory(spec.nodes)
 
     def prepare(self, lab) -> dict:
+        # Before anything runs: no Go or a failed build stops the lab here.
         tools = {"kine": install_kine(lab.kine_bin, log=lab.say)}
-        if lab.spec.apiservers:  # before anything runs: no Go or a failed build stops the lab here
-            tools["kube-apiserver"] = install_apiserver(log=lab.say)
+        commands = ["kube-apiserver"] * bool(lab.spec.apiservers) + \
+            ["kube-controller-manager", "kube-scheduler"] * lab.spec.controllers
+        if commands:
+            tools.update(ensure_kubernetes(commands, log=lab.say))
+        if lab.spec.nodes:
+            tools["kwok"] = ensure(KWOK, log=lab.say)
         return tools
 
     def plan(self, lab) -> list:
@@ -112,6 +129,17 @@ class LocalBackend:
                     url=f"https://{LOOPBACK}:{port}", stage=STAGES["apiserver"],
                     details={"etcd_servers": servers,
                              "kubeconfig": str(pki.dir / f"kubeconfig-kube-apiserver-{index}.yaml")}))
+        for index in range(spec.apiservers if spec.controllers else 0):
+            # a controller-manager and a scheduler per apiserver, as on every node of a kubeadm HA control plane
+            for name in ("kube-controller-manager", "kube-scheduler"):
+                port = free_port()
+                components.append(Component(f"{name}-{index}", "control-plane", index, endpoint=f"{LOOPBACK}:{port}",
+                                            url=f"https://{LOOPBACK}:{port}", stage=STAGES["control-plane"],
+                                            details={"program": name}))
+        if spec.nodes:
+            port = free_port()
+            components.append(Component("kwok", "nodes", endpoint=f"{LOOPBACK}:{port}", url=f"http://{LOOPBACK}:{port}",
+                                        stage=STAGES["nodes"], details={"nodes": spec.nodes}))
         return components
 
     def start(self, lab, component: Component, **start_options) -> None:
@@ -136,6 +164,25 @@ class LocalBackend:
             ApiServer(component.index, lab.tools["kube-apiserver"], component.details["etcd_servers"], lab.dir,
                       generate_pki(lab.dir / "pki"), port=component.port, flags=lab.spec.apiserver_args
                       ).start(**start_options)
+            return
+        if component.role == "control-plane":
+            kubeconfig = Path(lab.model.apiservers[component.index].details["kubeconfig"])
+            program = component.details["program"]
+            if program == "kube-controller-manager":
+                served = ControllerManager(component.index, lab.tools[program], kubeconfig, Pki(lab.dir / "pki"),
+                                           lab.dir, port=component.port)
+            else:
+                served = Scheduler(component.index, lab.tools[program], kubeconfig, lab.dir, port=component.port)
+            served.start(**start_options)
+            return
+        if component.role == "nodes":
+            kubeconfig = Path(lab.model.apiservers[0].details["kubeconfig"])
+            NodeSimulator(lab.tools["kwok"], kubeconfig, lab.dir, port=component.port).start(**start_options)
+            api, count = lab.kubernetes_client(0), component.details["nodes"]
+            with progress.bar(f"registering {count} simulated nodes", total=count) as advance:
+                register_nodes(api, count, advance=advance, cancel=start_options.get("cancel"))
+            wait_nodes_ready(api, count, timeout_s=60 + count / 10, cancel=start_options.get("cancel"),
+                             detail=lambda: lab.logs("kwok"))
             return
         raise UsageError(f"the {self.name} backend cannot start a {component.role} component")
 

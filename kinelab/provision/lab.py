@@ -28,13 +28,15 @@ from .. import progress
 from ..dsn import Dsn
 from ..errors import UsageError
 from ..etcd import Etcd
+from .apiserver import Pki
 from .backends import get_backend
+from .controlplane import insecure_local, ready_nodes
 from .datastores import Datastore, ExternalStore, SqliteStore, make_datastore
 from .kine import kine_flags
 from .labdir import LabDir, register
 from .model import MODES, Component, LabModel, LabSpec
 from .process import ProcessRecord, tail
-from .wait import Cancelled
+from .wait import Cancelled, http_probe
 
 Target = Union[int, str]  # a Kine replica's index, or a component's name
 
@@ -55,7 +57,8 @@ class Lab:
                  dir: Optional[os.PathLike] = None, kine_bin: Optional[str] = None, allow_shared_sqlite: bool = False,
                  base_port: Optional[int] = None, keep: Optional[bool] = None, apiservers: int = 0,
                  mode: str = "shared-db", apiserver_args: Optional[dict] = None,
-                 datastore_settings: Optional[dict] = None, nodes: int = 0, workers: int = 0):
+                 datastore_settings: Optional[dict] = None, controllers: Optional[bool] = None, nodes: int = 0,
+                 workers: int = 0):
         if replicas < 1:
             raise UsageError("a lab needs at least one Kine replica")
         if mode not in MODES:
@@ -73,11 +76,17 @@ class Lab:
         if shared_sqlite and replicas > 1 and not allow_shared_sqlite:
             raise UsageError("several Kine replicas on one SQLite file are unsupported (k3s-io/kine#499): use "
                              "--datastore postgres, or --allow-shared-sqlite to see why as a lesson")
+        if nodes and not apiservers:
+            apiservers = 1  # simulated nodes need a control plane to register with
+        controllers = bool(nodes) if controllers is None else controllers
+        if controllers and not apiservers:
+            raise UsageError("a controller-manager and a scheduler need an apiserver: add --apiservers 1 or more")
         self.spec = LabSpec(backend=backend, replicas=replicas,
                             datastore="external" if external else self.datastore.kind, kine_args=dict(kine_args or {}),
                             replica_args=[dict(a or {}) for a in (replica_args or [{}] * replicas)],
                             datastore_settings=dict(datastore_settings or {}), apiservers=apiservers, mode=mode,
-                            apiserver_args=dict(apiserver_args or {}), nodes=nodes, workers=workers,
+                            apiserver_args=dict(apiserver_args or {}), controllers=controllers, nodes=nodes,
+                            workers=workers,
                             base_port=base_port, allow_shared_sqlite=allow_shared_sqlite)
         for args in [self.spec.kine_args, *self.spec.replica_args]:
             kine_flags(args)  # refuse reserved flags before anything starts
@@ -399,15 +408,23 @@ class Lab:
         elif component.role == "apiserver":
             entry.update(url=component.url, kubeconfig=component.details["kubeconfig"],
                          etcd_servers=component.details["etcd_servers"],
-                         ready=alive and self._apiserver_ready(component))
+                         ready=alive and self._answers(f"{component.url}/readyz", Pki(self.dir / "pki").ssl_context()))
+        elif component.role == "control-plane":
+            entry.update(url=component.url, ready=alive and self._answers(f"{component.url}/healthz",
+                                                                          insecure_local()))
+        elif component.role == "nodes":
+            entry.update(url=component.url, nodes=component.details["nodes"], ready_nodes=None)
+            if alive:
+                try:
+                    entry["ready_nodes"] = ready_nodes(self.kubernetes_client(0, retries=False))
+                except Exception as exc:  # an apiserver that does not answer is worth reporting, not fatal
+                    entry["error"] = str(exc).splitlines()[0]
         return entry
 
-    def _apiserver_ready(self, component: Component) -> bool:
-        from .apiserver import Pki
-        from .wait import http_probe
-
+    @staticmethod
+    def _answers(url: str, context) -> bool:
         try:
-            return http_probe(f"{component.url}/readyz", context=Pki(self.dir / "pki").ssl_context(), expect=b"ok")()
+            return http_probe(url, context=context, expect=b"ok")()
         except OSError:
             return False
 

@@ -43,7 +43,8 @@ class LabSpec:
     apiservers: int = 0
     mode: str = "shared-db"
     apiserver_args: dict = field(default_factory=dict)
-    nodes: int = 0
+    controllers: bool = False  # a kube-controller-manager and a kube-scheduler per apiserver
+    nodes: int = 0  # simulated nodes (kwok)
     workers: int = 0  # kind worker nodes
     base_port: Optional[int] = None
     allow_shared_sqlite: bool = False
@@ -123,6 +124,10 @@ class LabModel:
     @property
     def apiservers(self) -> list:
         return self.by_role("apiserver")
+
+    @property
+    def controllers(self) -> list:
+        return self.by_role("control-plane")
 
     @property
     def endpoints(self) -> list:
