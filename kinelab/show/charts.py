@@ -12,13 +12,25 @@ DuckDB, and returns an Altair chart (it never displays one) carrying at most MAX
   ops_by_resource     rows by resource, namespace and op (click a resource to see its namespaces)
   sql_latency         Kine's SQL latency per query and replica from its Prometheus histograms
   save                write a chart to .png, .svg or .html (self-contained) with vl-convert, offline
+  mimebundle          what a chart shows as in a notebook (see "How charts display" below)
 
 Every chart takes `label=`: a replayed capture labelled e.g. "REPLAY: recorded 2026-11-28" shows that label
 as its title, in red, above what the chart is, so it is never mistaken for a live lab.
+
+How charts display: importing `kinelab.show` enables the "kinelab" Altair renderer (`use_offline_renderer`),
+which needs no network. Altair 6's own renderers do not fit: "default"/"html" load Vega 6 from a CDN at view
+time, "mimetype" emits Vega-Lite 6 JSON that no notebook front end renders (JupyterLab 4 and Notebook 7 ship
+Vega 5 and Vega-Lite 5.6), "jupyter" needs anywidget and sends a megabyte of script per chart that papermill
+outputs lose, and "svg"/"png" drop the tooltips. So vl-convert compiles each chart's Vega-Lite 6 spec with the
+compiler Altair targets, in this process, into a Vega spec, sent as `application/vnd.vega.v5+json`: JupyterLab,
+Notebook 7 (Binder) and VS Code draw it with the Vega they bundle, interactively (tooltips, zoom, legend
+clicks). Beside it goes a PNG drawn by vl-convert, which is what nbconvert exports, GitHub, papermill outputs
+viewed elsewhere and untrusted notebooks show; it also keeps JupyterLab from drawing a PNG of its own.
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
 import math
 import os
@@ -564,6 +576,49 @@ def sql_latency(source, run_id: Optional[int] = None, *, cumulative: bool = Fals
     window = "totals since Kine started" if cumulative else "this run's window (last sample minus first)"
     return _finish(chart, f"Kine SQL latency per query and replica, run {run_id}", label,
                    [f"{window}; quantiles interpolated in Kine's histogram buckets (1 ms to 8.192 s)"])
+
+
+# --- display ---------------------------------------------------------------------------------------------
+
+RENDERER = "kinelab"
+VEGA_MIME = "application/vnd.vega.v5+json"  # the Vega that JupyterLab, Notebook 7 and VS Code bundle
+# The chart's "..." menu: saving as SVG or PNG works offline; the online Vega editor and the spec views do not help
+EMBED_OPTIONS = {"renderer": "svg", "actions": {"export": True, "source": False, "compiled": False, "editor": False}}
+# vl-convert compiles with the Vega-Lite version Altair writes its specs for ("v6.4.1" -> "6.4")
+VEGALITE_VERSION = ".".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
+
+
+def _vl_convert():
+    try:
+        import vl_convert
+    except ImportError:
+        raise ToolError("drawing charts needs vl-convert: pip install vl-convert-python") from None
+    return vl_convert
+
+
+def mimebundle(chart, *, static: bool = True) -> tuple:
+    """(data, metadata) of `chart` (an Altair chart or its Vega-Lite dict) for a notebook: the Vega spec that
+    front ends draw interactively, a title line as text/plain and, if `static`, a PNG for every viewer
+    that cannot run Vega. Nothing is fetched: vl-convert compiles and draws in this process."""
+    spec = chart if isinstance(chart, dict) else chart.to_dict()
+    vl_convert = _vl_convert()
+    vega = vl_convert.vegalite_to_vega(spec, vl_version=VEGALITE_VERSION)
+    vega["$schema"] = "https://vega.github.io/schema/vega/v5.json"  # what the front ends' Vega 5 reads
+    title = spec.get("title", "")
+    title = title.get("text", "") if isinstance(title, dict) else title
+    data = {VEGA_MIME: vega, "text/plain": f"<kinelab chart: {title or 'untitled'}>"}
+    metadata = {VEGA_MIME: {"embed_options": EMBED_OPTIONS}}
+    if static:
+        png = vl_convert.vega_to_png(vega, scale=1)
+        data["image/png"] = base64.b64encode(png).decode()
+    return data, metadata
+
+
+def use_offline_renderer() -> None:
+    """Show Altair charts through `mimebundle` (Altair's renderer "kinelab")."""
+    if RENDERER not in alt.renderers.names():
+        alt.renderers.register(RENDERER, mimebundle)
+    alt.renderers.enable(RENDERER)
 
 
 # --- export ----------------------------------------------------------------------------------------------
