@@ -393,26 +393,37 @@ def watch_lag(source, run_id: Optional[int] = None, *, quantiles: int = 100, lab
                    [f"{missed} acknowledged writes never delivered; {cancelled} watches cancelled"])
 
 
-def watch_lag_timeline(source, run_id: Optional[int] = None, *, label: Optional[str] = None):
+def watch_lag_timeline(source, run_id: Optional[int] = None, *, window_s: Optional[float] = None,
+                       max_points: int = MAX_ROWS, label: Optional[str] = None):
     """Watch lag over a run's time: one point per delivered event (x: seconds since the run's first write, y:
     its lag, symlog, with Kine's 1 s poll dashed), coloured by the observer's replica, shaped by locality;
     below it, a red tick for each write that failed, on the replica it was sent to (one that was down). Drag
-    to pan, wheel to zoom."""
+    to pan, wheel to zoom. With `window_s`, only the run's last `window_s` seconds are drawn; at most
+    `max_points` points and ticks are (every k-th, chosen in DuckDB), so a chart redrawn during a long run
+    stays the same size. The subtitle holds the whole run's totals."""
     with _connected(source) as con:
         run_id = _run_id(con, run_id, "watch_events", "watch events", "record some with `kinelab watchlag`")
-        start = """(SELECT least(min(t_commit), (SELECT min(t) FROM load_errors WHERE run_id = $1))
-                    FROM writes WHERE run_id = $1)"""
-        failed = _table(con, f"""SELECT t - {start} AS seconds, 'replica ' || replica AS writer, op, error
-                                 FROM load_errors WHERE run_id = $1""", [run_id], order_by="seconds",
-                        limit=MAX_ROWS // 5)
+        span = """(SELECT least(min(t_commit), (SELECT min(t) FROM load_errors WHERE run_id = $1)) AS t0,
+                          greatest(max(t_commit), (SELECT max(t) FROM load_errors WHERE run_id = $1)) AS t1
+                   FROM writes WHERE run_id = $1) span"""
+        shown = "($2 IS NULL OR {t} >= span.t1 - $2)"  # in the window
+        params = [run_id, window_s]
+        failed = _table(con, f"""SELECT e.t - span.t0 AS seconds, 'replica ' || e.replica AS writer, e.op, e.error
+                                 FROM load_errors e, {span} WHERE e.run_id = $1 AND {shown.format(t="e.t")}""",
+                        params, order_by="seconds", limit=max(1, max_points // 5))
         events = _table(con, f"""
-            SELECT t_commit - {start} AS seconds, 'replica ' || observer AS observer,
-                   CASE WHEN writer = observer THEN 'same-replica' ELSE 'other-replica' END AS locality,
-                   'replica ' || writer AS writer, revision, lag_ms
-            FROM watch_events WHERE run_id = $1 AND writer IS NOT NULL""", [run_id], order_by="seconds, observer",
-                        limit=MAX_ROWS - failed.num_rows)
-        errors = con.execute("SELECT count(*) FROM load_errors WHERE run_id = ?", [run_id]).fetchall()[0][0]
-        writes = con.execute("SELECT count(*) FROM writes WHERE run_id = ?", [run_id]).fetchall()[0][0]
+            SELECT w.t_commit - span.t0 AS seconds, 'replica ' || w.observer AS observer,
+                   CASE WHEN w.writer = w.observer THEN 'same-replica' ELSE 'other-replica' END AS locality,
+                   'replica ' || w.writer AS writer, w.revision, w.lag_ms
+            FROM watch_events w, {span}
+            WHERE w.run_id = $1 AND w.writer IS NOT NULL AND {shown.format(t="w.t_commit")}""", params,
+                        order_by="seconds, observer", limit=max(1, max_points - failed.num_rows))
+        writes, errors, delivered, seconds, in_window = con.execute(f"""
+            SELECT (SELECT count(*) FROM writes WHERE run_id = $1), (SELECT count(*) FROM load_errors WHERE run_id = $1),
+                   (SELECT count(*) FROM watch_events WHERE run_id = $1), span.t1 - span.t0,
+                   (SELECT count(*) FROM watch_events w WHERE w.run_id = $1 AND w.writer IS NOT NULL
+                                                          AND {shown.format(t="w.t_commit")})
+            FROM {span}""", params).fetchall()[0]
     zoom = _zoom()
     x = alt.X("seconds:Q", title="seconds since the run's first write")
     points = alt.Chart(events).mark_point(size=18, filled=True).encode(
@@ -427,8 +438,11 @@ def watch_lag_timeline(source, run_id: Optional[int] = None, *, label: Optional[
         ticks = alt.Chart(failed).mark_tick(color=LABEL_COLOR, thickness=2).encode(
             x=x, y=alt.Y("writer:N", title="failed writes"), tooltip=["seconds:Q", "writer:N", "op:N", "error:N"])
         chart = alt.vconcat(chart, ticks.properties(width=640, height=alt.Step(14))).resolve_scale(x="shared")
-    return _finish(chart, f"watch lag over time per observer, run {run_id}", label,
-                   [f"{writes} writes acknowledged, {errors} failed"])
+    notes = [f"{writes:,} writes acknowledged, {errors:,} failed, {delivered:,} watch events in {seconds or 0:.0f} s"]
+    if window_s is not None:
+        drawn = f"{events.num_rows:,}" + (f" of {in_window:,}" if in_window > events.num_rows else "")
+        notes.append(f"showing the last {window_s:g} s: {drawn} events, {failed.num_rows:,} failed writes")
+    return _finish(chart, f"watch lag over time per observer, run {run_id}", label, notes)
 
 
 def apiserver_availability(attempts, *, kill_at_s: Optional[float] = None, label: Optional[str] = None):
