@@ -26,8 +26,12 @@ demo: kine
 test: kine
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# JupyterLab on loopback with a token; it asks no server for news or updates (workshops run offline).
+# LAB_DIR and LAB_ARGS (a port, a token) are for the browser tests, which start it this way.
+LAB_DIR ?= notebooks
 lab: kine
-	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser $(if $(filter 0,$(shell id -u)),--allow-root,) notebooks
+	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser $(if $(filter 0,$(shell id -u)),--allow-root,) \
+		--LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate $(LAB_ARGS) $(LAB_DIR)
 
 bench: kine
 	$(BIN)/python benchmarks/run.py

@@ -9,20 +9,34 @@ import os
 import threading
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=True)
 NOTEBOOK_REDRAW_S = 0.25  # a notebook bar redraws at most this often: each redraw is a message to the browser
+_silenced: ContextVar[bool] = ContextVar("kinelab_progress_silenced", default=False)
 
 
 def enabled() -> bool:
     """On in a terminal and in Jupyter; off in pipes and CI logs, or with KINELAB_PROGRESS=0."""
+    if _silenced.get():
+        return False
     setting = os.environ.get("KINELAB_PROGRESS", "auto")
     if setting in ("0", "1"):
         return setting == "1"
     return console.is_terminal or console.is_jupyter
+
+
+@contextmanager
+def silenced():
+    """No bars and no messages inside this block (this thread only), e.g. where a widget shows the progress."""
+    token = _silenced.set(True)
+    try:
+        yield
+    finally:
+        _silenced.reset(token)
 
 
 def _noop(n=1, description=None):

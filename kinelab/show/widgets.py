@@ -23,6 +23,7 @@ from typing import Callable, Optional
 import duckdb
 import ipywidgets as widgets
 
+from .. import progress
 from ..clock import Clock
 from ..drive.workload import run_load
 from ..errors import KinelabError, UsageError
@@ -87,7 +88,12 @@ class LabPanel:
         """(Re)start: stop the load and the panel's lab, then start a lab of `replicas` replicas."""
         with self.log:
             self._stop_lab()
-            self.lab = self.make_lab(self.replicas.value).start()
+            self.status.value = f"<i>starting a lab of {self.replicas.value} replicas...</i>"
+            try:
+                with progress.silenced():  # the status line tells; a bar in the log output could never be cleared
+                    self.lab = self.make_lab(self.replicas.value).start()
+            finally:
+                self._refresh()  # on a failure: "no lab running", and the error below it
             self.run_id = new_run(self.con, "watchlag", {"panel": True, "replicas": self.replicas.value})
             self.clock, self.slices, self._note = Clock(), 0, ""
             count = self.lab.replica_count
