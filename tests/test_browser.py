@@ -140,8 +140,9 @@ CHARTS = """scope => [...scope.querySelectorAll('.jp-RenderedVegaCommon5')].map(
 
 # Outputs that show nothing but take room: what a finished progress bar must not leave
 BLANK_OUTPUTS = """nb => [...nb.querySelectorAll('.jp-OutputArea-child')]
-    .filter(o => o.innerText.trim() === '' && !o.querySelector('svg, canvas, img, .jupyter-widgets, input, button'))
-    .map(o => o.getBoundingClientRect().height).filter(h => h >= 8)"""
+    .filter(o => o.textContent.trim() === '' && !o.querySelector('svg, canvas, img, .jupyter-widgets, input, button'))
+    .filter(o => o.getBoundingClientRect().height >= 8)
+    .map(o => Math.round(o.getBoundingClientRect().height) + ' px: ' + o.outerHTML.slice(0, 400))"""
 
 
 def open_notebook(browser, lab, name: str):
@@ -301,7 +302,7 @@ def test_notebook_04_and_its_panel_in_jupyterlab(jupyterlab, browser):
     drawn = assert_charts_drawn(notebook, 2)
     assert all(c["title"].startswith("watch lag per observer") for c in drawn), drawn
     assert notebook.evaluate(BLANK_OUTPUTS) == []  # finished progress bars leave no blank boxes
-    assert "mode auto -> live" in notebook.inner_text()
+    assert "mode auto -> live" in notebook.text_content()
     print(f"notebook 04 ran in {time.monotonic() - started:.0f} s")
     shot(page, "04-notebook")
 
