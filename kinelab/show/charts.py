@@ -419,7 +419,8 @@ def watch_lag_timeline(source, run_id: Optional[int] = None, *, window_s: Option
             WHERE w.run_id = $1 AND w.writer IS NOT NULL AND {shown.format(t="w.t_commit")}""", params,
                         order_by="seconds, observer", limit=max(1, max_points - failed.num_rows))
         writes, errors, delivered, seconds, in_window = con.execute(f"""
-            SELECT (SELECT count(*) FROM writes WHERE run_id = $1), (SELECT count(*) FROM load_errors WHERE run_id = $1),
+            SELECT (SELECT count(*) FROM writes WHERE run_id = $1),
+                   (SELECT count(*) FROM load_errors WHERE run_id = $1),
                    (SELECT count(*) FROM watch_events WHERE run_id = $1), span.t1 - span.t0,
                    (SELECT count(*) FROM watch_events w WHERE w.run_id = $1 AND w.writer IS NOT NULL
                                                           AND {shown.format(t="w.t_commit")})
@@ -606,7 +607,7 @@ def _vl_convert():
     try:
         import vl_convert
     except ImportError:
-        raise ToolError("drawing charts needs vl-convert: pip install vl-convert-python") from None
+        raise ToolError("drawing and saving charts needs vl-convert: pip install vl-convert-python") from None
     return vl_convert
 
 
@@ -648,10 +649,7 @@ def save(chart, path, *, scale: float = 2.0) -> Path:
     if fmt is None:
         raise UsageError(f"cannot save a chart as {path.suffix or 'a file without suffix'!r}: use "
                          f"{', '.join(SAVE_FORMATS)}")
-    try:
-        import vl_convert  # noqa: F401  (Altair renders through it)
-    except ImportError:
-        raise ToolError("saving charts needs vl-convert: pip install vl-convert-python") from None
+    _vl_convert()  # Altair renders through it
     if fmt == "html":
         chart.save(str(path), format="html", inline=True)
     else:
