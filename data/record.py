@@ -178,7 +178,7 @@ def troubleshooting(work: Path) -> dict:
     import papermill
 
     notebook = DATA.parent / "notebooks" / "06-troubleshooting.ipynb"
-    papermill.execute_notebook(str(notebook), str(work / "06.ipynb"), parameters={"out_dir": str(work)},
+    papermill.execute_notebook(str(notebook), str(work / "06.ipynb"), parameters={"out_dir": str(work), "mode": "live"},
                                kernel_name="python3", progress_bar=False, cwd=str(work))
     parameters = papermill.inspect_notebook(str(notebook))
     defaults = {name: value["default"] for name, value in parameters.items() if name not in ("mode", "out_dir")}
