@@ -178,8 +178,8 @@ def troubleshooting(work: Path) -> dict:
     import papermill
 
     notebook = DATA.parent / "notebooks" / "06-troubleshooting.ipynb"
-    papermill.execute_notebook(str(notebook), str(work / "06.ipynb"), parameters={"out_dir": str(work), "mode": "live"},
-                               kernel_name="python3", progress_bar=False, cwd=str(work))
+    papermill.execute_notebook(str(notebook), str(work / "06.ipynb"), kernel_name="python3", progress_bar=False,
+                               parameters={"out_dir": str(work), "mode": "live"}, cwd=str(work))
     parameters = papermill.inspect_notebook(str(notebook))
     defaults = {name: value["default"] for name, value in parameters.items() if name not in ("mode", "out_dir")}
     meta = {"notebook": "06-troubleshooting", "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
