@@ -121,9 +121,10 @@ def test_post_build_as_a_notebook_user_with_only_python_tools():
             assert result.returncode == 0, (argv, result.stdout[-2000:], result.stderr[-3000:])
             print(f"{' '.join(argv[:3])}: {time.monotonic() - started:.0f} s")
         assert (home / ".cache" / "kinelab" / "bin" / f"kine-{KINE_VERSION}").is_file()
+        # `go clean -cache` keeps the cache folder's README and trim.txt; hundreds of MB were there before it
         caches = (home / "go" / "pkg" / "mod", home / ".cache" / "go-build")
-        leftovers = [p for p in caches if p.exists() and any(p.iterdir())]
-        assert not leftovers, leftovers
+        kept = sum(f.stat().st_size for cache in caches if cache.exists() for f in cache.rglob("*") if f.is_file())
+        assert kept < 100_000, kept
         installed = as_user(str(venv / "bin" / "kinelab"), "install", "--json")
         assert json.loads(installed.stdout)["version"] == KINE_VERSION
         # a kernel started from an unactivated virtualenv: PATH without its bin, Go still found in the wheel
