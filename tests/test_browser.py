@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import psutil
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 from conftest import REPO, wait_until
 from kinelab.provision.apiserver import find_apiserver
@@ -95,8 +96,6 @@ def jupyterlab(kine, tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     """Chromium with a fresh profile; a request to anything but loopback is aborted and recorded in `blocked`."""
-    from playwright.sync_api import sync_playwright
-
     blocked = []
 
     def gate(route):
@@ -250,8 +249,7 @@ def drive_panel(page, lab, name: str, apiservers: bool) -> dict:
     panel.wait_status(lambda s: re.search(r"checked (\S+)", s).group(1) != first, "refreshed with no load running", 10)
 
     panel.button("run load").click()
-    toggle = panel.button("load running")
-    assert "mod-success" in toggle.get_attribute("class")
+    expect(panel.button("load running")).to_have_class(re.compile(r"\bmod-success\b"))  # green while it runs
     seen["loading"] = panel.wait_chart(lambda t: "writes acknowledged" in t and totals(t)[0] > 0, "with writes")
     shot(page, f"{name}-panel-load", panel.root)
 
