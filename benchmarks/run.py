@@ -290,7 +290,7 @@ def bench_capture(rows: int, rounds: int, seed: int, with_text: bool) -> dict:
     try:
         with Lab(replicas=1, datastore="postgres") as lab:
             # Kine made the table and its indexes; stop it so its poll loop and compaction stay out of the way.
-            ProcessRecord(**lab.manifest["replicas"][0]["process"]).stop()
+            lab.model.replicas[0].records[0].stop()
             with connect_postgres(lab.datastore.admin_dsn) as conn:
                 result["postgres_version"] = conn.execute("SHOW server_version").fetchone()[0]
                 result["postgres_settings"] = dict(conn.execute(

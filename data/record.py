@@ -38,7 +38,7 @@ BLOCK_SIZE = 16384
 
 def _entry(notebook: str, lab, parameters: dict, contents: str, group: str) -> dict:
     return {"notebook": notebook, "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "kine_version": lab.manifest["kine_version"], "datastore": lab.manifest["datastore"]["kind"],
+            "kine_version": lab.model.versions["kine"], "datastore": lab.model.datastore_kind,
             "replicas": lab.replica_count, "parameters": parameters, "contents": contents,
             "command": f".venv/bin/python data/record.py {group}"}
 
@@ -178,8 +178,8 @@ def troubleshooting(work: Path) -> dict:
     import papermill
 
     notebook = DATA.parent / "notebooks" / "06-troubleshooting.ipynb"
-    papermill.execute_notebook(str(notebook), str(work / "06.ipynb"), parameters={"out_dir": str(work)},
-                               kernel_name="python3", progress_bar=False, cwd=str(work))
+    papermill.execute_notebook(str(notebook), str(work / "06.ipynb"), kernel_name="python3", progress_bar=False,
+                               parameters={"out_dir": str(work), "mode": "live"}, cwd=str(work))
     parameters = papermill.inspect_notebook(str(notebook))
     defaults = {name: value["default"] for name, value in parameters.items() if name not in ("mode", "out_dir")}
     meta = {"notebook": "06-troubleshooting", "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
