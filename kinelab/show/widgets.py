@@ -25,6 +25,7 @@ import ipywidgets as widgets
 
 from .. import progress
 from ..clock import Clock
+from ..drive.pool import Background
 from ..drive.workload import run_load
 from ..errors import KinelabError, UsageError
 from ..etcd import Etcd
@@ -53,10 +54,10 @@ class LabPanel:
         self.window_s, self.max_points, self.status_every_s = window_s, max_points, status_every_s
         self.con = duckdb.connect()  # the panel's measurements, in the capture contract's tables
         ensure_schema(self.con)
-        self.run_id, self.clock, self.slices, self._thread = None, Clock(), 0, None
+        self.run_id, self.clock, self.slices, self._load = None, Clock(), 0, None
         self.payload_bytes = 0  # the size of the last chart sent to the browser
         self._note, self._status_lock = "", threading.Lock()
-        self._status_thread, self._status_stop = None, threading.Event()
+        self._status: Optional[Background] = None
         self.replicas = widgets.IntSlider(value=replicas, min=1, max=max_replicas, description="replicas")
         self.start_button = widgets.Button(description="start lab", icon="play")
         self.stop_button = widgets.Button(description="stop lab", icon="stop")
@@ -101,20 +102,15 @@ class LabPanel:
             self.target.options = [(f"replica {i}", i) for i in range(count)]
             self.writer.value, self.target.value = "round-robin", 0  # new options leave no value chosen
             self.chart_area.outputs = ()  # the previous lab's chart
-            self._status_stop.clear()
-            self._status_thread = threading.Thread(target=self._status_loop, name="kinelab-panel-status",
-                                                   daemon=True)
-            self._status_thread.start()
+            self._status = Background(self._status_loop, name="kinelab-panel-status").start()
             self._refresh()
 
     def _stop_lab(self, _=None) -> None:
         self.running.value = False
-        if self._thread is not None:
-            self._thread.join()
-        self._status_stop.set()
-        if self._status_thread is not None:
-            self._status_thread.join()
-            self._status_thread = None
+        for loop in (self._load, self._status):
+            if loop is not None:
+                loop.close()
+        self._load = self._status = None
         if self.lab is not None:
             self.lab.stop()
             self.lab = None
@@ -133,12 +129,15 @@ class LabPanel:
         self.running.description, self.running.icon = ("load running", "pause") if on else ("run load", "play")
         self.running.button_style = "success" if on else ""
         self.running.tooltip = "click to stop the load" if on else "start writing"
-        if on and (self._thread is None or not self._thread.is_alive()):
-            self._thread = threading.Thread(target=self._loop, name="kinelab-panel", daemon=True)
-            self._thread.start()
+        if on and self._load is not None and self._load.stop.is_set():
+            self._load.close()  # switched off and on again: the old load's last slice ends first
+        if on and (self._load is None or not self._load.alive):
+            self._load = Background(self._loop, name="kinelab-panel").start()
+        elif not on and self._load is not None:
+            self._load.stop.set()  # the slice under way ends; the button does not wait for it
 
-    def _loop(self) -> None:
-        while self.running.value and self.lab is not None:
+    def _loop(self, stop: threading.Event) -> None:
+        while not stop.is_set() and self.lab is not None:
             try:
                 self.step()
                 self._note = ""
@@ -146,8 +145,8 @@ class LabPanel:
                 self._note = str(exc)
             self.render()
 
-    def _status_loop(self) -> None:
-        while not self._status_stop.wait(self.status_every_s):
+    def _status_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self.status_every_s):
             try:
                 self._refresh()
             except KinelabError:  # the lab went away between two looks: the next refresh tells
