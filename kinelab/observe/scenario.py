@@ -40,8 +40,10 @@ FAULT_TIMEOUT_S = 2.0
 
 LOAD_KEYS = ("mix", "rate", "duration_s", "workers", "spread", "seed", "nodes", "value_bytes", "event_ttl_s",
              "through")
-LAB_KEYS = ("replicas", "datastore", "kine_args", "replica_args", "datastore_settings", "apiservers", "mode")
-CHECKS = ("writes_lost", "missed_by_survivors", "phantom_events", "max_recovery_s", "max_errors", "insert_errors")
+LAB_KEYS = ("replicas", "datastore", "kine_args", "replica_args", "datastore_settings", "apiservers", "mode",
+            "kine_version")
+CHECKS = ("writes_lost", "missed_by_survivors", "phantom_events", "max_recovery_s", "max_errors", "insert_errors",
+          "failed_but_written")
 
 
 @dataclass
@@ -175,6 +177,7 @@ def run_scenario(lab, out, scenario: Scenario) -> dict:
             checks = reconcile(con, run_id, scenario.expect)
             summary = {**load_summary(result), "run_id": run_id, "t0": t0, "snapshot_id": snapshot.snapshot_id,
                        "settled": settled, "faults": [(round(r[1], 2), r[2], r[3], r[5]) for r in fault_rows],
+                       "kine_versions": lab.model.kine_versions, "anomalies": anomalies(con, run_id),
                        "checks": {name: {"value": value, "ok": ok} for name, value, ok, _ in checks},
                        "failed": [f"{name} = {value:g}" for name, value, ok, _ in checks if ok is False]}
             finish_run(con, run_id, result.duration_s, summary)
@@ -216,6 +219,8 @@ def reconcile(con, run_id: int, expect: dict) -> list:
         "insert_errors": value("SELECT coalesce(sum(grew), 0) FROM (SELECT max(value) - min(value) AS grew "
                                "FROM kine_metrics WHERE run_id = ? AND metric = 'kine_insert_errors_total' "
                                "GROUP BY replica, labels)"),
+        "failed_but_written": value("SELECT count(*) FROM write_anomalies WHERE run_id = ? "
+                                    "AND anomaly = 'reported failed but written'"),
     }
     details = {
         "writes_lost": "acknowledged writes that are not rows of the table",
@@ -224,6 +229,7 @@ def reconcile(con, run_id: int, expect: dict) -> list:
         "max_recovery_s": "longest time from a fault to the first success after its last error",
         "max_errors": "failed operations during the load",
         "insert_errors": "unique-key insert failures Kine counted (kine_insert_errors_total)",
+        "failed_but_written": "creates and updates the client saw fail whose value is a row of the table",
     }
     rows = []
     for name, measured_value in measured.items():
@@ -235,3 +241,13 @@ def reconcile(con, run_id: int, expect: dict) -> list:
     insert_rows(con, "scenario_checks", ["run_id", "check_name", "value", "ok", "detail"],
                 [(run_id, *row) for row in rows])
     return rows
+
+
+def anomalies(con, run_id: int) -> list:
+    """The run's write anomalies per replica, kind and error kind: [{replica, kine_version, anomaly, op,
+    error_kind, writes}], the most frequent first."""
+    rows = con.execute("""SELECT a.replica, r.kine_version, a.anomaly, a.op, a.error_kind, count(*) AS writes
+                          FROM write_anomalies a LEFT JOIN run_replicas r USING (run_id, replica)
+                          WHERE a.run_id = ? GROUP BY ALL ORDER BY writes DESC, a.replica, a.anomaly, a.op""",
+                       [run_id]).fetchall()
+    return [dict(zip(("replica", "kine_version", "anomaly", "op", "error_kind", "writes"), row)) for row in rows]

@@ -28,12 +28,13 @@ from .. import progress
 from ..dsn import Dsn
 from ..errors import UsageError
 from ..etcd import Etcd
-from .backends import get_backend
+from .backends import get_backend, kine_details
 from .datastores import Datastore, ExternalStore, SqliteStore, make_datastore
 from .kine import kine_flags
 from .labdir import LabDir, register
 from .model import MODES, Component, LabModel, LabSpec
 from .process import ProcessRecord, tail
+from .tools import normalise_kine_version
 from .wait import Cancelled
 
 Target = Union[int, str]  # a Kine replica's index, or a component's name
@@ -55,7 +56,8 @@ class Lab:
                  dir: Optional[os.PathLike] = None, kine_bin: Optional[str] = None, allow_shared_sqlite: bool = False,
                  base_port: Optional[int] = None, keep: Optional[bool] = None, apiservers: int = 0,
                  mode: str = "shared-db", apiserver_args: Optional[dict] = None,
-                 datastore_settings: Optional[dict] = None, nodes: int = 0, workers: int = 0):
+                 datastore_settings: Optional[dict] = None, nodes: int = 0, workers: int = 0,
+                 kine_version: Optional[str] = None):
         if replicas < 1:
             raise UsageError("a lab needs at least one Kine replica")
         if mode not in MODES:
@@ -67,6 +69,8 @@ class Lab:
                              "ports from it, below 65536; choose a lower one or leave it out")
         if replica_args is not None and len(replica_args) != replicas:
             raise UsageError(f"replica_args has {len(replica_args)} entries for {replicas} replicas")
+        if kine_version and kine_bin:
+            raise UsageError("--kine-bin names a binary and --kine-version one to build: give one of them")
         self.datastore: Datastore = make_datastore(datastore, datastore_settings)
         external = isinstance(self.datastore, ExternalStore)
         shared_sqlite = isinstance(self.datastore, SqliteStore) or (external and self.datastore.dsn.kind == "sqlite")
@@ -78,9 +82,13 @@ class Lab:
                             replica_args=[dict(a or {}) for a in (replica_args or [{}] * replicas)],
                             datastore_settings=dict(datastore_settings or {}), apiservers=apiservers, mode=mode,
                             apiserver_args=dict(apiserver_args or {}), nodes=nodes, workers=workers,
-                            base_port=base_port, allow_shared_sqlite=allow_shared_sqlite)
+                            base_port=base_port, allow_shared_sqlite=allow_shared_sqlite,
+                            kine_version=normalise_kine_version(kine_version) if kine_version else "")
         for args in [self.spec.kine_args, *self.spec.replica_args]:
             kine_flags(args)  # refuse reserved flags before anything starts
+        for args in [self.spec.kine_args, *self.spec.replica_args]:  # "0.17.2" -> "v0.17.2"; "latest" is refused
+            for key in [k for k in args if k.lstrip("-").replace("_", "-") == "kine-version"]:
+                args["kine-version"] = normalise_kine_version(args.pop(key))
         self.backend = get_backend(backend)
         self.backend.check(self.spec)
         self.dir = Path(dir).expanduser().resolve() if dir else None
@@ -310,15 +318,33 @@ class Lab:
             raise UsageError(f"{component.name} is not running; `restart` it first")
         return component
 
-    def restart(self, target: Target) -> None:
-        """Stop a component if it runs, then start it again with the same ports, flags and data."""
+    def restart(self, target: Target, *, kine_version: Optional[str] = None) -> None:
+        """Stop a component if it runs, then start it again with the same ports, flags and data; a Kine replica
+        on another Kine release when `kine_version` is given (one step of a rolling upgrade or downgrade)."""
         component = self._component(target)
+        if kine_version is not None:
+            self._change_kine_version(component, kine_version)  # built first: a failed build stops nothing
         if component.role == "datastore":
             return self.restart_datastore()
         for record in component.records:
             record.stop()
         self._relaunch(component)
         self._forget_client(target)
+
+    def _change_kine_version(self, component: Component, version: str) -> None:
+        if component.role != "kine":
+            raise UsageError(f"{component.name} is not a Kine replica; only replicas change their Kine version")
+        if not hasattr(self.backend, "add_kine_version"):
+            raise UsageError(f"the {self.model.backend} backend runs one Kine version; start another lab instead")
+        if not self.tools:  # attached: the binaries the lab was started with
+            self.tools = self.model.recorded_binaries()
+        name = self.backend.add_kine_version(self, normalise_kine_version(version), self.tools)
+        binary = self.tools[name]
+        with self._lock:
+            self.model.versions[name], self.model.binaries[name] = binary.version, str(binary.path)
+            self.spec.replica_args[component.index]["kine-version"] = binary.version
+            component.details.update(kine_details(name, binary))
+            self._save()
 
     def _relaunch(self, component: Component) -> None:
         if not self.tools:  # attached: the binaries the lab was started with
@@ -387,7 +413,8 @@ class Lab:
         entry = {"name": component.name, "role": component.role, "index": component.index,
                  "pid": records[0].pid if records else None, "alive": alive}
         if component.role == "kine":
-            entry.update(endpoint=component.endpoint, metrics_url=component.metrics_url)
+            entry.update(endpoint=component.endpoint, metrics_url=component.metrics_url,
+                         kine_version=self.model.kine_versions[component.index])
             if alive:
                 try:
                     with Etcd(component.endpoint, timeout_s=2) as client:
