@@ -7,7 +7,8 @@ Events carry a TTL lease (Kine's lease id is the TTL in seconds), renewed once a
 apiserver's lease manager.
 
 Mixes:
-  configmaps  Kine's own load test: 20% create, 50% update, 20% delete, 10% list
+  configmaps  Kine's own load test: 20% create, 50% update, 20% delete, 10% list (values of 0.5-2 KB, or
+              `value_bytes`)
   heartbeat   N nodes renewing their Lease in kube-node-lease every 10 s, as kubelets do
   events      an event storm: 80% new events with TTL leases, 20% updates of recent ones
   creates     unique keys, creates only, 1 KiB values: raw write throughput (the `benchmark put` shape)
@@ -192,13 +193,14 @@ class ConfigMapMix(Mix):
     name = "configmaps"
     namespaces = ("default", "kube-system", "team-a")
 
-    def __init__(self, rng, worker, workers, **options):
+    def __init__(self, rng, worker, workers, value_bytes: Optional[int] = None, **options):
         super().__init__(rng, worker, workers)
         self.live: dict = {}  # key -> mod revision this worker last saw
         self.serial = itertools.count()
+        self.sizes = (value_bytes, value_bytes) if value_bytes else (500, 2000)  # small values, small recordings
 
     def _new_value(self) -> bytes:
-        return self.value("v1", "ConfigMap", 500, 2000)
+        return self.value("v1", "ConfigMap", *self.sizes)
 
     def step(self, writer, replica):
         roll = self.rng.random()

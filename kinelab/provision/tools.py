@@ -294,6 +294,12 @@ def _build_without_withdrawn(tool: Tool, go: str, log_path: Path, out, built: Pa
     kinelab's own that replaces each such dependency with its next release the proxy does serve, and return
     {module: [wanted, used]}; otherwise raise the build's one-line error."""
     failed = ToolError(f"go install {tool.package}@{tool.version} failed; see {log_path}")
+    newer = re.search(r"requires go >= (\S+) \(running go (\S+?);? (GOTOOLCHAIN=[^)\s]+)?",
+                      log_path.read_text(errors="replace"))
+    if newer:  # the release asks for a newer Go than this one, which may not fetch it (GOTOOLCHAIN=local)
+        raise ToolError(f"{tool.label} {tool.version} needs Go {newer.group(1)} or newer to build, and this is Go "
+                        f"{newer.group(2)}{f' ({newer.group(3)})' if newer.group(3) else ''}: install a newer Go "
+                        f"(https://go.dev/dl), or let go fetch it with GOTOOLCHAIN=auto; log {log_path}")
     work = cache_dir() / "go-build" / f"{tool.name}-{tool.version}"
     work.mkdir(parents=True, exist_ok=True)
     env = _go_env(tool.static, GOFLAGS=" ".join(filter(None, [os.environ.get("GOFLAGS", ""), "-mod=mod"])))

@@ -11,6 +11,8 @@ DuckDB, and returns an Altair chart (it never displays one) carrying at most MAX
                       kinelab.observe.apiprobe.availability, which no table holds
   ops_by_resource     rows by resource, namespace and op (click a resource to see its namespaces)
   sql_latency         Kine's SQL latency per query and replica from its Prometheus histograms
+  write_anomalies     per Kine release and scenario: errors the clients saw, writes acknowledged but missing,
+                      and writes reported failed but written
   save                write a chart to .png, .svg or .html (self-contained) with vl-convert, offline
 
 Every chart takes `label=`: a replayed capture labelled e.g. "REPLAY: recorded 2026-11-28" shows that label
@@ -569,6 +571,40 @@ def sql_latency(source, run_id: Optional[int] = None, *, cumulative: bool = Fals
 # --- export ----------------------------------------------------------------------------------------------
 
 SAVE_FORMATS = {".png": "png", ".svg": "svg", ".html": "html"}
+
+
+ANOMALIES = ["errors the clients saw", "acknowledged but missing", "reported failed but written"]
+ANOMALY_COLORS = ["#9e9e9e", "#d62728", "#ff7f0e"]
+
+
+def write_anomalies(source, *, label: Optional[str] = None):
+    """What each Kine release did under the same scenario (runs of `kinelab scenario --kine-versions`): per
+    release, the errors its clients saw next to the writes the table contradicts (view anomalies_by_version),
+    one panel per scenario. Hover for the run and the counts."""
+    with _connected(source) as con:
+        rows = con.execute("""SELECT scenario, kine_version, run_id, errors, acknowledged_but_missing,
+                                     reported_failed_but_written FROM anomalies_by_version""").fetchall()
+    if not rows:
+        raise UsageError("this file has no scenario runs with their Kine releases; run one with "
+                         "`kinelab scenario FILE --kine-versions V1,V2`")
+    versions = sorted({r[1] for r in rows}, key=lambda v: tuple(int(x) for x in v.lstrip("v").split(".")[:3])
+                      if v.lstrip("v").replace(".", "").isdigit() else (math.inf,))
+    data = [{"scenario": scenario or "scenario", "kine_version": version, "run": run_id, "measure": measure,
+             "writes": int(n)}
+            for scenario, version, run_id, *counts in rows for measure, n in zip(ANOMALIES, counts)]
+    base = alt.Chart().encode(
+        x=alt.X("kine_version:N", title="Kine release", sort=versions, axis=alt.Axis(labelAngle=0)),
+        xOffset=alt.XOffset("measure:N", sort=ANOMALIES),
+        y=alt.Y("writes:Q", title="operations"),
+        color=alt.Color("measure:N", title=None, scale=alt.Scale(domain=ANOMALIES, range=ANOMALY_COLORS),
+                        legend=alt.Legend(orient="top")),
+        tooltip=["scenario:N", "kine_version:N", "run:Q", "measure:N", "writes:Q"])
+    chart = alt.layer(base.mark_bar(), base.mark_text(dy=-4, baseline="bottom", fontSize=10).encode(
+        text="writes:Q")).properties(width=max(160, 70 * len(versions)), height=220).facet(
+        column=alt.Column("scenario:N", title=None), data=alt.Data(values=data))
+    return _finish(chart, "what each Kine release did under the same scenario", label,
+                   ["acknowledged but missing: the client was told the write succeeded, and no row holds it",
+                    "reported failed but written: the client saw an error or a refusal, and the row is there"])
 
 
 def save(chart, path, *, scale: float = 2.0) -> Path:

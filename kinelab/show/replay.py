@@ -1,6 +1,8 @@
 """Replays: the notebooks on measurements recorded from real runs (the files in `data/`, made by
 `data/record.py`), for machines where Kine cannot start. Nothing here starts or needs Kine.
 
+  choose_mode(mode, kine_versions=...)   a notebook's `mode` made "live" or "replay": "auto" is live where the
+                     Kine releases it needs are installed, else the replay, with one line saying why
   dataset(name)      a private copy of data/<name> in a temporary folder, so the recorded file never changes
   label(name)        "REPLAY of data/<name>, recorded <date> on Kine <version> ...": the title of every replayed chart
   record(out, kind, **values)   store what a notebook measured that has no table of its own (Python values:
@@ -18,6 +20,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 from ..drive.workload import Write
 from ..errors import UsageError
@@ -33,6 +36,32 @@ DATA = Path(__file__).resolve().parents[2] / "data"
 MANIFEST = "datasets.json"  # what record.py made, and how: the source of each label
 # The only classes a recording may hold: rebuilt by name, nothing else is ever instantiated.
 TYPES = {cls.__name__: cls for cls in (Write, KV, TxnResult, WatchLag, Attempt, View, CheckReport)}
+
+
+MODES = ("auto", "live", "replay")
+
+
+def choose_mode(mode: str, *, kine_versions: Sequence[str] = ()) -> str:
+    """A notebook's `mode` parameter as "live" or "replay". "auto" is live where a lab can start without building
+    anything (the pinned Kine and every release in `kine_versions` installed), otherwise the replay, and prints
+    one line saying which and why. "live" stays live, so a lab that cannot start fails loudly."""
+    from ..errors import KinelabError
+    from ..provision.tools import KINE_VERSION, find_kine
+
+    if mode not in MODES:
+        raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode != "auto":
+        return mode
+    try:
+        missing = [v for v in [KINE_VERSION, *kine_versions] if find_kine(version=v) is None]
+    except KinelabError as exc:  # e.g. KINELAB_KINE_BIN names no executable
+        missing = [str(exc)]
+    if missing:
+        print(f"mode auto -> replay: Kine {', '.join(dict.fromkeys(missing))} not installed here (`kinelab install "
+              "--kine-version V` builds one; needs Go); set mode = \"live\" to build them and run a live lab")
+        return "replay"
+    print(f"mode auto -> live: Kine {', '.join(dict.fromkeys([KINE_VERSION, *kine_versions]))} found here")
+    return "live"
 
 
 def datasets() -> dict:
