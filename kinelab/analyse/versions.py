@@ -90,3 +90,75 @@ def bisect(rows: list) -> dict:
         v["reports_failed_but_written"] |= row["reported_failed_but_written"] > 0
         v["errors"] += row["errors"]
     return verdicts
+
+
+# What the releases that append first must show under each shipped scenario (the releases that read first must
+# show neither anomaly, and errors instead): the bisect notebook 09 and the tests assert.
+EXPECTED_ON_APPEND_FIRST = {
+    "connection-refusal": ("acknowledged_but_missing",),
+    "session-termination": ("acknowledged_but_missing", "reported_failed_but_written"),
+}
+
+
+def check_bisect(scenario: str, rows: list) -> list:
+    """Where the measurement of `scenario` (rows of `by_version`) disagrees with the code reading: [] when the
+    releases that read first returned errors and neither anomaly, and those that append first showed what
+    EXPECTED_ON_APPEND_FIRST says (any anomaly at all for another scenario)."""
+    disagreements = []
+    for version, verdict in bisect(rows).items():
+        anomalies = {"acknowledged_but_missing": verdict["loses_acknowledged_writes"],
+                     "reported_failed_but_written": verdict["reports_failed_but_written"]}
+        if verdict["create_path"] == "read-first":
+            if any(anomalies.values()) or not verdict["errors"]:
+                disagreements.append(f"{scenario} on {version} (reads first): {anomalies}, {verdict['errors']} errors")
+        elif verdict["create_path"] == "append-first":
+            wanted = EXPECTED_ON_APPEND_FIRST.get(scenario)
+            if not (all(anomalies[a] for a in wanted) if wanted else any(anomalies.values())):
+                disagreements.append(f"{scenario} on {version} (appends first): {anomalies}")
+    return disagreements
+
+
+def examples(con, per_anomaly: int = 2) -> list:
+    """A few write anomalies of each kind with what the client was told, for a report."""
+    cursor = con.execute("""SELECT r.kine_version, a.anomaly, a.op, a.key, a.revision, a.error
+                            FROM write_anomalies a JOIN run_replicas r USING (run_id, replica)
+                            QUALIFY row_number() OVER (PARTITION BY a.anomaly ORDER BY a.run_id DESC, a.t) <= ?
+                            ORDER BY a.anomaly, a.t""", [per_anomaly])
+    columns = [d[0] for d in cursor.description]
+    return [dict(zip(columns, row)) for row in cursor.fetchall()]
+
+
+def markdown_table(rows: list, columns: list) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def report(measured: dict) -> str:
+    """The measured part of the upstream write-up, as Markdown, from {scenario: open results file}: per release
+    what the clients saw and what the table holds, what Kine's metrics counted, and an example of each anomaly."""
+    parts = []
+    for scenario, con in measured.items():
+        rows = by_version(con)
+        table = [{**r, "Create (code reading)": create_path(r["kine_version"]) or "not read"} for r in rows]
+        parts += [f"### {scenario}", "", markdown_table(table, [
+            "kine_version", "Create (code reading)", "writes", "errors", "acknowledged_but_missing",
+            "reported_failed_but_written"]), ""]
+        metrics = []
+        for r in rows:
+            counted = sql_errors(con, r["run_id"])
+            inserts = {state: n for (query, state), n in counted["kine_sql_total"].items()
+                       if query in ("Insert", "InsertReturning", "InsertLastInsertID")}
+            metrics.append({"kine_version": r["kine_version"],
+                            "kine_insert_errors_total (not retriable)":
+                                counted["kine_insert_errors_total"].get("false", 0),
+                            "failed INSERTs by SQLSTATE (kine_sql_total)":
+                                ", ".join(f"{k}: {n}" for k, n in sorted(inserts.items())) or "none",
+                            "all failed queries": sum(counted["kine_sql_total"].values())})
+        parts += ["Growth of Kine's own counters over each run, summed over the replicas:", "",
+                  markdown_table(metrics, list(metrics[0]) if metrics else []), ""]
+        shown = examples(con)
+        if shown:
+            parts += ["Examples:", "", markdown_table(shown, ["kine_version", "anomaly", "op", "key", "revision",
+                                                               "error"]), ""]
+    return "\n".join(parts)

@@ -47,7 +47,6 @@ class Write:
     latency_ms: float
     conflicts: int = 0
     worker: int = 0
-    value_sha256: Optional[str] = None  # of the value written (None for deletes): the row must hold it
 
 
 @dataclass(frozen=True)
@@ -90,9 +89,9 @@ class Writer:
         self.errors: list = []
         self.lists = 0
 
-    def _ack(self, key, op, revision, replica, t0, conflicts=0, value: Optional[bytes] = None) -> Write:
+    def _ack(self, key, op, revision, replica, t0, conflicts=0) -> Write:
         write = Write(key, op, revision, replica, self.clock.now(), (time.perf_counter() - t0) * 1000, conflicts,
-                      self.worker, sha256(value) if value is not None else None)
+                      self.worker)
         self.writes.append(write)
         return write
 
@@ -118,7 +117,7 @@ class Writer:
         except EtcdError as exc:
             return self._failed(replica, "create", key, exc, value)
         if result.succeeded:
-            return self._ack(key, "create", result.revision, replica, t0, value=value)
+            return self._ack(key, "create", result.revision, replica, t0)
         if new:
             self._refused(replica, "create", key, "create refused: the key exists (compare MOD == 0 failed)",
                           "KEY_EXISTS", value)
@@ -139,7 +138,7 @@ class Writer:
                 value = make_value()
                 result = client.update(key, value, mod_revision=revision, lease=lease)
                 if result.succeeded:
-                    return self._ack(key, "update", result.revision, replica, t0, conflicts, value)
+                    return self._ack(key, "update", result.revision, replica, t0, conflicts)
                 if result.current is None:
                     return None  # deleted meanwhile
                 if result.current.value == value:  # refused, yet the key holds this very value: a reported failure

@@ -28,8 +28,7 @@ from .metrics import MetricsSampler
 from .store import finish_run, insert_rows, new_run, open_store
 from .watchlag import WatchProbe
 
-WRITE_COLUMNS = ["run_id", "key", "op", "revision", "replica", "t_commit", "latency_ms", "conflicts", "worker",
-                 "value_sha256"]
+WRITE_COLUMNS = ["run_id", "key", "op", "revision", "replica", "t_commit", "latency_ms", "conflicts", "worker"]
 ERROR_COLUMNS = ["run_id", "t", "replica", "op", "key", "error", "code", "value_sha256"]
 METRIC_COLUMNS = ["run_id", "t", "replica", "metric", "labels", "value"]
 

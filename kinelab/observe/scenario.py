@@ -35,6 +35,7 @@ from .runs import load_summary, measured_run, store_load, store_metrics, store_w
 from .store import finish_run, insert_rows
 from .watchlag import WatchProbe
 
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"  # the shipped ones, next to the package
 # Replica faults make a client wait for its deadline: keep it short so one stalled replica does not stall the load.
 FAULT_TIMEOUT_S = 2.0
 
@@ -92,6 +93,13 @@ class Scenario:
             steps.append(step)
         return cls(str(spec.get("name") or source), load, sorted(steps, key=lambda s: s.at),
                    dict(spec.get("lab") or {}), dict(spec.get("expect") or {}), float(spec.get("settle_s", 5.0)))
+
+    @classmethod
+    def named(cls, name) -> "Scenario":
+        """A scenario that ships in scenarios/ (`connection-refusal`), or any scenario file's path."""
+        path = Path(name)
+        shipped = SCENARIOS / f"{name}.yaml"
+        return cls.from_file(shipped if not path.suffix and shipped.is_file() else path)
 
     @classmethod
     def from_file(cls, path) -> "Scenario":

@@ -18,8 +18,7 @@ Macro and views:
 Measurements (one `runs` row per load, watch-lag or compaction run; times are epoch seconds on the run's
 single clock):
   runs(run_id, kind, started_at, duration_s, params, summary)           params and summary are JSON
-  writes(run_id, key, op, revision, replica, t_commit, latency_ms, conflicts, worker, value_sha256)
-      acknowledged writes; value_sha256 is the SHA-256 of the value a create or update wrote
+  writes(run_id, key, op, revision, replica, t_commit, latency_ms, conflicts, worker)   acknowledged writes
   load_errors(run_id, t, replica, op, key, error, code, value_sha256)
       failed operations, and creates or updates the store refused (code KEY_EXISTS: a create of a name nobody
       wrote before; CONFLICT: a compare that failed although the key holds the value sent); value_sha256 is
@@ -105,7 +104,6 @@ CREATE TABLE IF NOT EXISTS scenario_checks (
     run_id INTEGER, check_name VARCHAR, value DOUBLE, ok BOOLEAN, detail VARCHAR);
 CREATE TABLE IF NOT EXISTS run_replicas (
     run_id INTEGER, replica INTEGER, component VARCHAR, endpoint VARCHAR, kine_version VARCHAR);
-ALTER TABLE writes ADD COLUMN IF NOT EXISTS value_sha256 VARCHAR;
 ALTER TABLE load_errors ADD COLUMN IF NOT EXISTS value_sha256 VARCHAR;
 """
 

@@ -577,10 +577,17 @@ ANOMALIES = ["errors the clients saw", "acknowledged but missing", "reported fai
 ANOMALY_COLORS = ["#9e9e9e", "#d62728", "#ff7f0e"]
 
 
-def write_anomalies(source, *, label: Optional[str] = None):
+def write_anomalies(*sources, label: Union[str, Sequence[str], None] = None):
     """What each Kine release did under the same scenario (runs of `kinelab scenario --kine-versions`): per
     release, the errors its clients saw next to the writes the table contradicts (view anomalies_by_version),
-    one panel per scenario. Hover for the run and the counts."""
+    one panel per scenario. Several results files (one per scenario) are drawn one below the other, each with
+    its own `label` when a list is given. Hover for the run and the counts."""
+    labels = list(label) if isinstance(label, (list, tuple)) else [label] * len(sources)
+    drawn = [_write_anomalies(source, text) for source, text in zip(sources, labels)]
+    return drawn[0] if len(drawn) == 1 else alt.vconcat(*drawn)
+
+
+def _write_anomalies(source, label: Optional[str]):
     with _connected(source) as con:
         rows = con.execute("""SELECT scenario, kine_version, run_id, errors, acknowledged_but_missing,
                                      reported_failed_but_written FROM anomalies_by_version""").fetchall()
