@@ -91,6 +91,9 @@ class Lab:
                 args["kine-version"] = normalise_kine_version(args.pop(key))
         self.backend = get_backend(backend)
         self.backend.check(self.spec)
+        if not hasattr(self.backend, "add_kine_version") and any(
+                self.spec.kine_version_of(i) for i in range(replicas)):
+            raise UsageError(f"the {backend} backend runs its pinned Kine image only; drop --kine-version")
         self.dir = Path(dir).expanduser().resolve() if dir else None
         self.keep = keep if keep is not None else dir is not None
         self.kine_bin = kine_bin

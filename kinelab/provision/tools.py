@@ -272,7 +272,7 @@ def ensure(tool: Tool, explicit: Optional[str] = None, *, flag: Optional[str] = 
                                     env=_go_env(tool.static, GOBIN=gobin), stdout=out, stderr=subprocess.STDOUT)
             built = Path(gobin) / tool.package.rsplit("/", 1)[-1]
             if result.returncode != 0:
-                replaced = _build_without_withdrawn(tool, go, log_path, out, built, log)
+                replaced = _build_without_withdrawn(tool, go, log_path, out, built, log, result.returncode)
             os.replace(built, target)
         seconds = time.monotonic() - started
         log(f"built {tool.label} {tool.version} in {seconds:.0f}s: {target}")
@@ -288,12 +288,12 @@ def _withdrawn(log_text: str) -> dict:
     return {m.group("module"): m.group("version") for m in WITHDRAWN.finditer(log_text)}
 
 
-def _build_without_withdrawn(tool: Tool, go: str, log_path: Path, out, built: Path, log: Log) -> dict:
+def _build_without_withdrawn(tool: Tool, go: str, log_path: Path, out, built: Path, log: Log, code: int) -> dict:
     """`go install` failed. When it was because the module proxy no longer serves some dependency's version (Kine
     v0.17.2 needs github.com/t4db/t4 v1.1.7, which the proxy refuses), build `tool` from a small module of
     kinelab's own that replaces each such dependency with its next release the proxy does serve, and return
     {module: [wanted, used]}; otherwise raise the build's one-line error."""
-    failed = ToolError(f"go install {tool.package}@{tool.version} failed; see {log_path}")
+    failed = ToolError(f"go install {tool.package}@{tool.version} failed (exit {code}); see {log_path}")
     newer = re.search(r"requires go >= (\S+) \(running go (\S+?);? (GOTOOLCHAIN=[^)\s]+)?",
                       log_path.read_text(errors="replace"))
     if newer:  # the release asks for a newer Go than this one, which may not fetch it (GOTOOLCHAIN=local)
