@@ -402,7 +402,9 @@ class Lab:
                                                                                   else {})}
         datastore["alive"] = all(r.alive for c in model.by_role("datastore") for r in c.records)
         status = {"dir": str(self.dir), "id": model.id, "backend": model.backend, "state": model.state,
-                  "replicas": replicas, "datastore": datastore, "kine_version": model.versions.get("kine"),
+                  "replicas": replicas, "datastore": datastore,
+                  # the replicas' release, or each of them ("v0.17.2, v0.17.5") during a rolling upgrade
+                  "kine_version": ", ".join(dict.fromkeys(model.kine_versions)) or model.versions.get("kine"),
                   "components": components}
         if model.apiservers:
             status.update(apiservers=[{k: v for k, v in by_name[c.name].items() if k not in ("name", "role")}
