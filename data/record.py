@@ -4,6 +4,7 @@
                                                  # for deployment-modes, kube-apiserver)
     .venv/bin/python data/record.py watch-lag    # only some: quickstart mvcc compaction watch-lag
                                                  # deployment-modes consistency sqlite-state troubleshooting
+                                                 # versions (needs every Kine release notebook 09 compares)
 
 Each run uses the notebook's default parameters. What a notebook measures that no capture table holds (the
 acknowledged writes of a burst, reads at old revisions, check reports, apiserver probes) is stored as one `runs`
@@ -195,9 +196,30 @@ def troubleshooting(work: Path) -> dict:
     return {name: (work / name, {**meta, "contents": text}) for name, text in contents.items()}
 
 
+def versions(work: Path) -> dict:
+    """Notebook 09 records itself too: run live with papermill (every release in its `versions` installed), its
+    results files kept in `work`."""
+    import papermill
+
+    notebook = DATA.parent / "notebooks" / "09-did-this-release-lose-writes.ipynb"
+    papermill.execute_notebook(str(notebook), str(work / "09.ipynb"), parameters={"out_dir": str(work), "mode": "live"},
+                               kernel_name="python3", progress_bar=False, cwd=str(work))
+    parameters = papermill.inspect_notebook(str(notebook))
+    defaults = {name: json.loads(value["default"])
+                for name, value in parameters.items() if name in ("versions", "scenarios")}
+    meta = {"notebook": "09-did-this-release-lose-writes",
+            "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "kine_version": ", ".join(defaults["versions"]), "datastore": "postgres", "replicas": 3,
+            "parameters": defaults, "command": ".venv/bin/python data/record.py versions"}
+    return {f"versions-{name}.duckdb": (work / f"versions-{name}.duckdb", {
+        **meta, "contents": f"scenario `{name}` (scenarios/{name}.yaml) run once per release, the lab's replicas "
+                            "restarted on each in turn: writes, errors, metrics, captures, run_replicas"})
+        for name in defaults["scenarios"]}
+
+
 GROUPS = {"quickstart": quickstart, "mvcc": mvcc, "compaction": compaction, "watch-lag": watch_lag,
           "deployment-modes": deployment_modes, "consistency": consistency, "sqlite-state": sqlite_state,
-          "troubleshooting": troubleshooting}
+          "troubleshooting": troubleshooting, "versions": versions}
 
 
 def publish(source: Path, name: str) -> None:

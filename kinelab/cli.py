@@ -21,6 +21,7 @@ from .drive.faults import ISOLATION_LEVELS
 from .dsn import Dsn, mask_text
 from .errors import KinelabError, UsageError
 from .provision.backends import BACKENDS
+from .provision.tools import KINE_VERSION
 
 out = Console(highlight=False)
 
@@ -59,7 +60,7 @@ def cmd_install(args) -> int:
     from . import progress
     from .provision.tools import install_kine
 
-    kine = install_kine(args.kine_bin, log=progress.say)
+    kine = install_kine(args.kine_bin, log=progress.say, version=args.kine_version)
     if args.json:
         _print_json(kine.to_json())
     else:
@@ -91,6 +92,8 @@ def _status_table(status: dict) -> Table:
         if c["role"] == "kine":
             state, note = str(c.get("revision", "")), c.get("last_log_line", "") or c.get("error", "")
             state = f"revision {state}" if state else ""
+            if c.get("kine_version") not in (None, status.get("kine_version")):  # a replica on another release
+                state = f"{state} (Kine {c['kine_version']})".strip()
         elif c["role"] == "apiserver":
             state, note = "ready" if c["ready"] else "[red]not ready[/]", f"etcd: {', '.join(c['etcd_servers'])}"
         elif c["role"] == "control-plane":
@@ -112,7 +115,7 @@ def cmd_up(args) -> int:
               kine_args=_kv(args.kine_arg, "--kine-arg"), replica_args=_replica_args(args.replica_arg, args.replicas),
               allow_shared_sqlite=args.allow_shared_sqlite, base_port=args.base_port, apiservers=args.apiservers,
               mode=args.mode, apiserver_args=_kv(args.apiserver_arg, "--apiserver-arg"), nodes=args.nodes,
-              controllers=args.controllers or None)
+              controllers=args.controllers or None, kine_version=args.kine_version)
     lab.start(owned=False)
     status = lab.status()
     if args.json:
@@ -332,8 +335,11 @@ def cmd_fault(args) -> int:
     if (args.action == "isolation") != (args.level is not None):
         raise UsageError("`fault isolation` needs --level" if args.action == "isolation"
                          else f"--level applies to `fault isolation` only, not {args.action}")
+    if args.kine_version and args.action != "restart":
+        raise UsageError(f"--kine-version applies to `fault restart` only, not {args.action}")
     injector = FaultInjector(_lab(args))
-    options = {"replica": target} if args.action in REPLICA_FAULTS else \
+    options = {"replica": target, **({"kine_version": args.kine_version} if args.kine_version else {})} \
+        if args.action in REPLICA_FAULTS else \
         {"level": args.level} if args.action == "isolation" else \
         {"hold_ms": args.hold_ms, "period_ms": args.period_ms} if args.action == "slow" else {}
     detail = injector.inject(args.action, **options)
@@ -350,17 +356,29 @@ def cmd_fault(args) -> int:
 
 def cmd_scenario(args) -> int:
     from .observe.scenario import Scenario, run_scenario
+    from .observe.versions import install_versions, parse_versions, run_versions
     from .provision.lab import Lab
 
     scenario = Scenario.from_file(args.file)
+    versions = parse_versions(args.kine_versions) if args.kine_versions is not None else None
+    if versions:
+        install_versions(versions)  # an unknown release or a failed build stops here, before any lab starts
+
+    def run(lab) -> list:
+        return run_versions(lab, args.out, scenario, versions) if versions else [run_scenario(lab, args.out, scenario)]
+
     if args.dir:
-        summary = run_scenario(_lab(args), args.out, scenario)
+        summaries = run(_lab(args))
     else:
-        with Lab(**scenario.lab) as lab:  # a lab of the scenario's own, gone when the run ends
-            summary = run_scenario(lab, args.out, scenario)
+        with Lab(**{**scenario.lab, **({"kine_version": versions[0]} if versions else {})}) as lab:
+            summaries = run(lab)  # a lab of the scenario's own, gone when the run ends
+    failed = [f"{s.get('kine_version', '')} {f}".strip() for s in summaries for f in s["failed"]]
+    if versions:
+        return _print_versions(args, scenario, summaries, failed)
+    (summary,) = summaries
     if args.json:
         _print_json(summary)
-        return 1 if summary["failed"] else 0
+        return 1 if failed else 0
     table = Table("check", "value", "verdict", box=None,
                   title=f"scenario {scenario.name}: run {summary['run_id']}, {summary['writes']} writes, "
                         f"{summary['errors']} errors -> {args.out}")
@@ -370,9 +388,36 @@ def cmd_scenario(args) -> int:
     out.print(table)
     out.print("faults: " + ("; ".join(f"{t} s {fault} {target}" + ("" if ok else " (failed)")
                                       for t, fault, target, ok in summary["faults"]) or "none"))
-    if summary["failed"]:
-        out.print(f"[red]expectations not met: {'; '.join(summary['failed'])}[/] (tables scenario_checks, "
-                  f"fault_recovery, error_kinds in {args.out})")
+    if failed:
+        out.print(f"[red]expectations not met: {'; '.join(failed)}[/] (tables scenario_checks, "
+                  f"fault_recovery, error_kinds, write_anomalies in {args.out})")
+        return 1
+    return 0
+
+
+def _print_versions(args, scenario, summaries: list, failed: list) -> int:
+    from .analyse.versions import by_version
+    from .observe.capture import open_capture
+
+    con = open_capture(args.out)
+    try:
+        runs = {s["run_id"] for s in summaries}
+        rows = [r for r in by_version(con) if r["run_id"] in runs]
+    finally:
+        con.close()
+    if args.json:
+        _print_json({"versions": rows, "runs": summaries, "failed": failed})
+        return 1 if failed else 0
+    table = Table("Kine", "run", "writes", "errors", "acknowledged but missing", "reported failed but written",
+                  box=None, title=f"scenario {scenario.name} on {len(summaries)} Kine releases -> {args.out}")
+    for row in rows:
+        table.add_row(row["kine_version"], str(row["run_id"]), str(row["writes"]), str(row["errors"]),
+                      *[f"[red]{n}[/]" if n else "0" for n in (row["acknowledged_but_missing"],
+                                                              row["reported_failed_but_written"])])
+    out.print(table)
+    if failed:
+        out.print(f"[red]expectations not met: {'; '.join(failed)}[/] (views write_anomalies and "
+                  f"anomalies_by_version in {args.out})")
         return 1
     return 0
 
@@ -410,8 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     def lab_dir(p):
         p.add_argument("--dir", help="lab directory (default: ~/.kinelab/labs/default, or $KINELAB_HOME/labs/default)")
 
-    p = add("install", cmd_install, "build the pinned Kine into the tool cache (or check --kine-bin)")
+    p = add("install", cmd_install, "build the pinned Kine, or any release, into the tool cache (or check --kine-bin)")
     p.add_argument("--kine-bin", help="use this Kine binary instead (also KINELAB_KINE_BIN)")
+    p.add_argument("--kine-version", help=f"a Kine release other than the pinned {KINE_VERSION}, e.g. v0.17.2 "
+                   "(checked against the Go module proxy's list)")
     p.add_argument("--json", action="store_true")
 
     p = add("doctor", cmd_doctor, "list the tools kinelab can use here, and how to get the missing ones")
@@ -429,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-shared-sqlite", action="store_true",
                    help="allow several replicas on one SQLite file (unsupported, k3s-io/kine#499; for the lesson)")
     p.add_argument("--kine-bin", help="use this Kine binary (also KINELAB_KINE_BIN)")
+    p.add_argument("--kine-version", help=f"run this Kine release instead of the pinned {KINE_VERSION} (built the "
+                   "first time); one replica's own: --replica-arg 1:kine-version=v0.17.2")
     p.add_argument("--backend", default="local", choices=list(BACKENDS),
                    help="local: processes on loopback (default); kind: containers, needs a Docker engine")
     p.add_argument("--apiservers", type=int, default=0, help="real kube-apiservers in front of the replicas")
@@ -519,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "status` lists them")
     p.add_argument("--level", choices=ISOLATION_LEVELS,
                    help="for isolation: the database's new default level")
+    p.add_argument("--kine-version", help="for restart: start the replica on this Kine release (a rolling upgrade)")
     p.add_argument("--seconds", type=float, default=30, help="for slow: how long (default 30)")
     p.add_argument("--hold-ms", type=float, default=200, help="for slow: writes blocked this long ...")
     p.add_argument("--period-ms", type=float, default=250, help="... of every period (default 200 of 250 ms)")
@@ -529,6 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="a scenario YAML file, e.g. scenarios/kill-one-of-three.yaml")
     p.add_argument("--dir", help="run against this running lab (default: start the scenario's own lab)")
     p.add_argument("--out", default="kinelab-scenario.duckdb", help="results file (default kinelab-scenario.duckdb)")
+    p.add_argument("--kine-versions", metavar="V1,V2,...", help="run the scenario once per Kine release, oldest first "
+                   "(every replica restarted on each in turn), all into --out, and print releases x anomalies")
     p.add_argument("--json", action="store_true")
 
     p = add("demo", cmd_demo, "3 replicas on embedded Postgres, a seeded burst of writes, a capture, a summary")

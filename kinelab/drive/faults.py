@@ -166,7 +166,7 @@ class FaultInjector:
             "kill": lambda replica: lab.kill(_replica(replica)),
             "pause": lambda replica: lab.pause(_replica(replica)),
             "resume": lambda replica: lab.resume(_replica(replica)),
-            "restart": lambda replica: lab.restart(_replica(replica)),
+            "restart": lambda replica, kine_version=None: lab.restart(_replica(replica), kine_version=kine_version),
             "db-stop": lambda: lab.stop_datastore(),
             "db-start": lambda: lab.start_datastore(),
             "db-restart": lambda: lab.restart_datastore(),

@@ -30,13 +30,20 @@ from .store import finish_run, insert_rows, new_run, open_store
 from .watchlag import WatchProbe
 
 WRITE_COLUMNS = ["run_id", "key", "op", "revision", "replica", "t_commit", "latency_ms", "conflicts", "worker"]
-ERROR_COLUMNS = ["run_id", "t", "replica", "op", "key", "error", "code"]
+ERROR_COLUMNS = ["run_id", "t", "replica", "op", "key", "error", "code", "value_sha256"]
 METRIC_COLUMNS = ["run_id", "t", "replica", "metric", "labels", "value"]
 
 
 def store_load(con, run_id: int, result: LoadResult) -> None:
     insert_rows(con, "writes", WRITE_COLUMNS, [(run_id, *asdict(w).values()) for w in result.writes])
     insert_rows(con, "load_errors", ERROR_COLUMNS, [(run_id, *asdict(e).values()) for e in result.errors])
+
+
+def store_replicas(con, run_id: int, lab) -> None:
+    """Which Kine release each replica ran during the run (a rolling upgrade runs two)."""
+    insert_rows(con, "run_replicas", ["run_id", "replica", "component", "endpoint", "kine_version"],
+                [(run_id, c.index, c.name, c.endpoint, version)
+                 for c, version in zip(lab.model.replicas, lab.model.kine_versions)])
 
 
 def store_metrics(con, run_id: int, sampler: MetricsSampler) -> None:
@@ -75,7 +82,9 @@ def measured_run(lab, out, kind: str, params: dict, timeout_s: float = 10.0):
     try:
         con = open_store(out, lab.dsn.identity)
         try:
-            yield clients, con, Clock(), new_run(con, kind, params)
+            run_id = new_run(con, kind, params)
+            store_replicas(con, run_id, lab)
+            yield clients, con, Clock(), run_id
         finally:
             con.close()
     finally:

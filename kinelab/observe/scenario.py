@@ -35,13 +35,16 @@ from .runs import load_summary, measured_run, store_load, store_metrics, store_w
 from .store import finish_run, insert_rows
 from .watchlag import WatchProbe
 
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"  # the shipped ones, next to the package
 # Replica faults make a client wait for its deadline: keep it short so one stalled replica does not stall the load.
 FAULT_TIMEOUT_S = 2.0
 
 LOAD_KEYS = ("mix", "rate", "duration_s", "workers", "spread", "seed", "nodes", "value_bytes", "event_ttl_s",
              "through")
-LAB_KEYS = ("replicas", "datastore", "kine_args", "replica_args", "datastore_settings", "apiservers", "mode")
-CHECKS = ("writes_lost", "missed_by_survivors", "phantom_events", "max_recovery_s", "max_errors", "insert_errors")
+LAB_KEYS = ("replicas", "datastore", "kine_args", "replica_args", "datastore_settings", "apiservers", "mode",
+            "kine_version")
+CHECKS = ("writes_lost", "missed_by_survivors", "phantom_events", "max_recovery_s", "max_errors", "insert_errors",
+          "failed_but_written")
 
 
 @dataclass
@@ -90,6 +93,13 @@ class Scenario:
             steps.append(step)
         return cls(str(spec.get("name") or source), load, sorted(steps, key=lambda s: s.at),
                    dict(spec.get("lab") or {}), dict(spec.get("expect") or {}), float(spec.get("settle_s", 5.0)))
+
+    @classmethod
+    def named(cls, name) -> "Scenario":
+        """A scenario that ships in scenarios/ (`connection-refusal`), or any scenario file's path."""
+        path = Path(name)
+        shipped = SCENARIOS / f"{name}.yaml"
+        return cls.from_file(shipped if not path.suffix and shipped.is_file() else path)
 
     @classmethod
     def from_file(cls, path) -> "Scenario":
@@ -172,6 +182,7 @@ def run_scenario(lab, out, scenario: Scenario) -> dict:
             checks = reconcile(con, run_id, scenario.expect)
             summary = {**load_summary(result), "run_id": run_id, "t0": t0, "snapshot_id": snapshot.snapshot_id,
                        "settled": settled, "faults": [(round(r[1], 2), r[2], r[3], r[5]) for r in fault_rows],
+                       "kine_versions": lab.model.kine_versions, "anomalies": anomalies(con, run_id),
                        "checks": {name: {"value": value, "ok": ok} for name, value, ok, _ in checks},
                        "failed": [f"{name} = {value:g}" for name, value, ok, _ in checks if ok is False]}
             finish_run(con, run_id, result.duration_s, summary)
@@ -201,6 +212,8 @@ def reconcile(con, run_id: int, expect: dict) -> list:
         "insert_errors": value("SELECT coalesce(sum(grew), 0) FROM (SELECT max(value) - min(value) AS grew "
                                "FROM kine_metrics WHERE run_id = ? AND metric = 'kine_insert_errors_total' "
                                "GROUP BY replica, labels)"),
+        "failed_but_written": value("SELECT count(*) FROM write_anomalies WHERE run_id = ? "
+                                    "AND anomaly = 'reported failed but written'"),
     }
     details = {
         "writes_lost": "acknowledged writes that are not rows of the table",
@@ -209,6 +222,7 @@ def reconcile(con, run_id: int, expect: dict) -> list:
         "max_recovery_s": "longest time from a fault to the first success after its last error",
         "max_errors": "failed operations during the load",
         "insert_errors": "unique-key insert failures Kine counted (kine_insert_errors_total)",
+        "failed_but_written": "creates and updates the client saw fail whose value is a row of the table",
     }
     rows = []
     for name, measured_value in measured.items():
@@ -220,3 +234,13 @@ def reconcile(con, run_id: int, expect: dict) -> list:
     insert_rows(con, "scenario_checks", ["run_id", "check_name", "value", "ok", "detail"],
                 [(run_id, *row) for row in rows])
     return rows
+
+
+def anomalies(con, run_id: int) -> list:
+    """The run's write anomalies per replica, kind and error kind: [{replica, kine_version, anomaly, op,
+    error_kind, writes}], the most frequent first."""
+    rows = con.execute("""SELECT a.replica, r.kine_version, a.anomaly, a.op, a.error_kind, count(*) AS writes
+                          FROM write_anomalies a LEFT JOIN run_replicas r USING (run_id, replica)
+                          WHERE a.run_id = ? GROUP BY ALL ORDER BY writes DESC, a.replica, a.anomaly, a.op""",
+                       [run_id]).fetchall()
+    return [dict(zip(("replica", "kine_version", "anomaly", "op", "error_kind", "writes"), row)) for row in rows]

@@ -93,7 +93,9 @@ class LocalBackend:
 
     def prepare(self, lab) -> dict:
         # Before anything runs: no Go or a failed build stops the lab here.
-        tools = {"kine": install_kine(lab.kine_bin, log=lab.say)}
+        tools = {"kine": install_kine(lab.kine_bin, log=lab.say, version=lab.spec.kine_version or None)}
+        for index in range(lab.spec.replicas):  # replicas of another version (a rolling upgrade)
+            self.add_kine_version(lab, lab.spec.kine_version_of(index), tools)
         commands = ["kube-apiserver"] * bool(lab.spec.apiservers) + \
             ["kube-controller-manager", "kube-scheduler"] * lab.spec.controllers
         if commands:
@@ -101,6 +103,15 @@ class LocalBackend:
         if lab.spec.nodes:
             tools["kwok"] = ensure(KWOK, log=lab.say)
         return tools
+
+    def add_kine_version(self, lab, version: str, tools: dict) -> str:
+        """The name in `tools` of the Kine binary at `version` ("kine" for the lab's own), found or built."""
+        if not version or version == tools["kine"].version:
+            return "kine"
+        name = kine_tool_name(version)
+        if name not in tools:
+            tools[name] = install_kine(log=lab.say, version=version)
+        return name
 
     def plan(self, lab) -> list:
         spec = lab.spec
@@ -115,9 +126,11 @@ class LocalBackend:
             port, metrics = _port(next(ports), self.kine_host), _port(next(ports))
             # Replica 0 first: replicas starting at once on an empty database race to create Kine's schema, and
             # the losers exit (Postgres: duplicate key in pg_type_typname_nsp_index).
+            tool = self.add_kine_version(lab, spec.kine_version_of(index), lab.tools)
             components.append(Component(f"kine-{index}", "kine", index, endpoint=f"{self.kine_host}:{port}",
                                         metrics_url=f"http://{LOOPBACK}:{metrics}/metrics",
-                                        stage=STAGES["kine"] + (index > 0)))
+                                        stage=STAGES["kine"] + (index > 0),
+                                        details=kine_details(tool, lab.tools[tool])))
         endpoints = [c.endpoint for c in components if c.role == "kine"]
         if spec.apiservers:
             pki = generate_pki(lab.dir / "pki")
@@ -153,7 +166,8 @@ class LocalBackend:
             return
         if component.role == "kine":
             host, metrics_port = component.endpoint.rsplit(":", 1)[0], urlsplit(component.metrics_url).port
-            KineReplica(component.index, lab.tools["kine"], lab.dsn, lab.dir, host=host, port=component.port,
+            binary = lab.tools[component.details.get("tool", "kine")]  # the replica's own Kine release
+            KineReplica(component.index, binary, lab.dsn, lab.dir, host=host, port=component.port,
                         metrics_port=metrics_port, args=lab.spec.kine_args_of(component.index),
                         env={"KINELAB_LAB_ID": lab.id}).start(**start_options)
             return
@@ -192,6 +206,16 @@ class LocalBackend:
                 os.killpg(record.pid, sig)
                 if sig == _signal.SIGKILL:
                     _reap(record)
+
+
+def kine_tool_name(version: str) -> str:
+    """How `lab.tools` and the manifest name a Kine binary of a version other than the lab's: kine@v0.17.2."""
+    return f"kine@{version}"
+
+
+def kine_details(tool: str, binary) -> dict:
+    """What a replica's component records of its binary: its name in `lab.tools`, its version and path."""
+    return {"tool": tool, "kine_version": binary.version, "kine_bin": str(binary.path)}
 
 
 def _claim_ports(lab, component: Component) -> None:

@@ -29,13 +29,14 @@ from ..dsn import Dsn
 from ..errors import UsageError
 from ..etcd import Etcd
 from .apiserver import Pki
-from .backends import get_backend
+from .backends import get_backend, kine_details
 from .controlplane import insecure_local, ready_nodes
 from .datastores import Datastore, ExternalStore, SqliteStore, make_datastore
 from .kine import kine_flags
 from .labdir import LabDir, register
 from .model import MODES, Component, LabModel, LabSpec
 from .process import ProcessRecord, tail
+from .tools import normalise_kine_version
 from .wait import Cancelled, http_probe
 
 Target = Union[int, str]  # a Kine replica's index, or a component's name
@@ -58,7 +59,7 @@ class Lab:
                  base_port: Optional[int] = None, keep: Optional[bool] = None, apiservers: int = 0,
                  mode: str = "shared-db", apiserver_args: Optional[dict] = None,
                  datastore_settings: Optional[dict] = None, controllers: Optional[bool] = None, nodes: int = 0,
-                 workers: int = 0):
+                 workers: int = 0, kine_version: Optional[str] = None):
         if replicas < 1:
             raise UsageError("a lab needs at least one Kine replica")
         if mode not in MODES:
@@ -70,6 +71,8 @@ class Lab:
                              "ports from it, below 65536; choose a lower one or leave it out")
         if replica_args is not None and len(replica_args) != replicas:
             raise UsageError(f"replica_args has {len(replica_args)} entries for {replicas} replicas")
+        if kine_version and kine_bin:
+            raise UsageError("--kine-bin names a binary and --kine-version one to build: give one of them")
         self.datastore: Datastore = make_datastore(datastore, datastore_settings)
         external = isinstance(self.datastore, ExternalStore)
         shared_sqlite = isinstance(self.datastore, SqliteStore) or (external and self.datastore.dsn.kind == "sqlite")
@@ -86,12 +89,18 @@ class Lab:
                             replica_args=[dict(a or {}) for a in (replica_args or [{}] * replicas)],
                             datastore_settings=dict(datastore_settings or {}), apiservers=apiservers, mode=mode,
                             apiserver_args=dict(apiserver_args or {}), controllers=controllers, nodes=nodes,
-                            workers=workers,
-                            base_port=base_port, allow_shared_sqlite=allow_shared_sqlite)
+                            workers=workers, base_port=base_port, allow_shared_sqlite=allow_shared_sqlite,
+                            kine_version=normalise_kine_version(kine_version) if kine_version else "")
         for args in [self.spec.kine_args, *self.spec.replica_args]:
             kine_flags(args)  # refuse reserved flags before anything starts
+        for args in [self.spec.kine_args, *self.spec.replica_args]:  # "0.17.2" -> "v0.17.2"; "latest" is refused
+            for key in [k for k in args if k.lstrip("-").replace("_", "-") == "kine-version"]:
+                args["kine-version"] = normalise_kine_version(args.pop(key))
         self.backend = get_backend(backend)
         self.backend.check(self.spec)
+        if not hasattr(self.backend, "add_kine_version") and any(
+                self.spec.kine_version_of(i) for i in range(replicas)):
+            raise UsageError(f"the {backend} backend runs its pinned Kine image only; drop --kine-version")
         self.dir = Path(dir).expanduser().resolve() if dir else None
         self.keep = keep if keep is not None else dir is not None
         self.kine_bin = kine_bin
@@ -319,15 +328,33 @@ class Lab:
             raise UsageError(f"{component.name} is not running; `restart` it first")
         return component
 
-    def restart(self, target: Target) -> None:
-        """Stop a component if it runs, then start it again with the same ports, flags and data."""
+    def restart(self, target: Target, *, kine_version: Optional[str] = None) -> None:
+        """Stop a component if it runs, then start it again with the same ports, flags and data; a Kine replica
+        on another Kine release when `kine_version` is given (one step of a rolling upgrade or downgrade)."""
         component = self._component(target)
+        if kine_version is not None:
+            self._change_kine_version(component, kine_version)  # built first: a failed build stops nothing
         if component.role == "datastore":
             return self.restart_datastore()
         for record in component.records:
             record.stop()
         self._relaunch(component)
         self._forget_client(target)
+
+    def _change_kine_version(self, component: Component, version: str) -> None:
+        if component.role != "kine":
+            raise UsageError(f"{component.name} is not a Kine replica; only replicas change their Kine version")
+        if not hasattr(self.backend, "add_kine_version"):
+            raise UsageError(f"the {self.model.backend} backend runs one Kine version; start another lab instead")
+        if not self.tools:  # attached: the binaries the lab was started with
+            self.tools = self.model.recorded_binaries()
+        name = self.backend.add_kine_version(self, normalise_kine_version(version), self.tools)
+        binary = self.tools[name]
+        with self._lock:
+            self.model.versions[name], self.model.binaries[name] = binary.version, str(binary.path)
+            self.spec.replica_args[component.index]["kine-version"] = binary.version
+            component.details.update(kine_details(name, binary))
+            self._save()
 
     def _relaunch(self, component: Component) -> None:
         if not self.tools:  # attached: the binaries the lab was started with
@@ -382,7 +409,9 @@ class Lab:
                                                                                   else {})}
         datastore["alive"] = all(r.alive for c in model.by_role("datastore") for r in c.records)
         status = {"dir": str(self.dir), "id": model.id, "backend": model.backend, "state": model.state,
-                  "replicas": replicas, "datastore": datastore, "kine_version": model.versions.get("kine"),
+                  "replicas": replicas, "datastore": datastore,
+                  # the replicas' release, or each of them ("v0.17.2, v0.17.5") during a rolling upgrade
+                  "kine_version": ", ".join(dict.fromkeys(model.kine_versions)) or model.versions.get("kine"),
                   "components": components}
         if model.apiservers:
             status.update(apiservers=[{k: v for k, v in by_name[c.name].items() if k not in ("name", "role")}
@@ -396,7 +425,8 @@ class Lab:
         entry = {"name": component.name, "role": component.role, "index": component.index,
                  "pid": records[0].pid if records else None, "alive": alive}
         if component.role == "kine":
-            entry.update(endpoint=component.endpoint, metrics_url=component.metrics_url)
+            entry.update(endpoint=component.endpoint, metrics_url=component.metrics_url,
+                         kine_version=self.model.kine_versions[component.index])
             if alive:
                 try:
                     with Etcd(component.endpoint, timeout_s=2) as client:

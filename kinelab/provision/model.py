@@ -48,11 +48,18 @@ class LabSpec:
     workers: int = 0  # kind worker nodes
     base_port: Optional[int] = None
     allow_shared_sqlite: bool = False
+    kine_version: str = ""  # the Kine release every replica runs ("": the pinned one, or the binary given)
 
     def kine_args_of(self, index: int) -> dict:
         """The Kine flags replica `index` runs with: the lab's, overridden by the replica's own."""
         own = self.replica_args[index] if index < len(self.replica_args) else {}
         return {**self.kine_args, **own}
+
+    def kine_version_of(self, index: int) -> str:
+        """The Kine release replica `index` runs: its own `kine-version` option (a rolling upgrade runs replicas
+        of two versions), else the lab's; "" for the lab's default binary."""
+        own = [v for k, v in self.kine_args_of(index).items() if k.lstrip("-").replace("_", "-") == "kine-version"]
+        return str(own[-1]) if own and own[-1] else self.kine_version
 
 
 @dataclass
@@ -140,6 +147,11 @@ class LabModel:
     @property
     def mode(self) -> str:
         return self.spec.mode
+
+    @property
+    def kine_versions(self) -> list:
+        """The Kine version each replica runs, by index."""
+        return [c.details.get("kine_version") or self.versions.get("kine", "unknown") for c in self.replicas]
 
     def recorded_binaries(self) -> dict:
         """The binaries the lab was started with, for restarting its components from another process."""

@@ -11,6 +11,8 @@ DuckDB, and returns an Altair chart (it never displays one) carrying at most MAX
                       kinelab.observe.apiprobe.availability, which no table holds
   ops_by_resource     rows by resource, namespace and op (click a resource to see its namespaces)
   sql_latency         Kine's SQL latency per query and replica from its Prometheus histograms
+  write_anomalies     per Kine release and scenario: errors the clients saw, writes acknowledged but missing,
+                      and writes reported failed but written
   save                write a chart to .png, .svg or .html (self-contained) with vl-convert, offline
   mimebundle          what a chart shows as in a notebook (see "How charts display" below)
 
@@ -639,6 +641,47 @@ def use_offline_renderer() -> None:
 # --- export ----------------------------------------------------------------------------------------------
 
 SAVE_FORMATS = {".png": "png", ".svg": "svg", ".html": "html"}
+
+
+ANOMALIES = ["errors the clients saw", "acknowledged but missing", "reported failed but written"]
+ANOMALY_COLORS = ["#9e9e9e", "#d62728", "#ff7f0e"]
+
+
+def write_anomalies(*sources, label: Union[str, Sequence[str], None] = None):
+    """What each Kine release did under the same scenario (runs of `kinelab scenario --kine-versions`): per
+    release, the errors its clients saw next to the writes the table contradicts (view anomalies_by_version),
+    one panel per scenario. Several results files (one per scenario) are drawn one below the other, each with
+    its own `label` when a list is given. Hover for the run and the counts."""
+    labels = list(label) if isinstance(label, (list, tuple)) else [label] * len(sources)
+    drawn = [_write_anomalies(source, text) for source, text in zip(sources, labels)]
+    return drawn[0] if len(drawn) == 1 else alt.vconcat(*drawn)
+
+
+def _write_anomalies(source, label: Optional[str]):
+    with _connected(source) as con:
+        rows = con.execute("""SELECT scenario, kine_version, run_id, errors, acknowledged_but_missing,
+                                     reported_failed_but_written FROM anomalies_by_version""").fetchall()
+    if not rows:
+        raise UsageError("this file has no scenario runs with their Kine releases; run one with "
+                         "`kinelab scenario FILE --kine-versions V1,V2`")
+    versions = sorted({r[1] for r in rows}, key=lambda v: tuple(int(x) for x in v.lstrip("v").split(".")[:3])
+                      if v.lstrip("v").replace(".", "").isdigit() else (math.inf,))
+    data = [{"scenario": scenario or "scenario", "kine_version": version, "run": run_id, "measure": measure,
+             "writes": int(n)}
+            for scenario, version, run_id, *counts in rows for measure, n in zip(ANOMALIES, counts)]
+    base = alt.Chart().encode(
+        x=alt.X("kine_version:N", title="Kine release", sort=versions, axis=alt.Axis(labelAngle=0)),
+        xOffset=alt.XOffset("measure:N", sort=ANOMALIES),
+        y=alt.Y("writes:Q", title="operations"),
+        color=alt.Color("measure:N", title=None, scale=alt.Scale(domain=ANOMALIES, range=ANOMALY_COLORS),
+                        legend=alt.Legend(orient="top")),
+        tooltip=["scenario:N", "kine_version:N", "run:Q", "measure:N", "writes:Q"])
+    chart = alt.layer(base.mark_bar(), base.mark_text(dy=-4, baseline="bottom", fontSize=10).encode(
+        text="writes:Q")).properties(width=max(160, 70 * len(versions)), height=220).facet(
+        column=alt.Column("scenario:N", title=None), data=alt.Data(values=data))
+    return _finish(chart, "what each Kine release did under the same scenario", label,
+                   ["acknowledged but missing: the client was told the write succeeded, and no row holds it",
+                    "reported failed but written: the client saw an error or a refusal, and the row is there"])
 
 
 def save(chart, path, *, scale: float = 2.0) -> Path:
