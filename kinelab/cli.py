@@ -89,7 +89,7 @@ def _status_table(status: dict) -> Table:
                   title=f"lab {status['dir']} ({status['state']}, {status['backend']}) on "
                         f"{status['datastore'].get('dsn', '?')}, Kine {status.get('kine_version')}")
     for c in status["components"]:
-        if c["role"] == "kine":
+        if c["role"] in ("kine", "etcd"):
             state, note = str(c.get("revision", "")), c.get("last_log_line", "") or c.get("error", "")
             state = f"revision {state}" if state else ""
             if c.get("kine_version") not in (None, status.get("kine_version")):  # a replica on another release

@@ -35,6 +35,7 @@ from .controlplane import (
     register_nodes,
     wait_nodes_ready,
 )
+from .etcd_server import EtcdMember, find_etcd
 from .kine import KineReplica
 from .model import MODES, Component, LabSpec, etcd_servers_for
 from .process import LOOPBACK, ProcessRecord, free_port, require_free_port
@@ -90,12 +91,17 @@ class LocalBackend:
                              "nodes come from --nodes")
         if spec.nodes:
             check_node_memory(spec.nodes)
+        if not spec.kine and (spec.kine_args or any(spec.replica_args) or spec.kine_version):
+            raise UsageError("Kine flags apply to Kine replicas; this lab's replicas are etcd members")
 
     def prepare(self, lab) -> dict:
         # Before anything runs: no Go or a failed build stops the lab here.
-        tools = {"kine": install_kine(lab.kine_bin, log=lab.say, version=lab.spec.kine_version or None)}
-        for index in range(lab.spec.replicas):  # replicas of another version (a rolling upgrade)
-            self.add_kine_version(lab, lab.spec.kine_version_of(index), tools)
+        if not lab.spec.kine:
+            tools = {"etcd": find_etcd()}
+        else:
+            tools = {"kine": install_kine(lab.kine_bin, log=lab.say, version=lab.spec.kine_version or None)}
+            for index in range(lab.spec.replicas):  # replicas of another version (a rolling upgrade)
+                self.add_kine_version(lab, lab.spec.kine_version_of(index), tools)
         commands = ["kube-apiserver"] * bool(lab.spec.apiservers) + \
             ["kube-controller-manager", "kube-scheduler"] * lab.spec.controllers
         if commands:
@@ -117,12 +123,14 @@ class LocalBackend:
         spec = lab.spec
         ports = _ports(spec.base_port)
         components = []
-        if lab.datastore.serves:
+        if not spec.kine:
+            components += _etcd_members(spec.replicas, ports)
+        elif lab.datastore.serves:
             components.append(Component("postgres" if lab.datastore.kind == "postgres" else "mariadb", "datastore",
                                         endpoint=f"{LOOPBACK}:{_port(next(ports))}", stage=STAGES["datastore"]))
         else:
             components.append(Component("datastore", "datastore", runtime="none", stage=STAGES["datastore"]))
-        for index in range(spec.replicas):
+        for index in range(spec.replicas if spec.kine else 0):
             port, metrics = _port(next(ports), self.kine_host), _port(next(ports))
             # Replica 0 first: replicas starting at once on an empty database race to create Kine's schema, and
             # the losers exit (Postgres: duplicate key in pg_type_typname_nsp_index).
@@ -131,7 +139,7 @@ class LocalBackend:
                                         metrics_url=f"http://{LOOPBACK}:{metrics}/metrics",
                                         stage=STAGES["kine"] + (index > 0),
                                         details=kine_details(tool, lab.tools[tool])))
-        endpoints = [c.endpoint for c in components if c.role == "kine"]
+        endpoints = [c.endpoint for c in components if c.role in ("kine", "etcd")]
         if spec.apiservers:
             pki = generate_pki(lab.dir / "pki")
             for index in range(spec.apiservers):
@@ -163,6 +171,11 @@ class LocalBackend:
                 lab.datastore.start(lab.dir, lab.id)
             else:
                 lab.datastore.start(lab.dir, lab.id, port=component.port, **start_options)
+            return
+        if component.role == "etcd":
+            EtcdMember(component.index, lab.tools["etcd"].path, lab.dir, client_port=component.port,
+                       peer_port=component.details["peer_port"], initial_cluster=component.details["cluster"],
+                       token=lab.id).start(**start_options)
             return
         if component.role == "kine":
             host, metrics_port = component.endpoint.rsplit(":", 1)[0], urlsplit(component.metrics_url).port
@@ -222,7 +235,8 @@ def _claim_ports(lab, component: Component) -> None:
     """Ports picked free at plan time can be taken by the time the component starts (other programs pick free
     ports too): a first start picks another. Ports the user chose (--base-port), and those of a component that
     ran before (a restart keeps its address), must be free as they are."""
-    pinned = lab.spec.base_port is not None or bool(component.processes)
+    # etcd members know each other's ports from the start (--initial-cluster)
+    pinned = lab.spec.base_port is not None or bool(component.processes) or component.role == "etcd"
     host, port = component.endpoint.rsplit(":", 1)
     port = require_free_port(int(port), host) if pinned or _free(host, int(port)) else free_port(host)
     component.endpoint = f"{host}:{port}"
@@ -233,6 +247,14 @@ def _claim_ports(lab, component: Component) -> None:
         metrics_port = require_free_port(metrics.port, metrics.hostname) if pinned or _free(
             metrics.hostname, metrics.port) else free_port(metrics.hostname)
         component.metrics_url = f"{metrics.scheme}://{metrics.hostname}:{metrics_port}{metrics.path}"
+
+
+def _etcd_members(count: int, ports) -> list:
+    """`count` members of one etcd cluster, started together: none answers before a quorum has joined."""
+    addresses = [(_port(next(ports)), _port(next(ports))) for _ in range(count)]
+    cluster = ",".join(f"etcd-{i}=http://{LOOPBACK}:{peer}" for i, (_, peer) in enumerate(addresses))
+    return [Component(f"etcd-{i}", "etcd", i, endpoint=f"{LOOPBACK}:{client}", stage=STAGES["kine"],
+                      details={"peer_port": peer, "cluster": cluster}) for i, (client, peer) in enumerate(addresses)]
 
 
 def _free(host: str, port: int) -> bool:

@@ -307,6 +307,20 @@ def mariadb_binaries() -> Optional[tuple]:
     return (Path(server), Path(install)) if server and install else None
 
 
+class EtcdStore(Datastore):
+    """No SQL at all: the lab's replicas are etcd members (the baseline). Nothing to capture."""
+
+    kind = "etcd"
+
+    @property
+    def dsn(self) -> Dsn:
+        raise UsageError("this lab keeps its data in etcd, not in a kine table: captures, checks and database "
+                         "faults need a Kine lab (--datastore postgres, sqlite or mysql)")
+
+    def start(self, lab_dir, lab_id, port=None, **start_options):
+        return self
+
+
 def make_datastore(spec: str, settings: Optional[dict] = None) -> Datastore:
     """`postgres`, `sqlite`, `mysql`, or a DSN of an existing server. `settings` are server options
     (e.g. max_connections) for the servers kinelab runs itself."""
@@ -318,7 +332,9 @@ def make_datastore(spec: str, settings: Optional[dict] = None) -> Datastore:
                          "use --datastore postgres or mysql, or set them on your own server")
     if spec == "sqlite":
         return SqliteStore()
+    if spec == "etcd":
+        return EtcdStore()
     if "://" in spec:
         return ExternalStore(Dsn.parse(spec))
-    raise UsageError(f"unknown datastore {mask_text(spec)!r}: use postgres, sqlite, mysql, or a DSN such as "
+    raise UsageError(f"unknown datastore {mask_text(spec)!r}: use postgres, sqlite, mysql, etcd, or a DSN such as "
                      "postgres://user:pass@127.0.0.1:5432/kubernetes")

@@ -131,7 +131,7 @@ class Lab:
             self.model = LabModel(
                 id=self.id, dir=str(self.dir), spec=self.spec, state="starting", created_at=_now(), keep=self.keep,
                 owner_pid=me.pid if me else None, owner_create_time=me.create_time() if me else None,
-                versions={name: tool.version for name, tool in self.tools.items()},
+                versions={name: tool.version for name, tool in self.tools.items()},  # kine or etcd, and the rest
                 binaries={name: str(tool.path) for name, tool in self.tools.items()},
                 datastore_kind=self.datastore.dsn.kind if isinstance(self.datastore, ExternalStore)
                 else self.datastore.kind, external=isinstance(self.datastore, ExternalStore))
@@ -235,6 +235,8 @@ class Lab:
         secrets = labdir.read_secrets()
         if secrets.get("dsn"):
             lab._dsn = Dsn.parse(secrets["dsn"])
+        if not model.spec.kine:
+            lab.datastore = make_datastore("etcd")  # which says, when asked for a DSN, that there is none
         return lab
 
     # --- addresses and clients ---------------------------------------------------------------------------
@@ -371,14 +373,14 @@ class Lab:
 
     # --- database faults: the server kinelab runs, stopped and started on the same data and port ---------
     def _served_datastore(self) -> Component:
-        (component,) = self.model.by_role("datastore")
-        if component.runtime == "none":
+        served = [c for c in self.model.by_role("datastore") if c.runtime != "none"]
+        if not served:
             raise UsageError(f"this lab's datastore ({self.model.datastore_kind}) has no server kinelab runs; "
                              "stop and start your own database server instead")
         if not hasattr(self, "datastore"):  # attached: the server as recorded, with its passwords
             self.datastore = make_datastore(self.model.datastore_kind, self.spec.datastore_settings)
             self.datastore.secrets.update(self.labdir.read_secrets().get("datastore", {}))
-        return component
+        return served[0]
 
     def stop_datastore(self) -> None:
         """Stop the database server (an orderly shutdown); the Kine replicas keep running without it."""
@@ -413,6 +415,8 @@ class Lab:
                   # the replicas' release, or each of them ("v0.17.2, v0.17.5") during a rolling upgrade
                   "kine_version": ", ".join(dict.fromkeys(model.kine_versions)) or model.versions.get("kine"),
                   "components": components}
+        if not self.spec.kine:
+            status.update(kine_version=None, etcd_version=model.versions.get("etcd"))
         if model.apiservers:
             status.update(apiservers=[{k: v for k, v in by_name[c.name].items() if k not in ("name", "role")}
                                       for c in model.apiservers], mode=model.mode,
@@ -424,9 +428,10 @@ class Lab:
         alive = component.alive if component.runtime != "none" else True
         entry = {"name": component.name, "role": component.role, "index": component.index,
                  "pid": records[0].pid if records else None, "alive": alive}
-        if component.role == "kine":
-            entry.update(endpoint=component.endpoint, metrics_url=component.metrics_url,
-                         kine_version=self.model.kine_versions[component.index])
+        if component.role in ("kine", "etcd"):
+            entry.update(endpoint=component.endpoint, metrics_url=component.metrics_url)
+            if component.role == "kine":
+                entry["kine_version"] = self.model.kine_versions[component.index]
             if alive:
                 try:
                     with Etcd(component.endpoint, timeout_s=2) as client:

@@ -18,7 +18,7 @@ SCHEMA = 2  # the manifest's "kinelab_lab" value; 1 was the untyped manifest of 
 # How the article behind kinelab deploys apiservers on Kine: each on its own replica of one database (k3s HA),
 # all on one Kine, or all on the whole pool (the etcd client balances over --etcd-servers).
 MODES = ("shared-db", "single-kine", "hybrid")
-ROLES = ("datastore", "kine", "apiserver", "control-plane", "nodes")
+ROLES = ("datastore", "kine", "etcd", "apiserver", "control-plane", "nodes")
 
 
 def etcd_servers_for(mode: str, index: int, endpoints: list) -> list:
@@ -49,6 +49,11 @@ class LabSpec:
     base_port: Optional[int] = None
     allow_shared_sqlite: bool = False
     kine_version: str = ""  # the Kine release every replica runs ("": the pinned one, or the binary given)
+
+    @property
+    def kine(self) -> bool:
+        """False for a lab whose replicas are etcd members."""
+        return self.datastore != "etcd"
 
     def kine_args_of(self, index: int) -> dict:
         """The Kine flags replica `index` runs with: the lab's, overridden by the replica's own."""
@@ -126,7 +131,8 @@ class LabModel:
 
     @property
     def replicas(self) -> list:
-        return self.by_role("kine")
+        """The members of the store the apiservers use: Kine replicas, or etcd members in an etcd lab."""
+        return self.by_role("kine") or self.by_role("etcd")
 
     @property
     def apiservers(self) -> list:
