@@ -40,7 +40,8 @@ FAULT_TIMEOUT_S = 2.0
 
 LOAD_KEYS = ("mix", "rate", "duration_s", "workers", "spread", "seed", "nodes", "value_bytes", "event_ttl_s",
              "through")
-LAB_KEYS = ("replicas", "datastore", "kine_args", "replica_args", "datastore_settings", "apiservers", "mode")
+LAB_KEYS = ("replicas", "datastore", "kine_args", "replica_args", "datastore_settings", "apiservers", "mode",
+            "replication", "db_proxy", "balancer")
 CHECKS = ("writes_lost", "missed_by_survivors", "phantom_events", "max_recovery_s", "max_errors", "insert_errors")
 
 
