@@ -92,6 +92,11 @@ def _status_table(status: dict) -> Table:
             state = f"revision {state}" if state else ""
         elif c["role"] == "apiserver":
             state, note = "ready" if c["ready"] else "[red]not ready[/]", f"etcd: {', '.join(c['etcd_servers'])}"
+        elif "member" in c:
+            state, note = c["member"], ""
+        elif "servers" in c or "error" in c:  # a proxy: where it sends connections
+            state, note = "", c.get("error") or ", ".join(f"{name} {s['status']} ({s['connections']} open)"
+                                                        for name, s in c["servers"].items())
         else:
             state, note = "", ""
         endpoint = c.get("url") or c.get("endpoint") or ""
@@ -106,7 +111,9 @@ def cmd_up(args) -> int:
               kine_bin=args.kine_bin, datastore_settings=_kv(args.datastore_setting, "--datastore-setting"),
               kine_args=_kv(args.kine_arg, "--kine-arg"), replica_args=_replica_args(args.replica_arg, args.replicas),
               allow_shared_sqlite=args.allow_shared_sqlite, base_port=args.base_port, apiservers=args.apiservers,
-              mode=args.mode, apiserver_args=_kv(args.apiserver_arg, "--apiserver-arg"))
+              mode=args.mode, apiserver_args=_kv(args.apiserver_arg, "--apiserver-arg"), replication=args.replication,
+              db_proxy=_kv(args.db_proxy_setting, "--db-proxy-setting") if args.db_proxy or args.db_proxy_setting
+              else None, balancer=args.balancer)
     lab.start(owned=False)
     status = lab.status()
     if args.json:
@@ -413,8 +420,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("up", cmd_up, "start Kine replicas on a shared datastore; they run until `kinelab down`")
     p.add_argument("--replicas", type=int, default=3)
-    p.add_argument("--datastore", default="postgres", help="postgres (embedded, default), sqlite, mysql, or a DSN")
+    p.add_argument("--datastore", default="postgres", help="postgres (embedded, default), postgres-ha (a primary and "
+                   "a streaming standby), sqlite, mysql, or a DSN")
     lab_dir(p)
+    p.add_argument("--replication", choices=["sync", "async"],
+                   help="postgres-ha: the standby confirms every commit (sync, default) or trails it (async)")
+    p.add_argument("--db-proxy", action="store_true", help="HAProxy between Kine and the database (postgres-ha: "
+                   "repointed at a failover; default: Kine's multi-host DSN)")
+    p.add_argument("--db-proxy-setting", action="append", metavar="KEY=VALUE",
+                   help="a circuit-breaker setting of the database proxy (implies --db-proxy): maxconn, "
+                   "queue_timeout_ms, connect_timeout_ms, error_limit")
+    p.add_argument("--balancer", action="store_true",
+                   help="HAProxy in front of the Kine pool; in hybrid mode the apiservers reach Kine through it")
     p.add_argument("--kine-arg", action="append", metavar="KEY=VALUE", help="a Kine flag for every replica")
     p.add_argument("--replica-arg", action="append", metavar="INDEX:KEY=VALUE", help="a Kine flag for one replica")
     p.add_argument("--datastore-setting", action="append", metavar="KEY=VALUE",
@@ -497,9 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("fault", cmd_fault, "inject a fault: kill (SIGKILL), pause (SIGSTOP), resume or restart a replica; "
             "stop, start or restart the database; terminate Kine's database sessions; slow the database; set "
-            "its default isolation level")
+            "its default isolation level; fail over to the standby, or pause and resume WAL shipping to it "
+            "(postgres-ha)")
     p.add_argument("action", choices=[*REPLICA_FAULTS, "db-stop", "db-start", "db-restart", "terminate", "slow",
-                                      "isolation"])
+                                      "isolation", "failover", "replication-pause", "replication-resume"])
     p.add_argument("--replica", type=int, help="the Kine replica, for kill, pause, resume and restart")
     p.add_argument("--component", help="or any component by name (kube-apiserver-0, postgres, ...), as `kinelab "
                    "status` lists them")

@@ -9,6 +9,9 @@ server behind every replica:
                                     (what a slow disk or a long-running migration looks like to Kine)
   isolation                         set the database's default isolation level, then end Kine's sessions so
                                     that their new connections pick it up
+  failover                          postgres-ha: kill the primary, promote the standby, repoint Kine
+  replication-pause / -resume       postgres-ha: stop (SIGSTOP) and resume the primary's WAL senders, so the
+                                    standby falls behind: an async primary keeps acknowledging, a sync one waits
 
 They connect with the lab's own DSN (Kine's role owns its database), so they also work on a database
 kinelab did not start, except for the server start and stop.
@@ -171,6 +174,9 @@ class FaultInjector:
             "db-start": lambda: lab.start_datastore(),
             "db-restart": lambda: lab.restart_datastore(),
             "terminate": lambda: f"{terminate_connections(lab)} sessions ended",
+            "failover": lambda: lab.failover(),
+            "replication-pause": lambda: lab.pause_replication(),
+            "replication-resume": lambda: lab.resume_replication(),
             "isolation": lambda level: f"now {set_isolation(lab, level)}",
             "slow": self._slow,
             "slow-stop": self._slow_stop,

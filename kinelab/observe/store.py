@@ -33,6 +33,8 @@ single clock):
   compaction_checks(run_id, t, check_name, revision, ok, detail)
   fault_events(run_id, t, fault, target, detail, ok)                    t: seconds since the run's load began
   scenario_checks(run_id, check_name, value, ok, detail)                the reconciliation after a scenario
+  revision_samples(run_id, t, replica, revision, error)                 each replica's reported revision, sampled
+                                                                        through a scenario (NULL revision: the error)
   watch_lag_summary      p50/p90/p99/max lag per run, observer and locality (same-replica / other-replica)
   availability           per run, replica and second since the load began: successful writes and errors
   error_kinds            errors per run and replica, sorted into kinds (replica unreachable, timeout,
@@ -92,6 +94,8 @@ CREATE TABLE IF NOT EXISTS fault_events (
     run_id INTEGER, t DOUBLE, fault VARCHAR, target VARCHAR, detail VARCHAR, ok BOOLEAN);
 CREATE TABLE IF NOT EXISTS scenario_checks (
     run_id INTEGER, check_name VARCHAR, value DOUBLE, ok BOOLEAN, detail VARCHAR);
+CREATE TABLE IF NOT EXISTS revision_samples (
+    run_id INTEGER, t DOUBLE, replica INTEGER, revision BIGINT, error VARCHAR);
 """
 
 # Key layout of kube-apiserver: /registry/<resource>[/<namespace>]/<name>, with a few historical
@@ -206,7 +210,7 @@ CREATE OR REPLACE VIEW fault_recovery AS
     f AS (SELECT e.run_id, e.t, e.fault, e.target, c.t0,
                  row_number() OVER (PARTITION BY e.run_id ORDER BY e.t) AS n,
                  lead(e.t) OVER (PARTITION BY e.run_id ORDER BY e.t) AS next_t,
-                 CASE WHEN starts_with(e.target, 'replica=') THEN CAST(split_part(e.target, '=', 2) AS INTEGER)
+                 CASE WHEN starts_with(e.target, 'replica=') THEN TRY_CAST(split_part(e.target, '=', 2) AS INTEGER)  -- a component name: NULL
                  END AS replica
           FROM fault_events e JOIN clock c USING (run_id)),
     errs AS (SELECT f.run_id, f.n, count(x.t) AS errors, max(x.t) - f.t0 AS last_error
@@ -223,8 +227,9 @@ CREATE OR REPLACE VIEW watch_missed AS
     SELECT o.run_id, o.observer, w.revision, w.key, w.op, w.replica AS writer
     FROM watch_observers o JOIN writes w ON w.run_id = o.run_id
     WHERE w.revision >= o.start_revision AND starts_with(w.key, o.prefix)
-      AND NOT EXISTS (SELECT 1 FROM watch_events e
-                      WHERE e.run_id = o.run_id AND e.observer = o.observer AND e.revision = w.revision);
+      AND NOT EXISTS (SELECT 1 FROM watch_events e  -- revision and key: a failover can reuse a revision
+                      WHERE e.run_id = o.run_id AND e.observer = o.observer AND e.revision = w.revision
+                        AND e.key = w.key);
 
 -- resourceVersion is the Kine revision, i.e. the id of the row the write made. Kine never rewrites a row, so
 -- any snapshot's copy of an id is that row (the newest is taken), even after compaction removed it.

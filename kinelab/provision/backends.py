@@ -186,10 +186,19 @@ class LocalBackend:
 
     def signal(self, lab, component: Component, sig: int) -> None:
         for record in component.records:
-            if record.alive:
-                os.killpg(record.pid, sig)
-                if sig == _signal.SIGKILL:
-                    _reap(record)
+            process = record.process()
+            if process is None:
+                continue
+            # Postgres's children each run in a session of their own: a crash or a stall reaches them one by one.
+            children = process.children(recursive=True)
+            os.killpg(record.pid, sig)
+            for child in children:
+                try:
+                    child.send_signal(sig)
+                except psutil.Error:
+                    pass
+            if sig == _signal.SIGKILL:
+                _reap(record)
 
 
 def _claim_ports(lab, component: Component) -> None:

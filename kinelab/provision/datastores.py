@@ -372,20 +372,24 @@ class ReplicatedPostgres(EmbeddedPostgres):
 
     def promote(self, port: int) -> dict:
         """Promote the standby on `port`. It stops waiting for a standby of its own first (it has none: a primary
-        whose synchronous standby is gone blocks every commit). Returns what the new primary holds: the newest
-        row id and where Kine's id sequence stands (Postgres logs a sequence 32 values ahead, so a standby's copy
-        can be ahead of the ids it has rows for)."""
+        whose synchronous standby is gone blocks every commit). Returns what it held just before: its newest row id
+        and the next id Kine's sequence hands out (Postgres logs a sequence 32 values ahead, so a standby's copy is
+        up to 32 ahead of the rows it has; the ids between are never used, and Kine fills them as gaps)."""
         self.set_synchronous(port, False)
-        with connect_postgres(self._admin(port)) as conn:
+        with connect_postgres(self._admin(port), database=KINE_DB) as conn:
             conn.autocommit = True
             if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
                 raise UsageError(f"the server on port {port} is already a primary")
-            if not conn.execute("SELECT pg_promote(true, 60)").fetchone()[0]:
-                raise DatastoreError(f"the standby on port {port} did not finish its promotion within 60 s")
-        with connect_postgres(self._admin(port), database=KINE_DB) as conn:
             max_id = conn.execute("SELECT max(id) FROM kine").fetchone()[0]
             last_value, is_called = conn.execute("SELECT last_value, is_called FROM kine_id_seq").fetchone()
+            if not conn.execute("SELECT pg_promote(true, 60)").fetchone()[0]:
+                raise DatastoreError(f"the standby on port {port} did not finish its promotion within 60 s")
         return {"max_id": max_id, "next_id": last_value + 1 if is_called else last_value}
+
+    def walsenders(self, primary_port: int) -> list:
+        """The pids of the primary's WAL senders, the processes that ship its WAL to the standbys."""
+        with connect_postgres(self._admin(primary_port), timeout_s=2) as conn:
+            return [pid for (pid,) in conn.execute("SELECT pid FROM pg_stat_replication").fetchall()]
 
     def standbys(self, primary_port: int) -> list:
         """The primary's view of its standbys: (name, state, sync_state, replay lag in ms)."""

@@ -117,7 +117,7 @@ def render_config(proxy: str, listen: str, servers: list, admin_socket: Path, *,
         f"    timeout client {IDLE_TIMEOUT}",
         f"    timeout server {IDLE_TIMEOUT}",
         "    retries 2",
-        "    option redispatch",  # a connection that cannot reach its server is retried on another
+        "    option redispatch 1",  # every retry of a connection that cannot reach its server may pick another
         f"listen {proxy}",
         f"    bind {listen}",
         f"    balance {balance}",

@@ -404,6 +404,24 @@ class Lab:
         self.stop_datastore()
         self.start_datastore()
 
+    def pause_replication(self) -> str:
+        """Stop the primary's WAL senders (SIGSTOP): the standby falls behind, as over a slow or broken link. An
+        async primary goes on committing; a sync one makes every commit wait for the standby."""
+        return self._signal_walsenders(signal.SIGSTOP, "paused")
+
+    def resume_replication(self) -> str:
+        return self._signal_walsenders(signal.SIGCONT, "resumed")
+
+    def _signal_walsenders(self, sig: int, what: str) -> str:
+        self._served_datastore()
+        primary = self.model.member("primary")
+        if primary is None or not primary.alive:
+            raise UsageError("replication faults need a running primary: start the lab with --datastore postgres-ha")
+        pids = self.datastore.walsenders(primary.port)
+        for pid in pids:
+            os.kill(pid, sig)
+        return f"{len(pids)} WAL sender(s) of {primary.name} {what}"
+
     def failover(self) -> str:
         """What a failover manager does when the primary database dies: SIGKILL the primary, promote the standby
         (woken first if it was paused) and repoint Kine to it. With the multi-host DSN Kine repoints itself (pgx
@@ -430,7 +448,8 @@ class Lab:
         standby.details["member"] = "primary"
         done = time.monotonic()
         detail = (f"killed {primary.name if primary else 'no primary'}; {standby.name} promoted in "
-                  f"{done - killed:.2f} s; its newest row {promoted['max_id']}, next id {promoted['next_id']}")
+                  f"{done - killed:.2f} s; it held rows up to id {promoted['max_id']}, its id sequence resumes at "
+                  f"{promoted['next_id']}")
         proxy = self.model.db_proxy
         if proxy is not None:
             route_to(Path(proxy.details["admin_socket"]), proxy.details["proxy"], standby.name,
