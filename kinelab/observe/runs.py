@@ -70,9 +70,10 @@ def load_summary(result: LoadResult) -> dict:
 
 
 @contextmanager
-def measured_run(lab, out, kind: str, params: dict, timeout_s: float = 10.0):
-    """Clients on every replica, the results file (checked to belong to this lab), one clock, a run id."""
-    clients = [Etcd(ep, timeout_s=timeout_s) for ep in lab.endpoints]
+def measured_run(lab, out, kind: str, params: dict, timeout_s: float = 10.0, endpoints: Optional[list] = None):
+    """Clients on every replica (or on `endpoints`), the results file (checked to belong to this lab), one clock,
+    a run id."""
+    clients = [Etcd(ep, timeout_s=timeout_s) for ep in endpoints or lab.endpoints]
     try:
         con = open_store(out, lab.dsn.identity)
         try:

@@ -121,7 +121,15 @@ def run_scenario(lab, out, scenario: Scenario) -> dict:
     with the checks; `summary["failed"]` lists the expectations the run did not meet."""
     _check_names(lab, scenario)
     load = {"mix": "configmaps", "rate": 50.0, "workers": 3, "spread": "round-robin", "seed": 1, **scenario.load}
-    through_apiservers = load.pop("through", "kine") == "apiservers"
+    through = load.pop("through", "kine")
+    through_apiservers = through == "apiservers"
+    # through the balancer: one client connection per replica, each placed by HAProxy; `replica` in the writes
+    # and errors is then the client's connection, not the Kine replica that served it
+    endpoints = [lab.balancer_endpoint] * len(lab.endpoints) if through == "balancer" else list(lab.endpoints)
+    if through not in ("kine", "apiservers", "balancer"):
+        raise UsageError(f"scenario {scenario.name}: load goes through kine, apiservers or balancer, not {through!r}")
+    if through == "balancer" and not lab.balancer_endpoint:
+        raise UsageError(f"scenario {scenario.name} loads through the Kine balancer: start the lab with balancer=True")
     if through_apiservers:
         if not lab.apiserver_count:
             raise UsageError(f"scenario {scenario.name} loads through apiservers: start the lab with apiservers=N")
@@ -130,10 +138,11 @@ def run_scenario(lab, out, scenario: Scenario) -> dict:
     else:
         check_load(len(lab.endpoints), load["mix"], rate=load["rate"], duration_s=load["duration_s"],
                    spread=load["spread"], workers=int(load["workers"]))
-    params = {"scenario": scenario.name, "load": load, "steps": [vars(s) for s in scenario.steps],
-              "expect": scenario.expect}
+    params = {"scenario": scenario.name, "load": {**load, "through": through},
+              "steps": [vars(s) for s in scenario.steps], "expect": scenario.expect}
     injector = FaultInjector(lab)
-    with measured_run(lab, out, "scenario", params, timeout_s=FAULT_TIMEOUT_S) as (clients, con, clock, run_id):
+    with measured_run(lab, out, "scenario", params, timeout_s=FAULT_TIMEOUT_S, endpoints=endpoints) as (
+            clients, con, clock, run_id):
         try:
             start_revision = max(c.revision() for c in clients) + 1
             fault_rows: list = []
@@ -151,9 +160,9 @@ def run_scenario(lab, out, scenario: Scenario) -> dict:
                                 spread=load["spread"], workers=int(load["workers"]), seed=int(load["seed"]),
                                 clock=clock, stop=stop, **mix_options)
 
-            with WatchProbe(lab.endpoints, prefix="/registry/", start_revision=start_revision, clock=clock) as probe, \
+            with WatchProbe(endpoints, prefix="/registry/", start_revision=start_revision, clock=clock) as probe, \
                     MetricsSampler(lab.metrics_urls, clock) as sampler, \
-                    RevisionSampler(lab.endpoints, clock) as revisions, \
+                    RevisionSampler(endpoints, clock) as revisions, \
                     Background(load_through_apiservers if through_apiservers else load_through_kine,
                                name="kinelab-scenario-load") as loader:
                 t0 = clock.now()
@@ -209,10 +218,9 @@ _AFTER_LAST_FAULT = ("WITH last_fault AS (SELECT e.run_id, CAST(json_extract_str
                      "GROUP BY e.run_id, r.summary)")
 
 
-def reconcile(con, run_id: int, expect: dict) -> list:
-    """Check run `run_id` against the newest snapshot in `con`, store the (check, value, ok, detail) rows in
-    scenario_checks and return them; ok is None for checks nobody expected. Run again after a later capture
-    to check the same run against the table as it is then."""
+def measure(con, run_id: int) -> dict:
+    """The reconciliation's measurements of run `run_id` against the newest snapshot in `con`, read only:
+    {check name: value}, as `CHECKS` names them."""
     def value(sql, **more):
         return con.execute(sql, {"run": run_id, **more}).fetchall()[0][0]
 
@@ -256,11 +264,20 @@ def reconcile(con, run_id: int, expect: dict) -> list:
     failover = value("SELECT max(t) FROM fault_events WHERE run_id = $run AND fault = 'failover' AND ok")
     if failover is not None:  # the first acknowledged write after it that is a row of the table
         measured["failover_write_s"] = value(
-            "SELECT min(w.t_commit) - any_value(c.t0 + $t) FROM writes w, (SELECT CAST(json_extract_string(summary, '$.t0') "
-            "AS DOUBLE) AS t0 FROM runs WHERE run_id = $run) c WHERE w.run_id = $run AND w.t_commit > c.t0 + $t "
+            "SELECT min(w.t_commit) - any_value(c.t0 + $t) FROM writes w, (SELECT CAST(json_extract_string("
+            "summary, '$.t0') AS DOUBLE) AS t0 FROM runs WHERE run_id = $run) c WHERE w.run_id = $run AND "
+            "w.t_commit > c.t0 + $t "
             "AND EXISTS (SELECT 1 FROM kine_latest k WHERE k.id = w.revision AND k.name = w.key)", t=failover)
         if measured["failover_write_s"] is None:
             measured["failover_write_s"] = float("inf")  # no write landed after it
+    return measured
+
+
+def reconcile(con, run_id: int, expect: dict) -> list:
+    """Check run `run_id` against the newest snapshot in `con`, store the (check, value, ok, detail) rows in
+    scenario_checks and return them; ok is None for checks nobody expected. Run again after a later capture
+    to check the same run against the table as it is then."""
+    measured = measure(con, run_id)
     details = {
         "writes_lost": "acknowledged writes that are not rows of the table",
         "missed_by_survivors": "acknowledged writes a watcher on a never-failed replica did not deliver",
