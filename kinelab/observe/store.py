@@ -210,7 +210,8 @@ CREATE OR REPLACE VIEW fault_recovery AS
     f AS (SELECT e.run_id, e.t, e.fault, e.target, c.t0,
                  row_number() OVER (PARTITION BY e.run_id ORDER BY e.t) AS n,
                  lead(e.t) OVER (PARTITION BY e.run_id ORDER BY e.t) AS next_t,
-                 CASE WHEN starts_with(e.target, 'replica=') THEN TRY_CAST(split_part(e.target, '=', 2) AS INTEGER)  -- a component name: NULL
+                 -- a component's name (replica=postgres-1) is no replica index: NULL, every replica's errors
+                 CASE WHEN starts_with(e.target, 'replica=') THEN TRY_CAST(split_part(e.target, '=', 2) AS INTEGER)
                  END AS replica
           FROM fault_events e JOIN clock c USING (run_id)),
     errs AS (SELECT f.run_id, f.n, count(x.t) AS errors, max(x.t) - f.t0 AS last_error
