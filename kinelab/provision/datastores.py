@@ -312,6 +312,9 @@ class ReplicatedPostgres(EmbeddedPostgres):
         server.start(**start_options)
         try:
             if primary is None:
+                # no commit may wait for a standby that is not there yet (a restart keeps the setting); the
+                # standby's start makes the primary synchronous again
+                self.set_synchronous(port, False)
                 self.admin_dsn = self._admin(port)
                 self._ensure_kine_role()
             else:
@@ -343,7 +346,7 @@ class ReplicatedPostgres(EmbeddedPostgres):
         if result.returncode != 0:
             reason = mask_text((result.stderr or result.stdout).strip().splitlines()[-1] if (
                 result.stderr or result.stdout).strip() else f"exit code {result.returncode}")
-            raise DatastoreError(f"{what} failed: {reason}")
+            raise DatastoreError(f"{what} failed: {reason.split(' error: ', 1)[-1]}")
 
     def _copy_from(self, bin_dir: Path, primary_port: int, data: Path, user: Optional[str], pgpass: Path) -> None:
         self._run([bin_dir / "pg_basebackup", "-h", LOOPBACK, "-p", primary_port, "-U", "postgres", "-D", data,
