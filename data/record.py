@@ -4,6 +4,7 @@
                                                  # for deployment-modes, kube-apiserver)
     .venv/bin/python data/record.py watch-lag    # only some: quickstart mvcc compaction watch-lag
                                                  # deployment-modes consistency sqlite-state troubleshooting
+                                                 # high-availability
 
 Each run uses the notebook's default parameters. What a notebook measures that no capture table holds (the
 acknowledged writes of a burst, reads at old revisions, check reports, apiserver probes) is stored as one `runs`
@@ -195,9 +196,38 @@ def troubleshooting(work: Path) -> dict:
     return {name: (work / name, {**meta, "contents": text}) for name, text in contents.items()}
 
 
+def high_availability(work: Path) -> dict:
+    """Notebook 10 records itself, like 06: live with papermill, for its defaults (async replication, Kine through
+    the multi-host DSN) and for synchronous replication through HAProxy; the breaker runs are the first's."""
+    import papermill
+
+    notebook = DATA.parent / "notebooks" / "10-high-availability.ipynb"
+    parameters = papermill.inspect_notebook(str(notebook))
+    defaults = {name: value["default"] for name, value in parameters.items() if name not in ("mode", "out_dir")}
+    made = {}
+    for variant in ({}, {"replication": "sync", "path": "proxy"}):
+        out = work / "-".join(variant.values() or ["defaults"])
+        papermill.execute_notebook(str(notebook), str(work / f"{out.name}.ipynb"), kernel_name="python3",
+                                   parameters={**variant, "out_dir": str(out)}, progress_bar=False, cwd=str(work))
+        used = {**{k: v.strip('"') for k, v in defaults.items()}, **variant}
+        meta = {"notebook": "10-high-availability", "kine_version": kl.install_kine().version,
+                "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "datastore": "postgres-ha",
+                "replicas": 3, "parameters": used, "command": ".venv/bin/python data/record.py high-availability"}
+        name = f"ha-failover-{used['replication']}-{used['path']}.duckdb"
+        made[name] = (out / name, {**meta, "contents": f"scenario run `failover-{used['replication']}-"
+                                   f"{used['path']}`: creates at {used['rate']}/s, the standby lagging "
+                                   f"{used['lag_s']} s, then the failover; runs row `10-high-availability`: the Kine "
+                                   "balancer's connections before and after a replica kill"})
+        if not variant:
+            made["ha-breaker.duckdb"] = (out / "ha-breaker.duckdb", {
+                **meta, "datastore": "postgres", "replicas": 1, "contents": "scenario runs `no breaker` and "
+                "`fail fast` (HAProxy maxconn 2, 100 ms queue) under the slow database"})
+    return made
+
+
 GROUPS = {"quickstart": quickstart, "mvcc": mvcc, "compaction": compaction, "watch-lag": watch_lag,
           "deployment-modes": deployment_modes, "consistency": consistency, "sqlite-state": sqlite_state,
-          "troubleshooting": troubleshooting}
+          "troubleshooting": troubleshooting, "high-availability": high_availability}
 
 
 def publish(source: Path, name: str) -> None:

@@ -330,13 +330,17 @@ def cmd_fault(args) -> int:
         raise UsageError(f"`fault {args.action}` " + ("needs --replica INDEX or --component NAME"
                                                       if args.action in REPLICA_FAULTS
                                                       else "acts on the database; drop --replica/--component"))
+    if (args.action == "db-proxy-maxconn") != (args.maxconn is not None):
+        raise UsageError("`fault db-proxy-maxconn` needs --maxconn" if args.action == "db-proxy-maxconn"
+                         else f"--maxconn applies to `fault db-proxy-maxconn` only, not {args.action}")
     if (args.action == "isolation") != (args.level is not None):
         raise UsageError("`fault isolation` needs --level" if args.action == "isolation"
                          else f"--level applies to `fault isolation` only, not {args.action}")
     injector = FaultInjector(_lab(args))
     options = {"replica": target} if args.action in REPLICA_FAULTS else \
         {"level": args.level} if args.action == "isolation" else \
-        {"hold_ms": args.hold_ms, "period_ms": args.period_ms} if args.action == "slow" else {}
+        {"hold_ms": args.hold_ms, "period_ms": args.period_ms} if args.action == "slow" else \
+        {"maxconn": args.maxconn} if args.action == "db-proxy-maxconn" else {}
     detail = injector.inject(args.action, **options)
     try:
         if args.action == "slow":  # the lock lives in this process: hold it for --seconds, or until Ctrl-C
@@ -517,12 +521,14 @@ def build_parser() -> argparse.ArgumentParser:
             "its default isolation level; fail over to the standby, or pause and resume WAL shipping to it "
             "(postgres-ha)")
     p.add_argument("action", choices=[*REPLICA_FAULTS, "db-stop", "db-start", "db-restart", "terminate", "slow",
-                                      "isolation", "failover", "replication-pause", "replication-resume"])
+                                      "isolation", "failover", "replication-pause", "replication-resume",
+                                      "db-proxy-maxconn"])
     p.add_argument("--replica", type=int, help="the Kine replica, for kill, pause, resume and restart")
     p.add_argument("--component", help="or any component by name (kube-apiserver-0, postgres, ...), as `kinelab "
                    "status` lists them")
     p.add_argument("--level", choices=ISOLATION_LEVELS,
                    help="for isolation: the database's new default level")
+    p.add_argument("--maxconn", type=int, help="for db-proxy-maxconn: connections per database server (0: no cap)")
     p.add_argument("--seconds", type=float, default=30, help="for slow: how long (default 30)")
     p.add_argument("--hold-ms", type=float, default=200, help="for slow: writes blocked this long ...")
     p.add_argument("--period-ms", type=float, default=250, help="... of every period (default 200 of 250 ms)")

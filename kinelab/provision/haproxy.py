@@ -177,6 +177,13 @@ def route_to(admin_socket: Path, proxy: str, server: str, others: list) -> None:
     runtime(admin_socket, f"set server {proxy}/{server} state ready")
 
 
+def set_maxconn(admin_socket: Path, proxy: str, servers: list, maxconn: int) -> None:
+    """Cap the connections HAProxy opens to each of `servers` at `maxconn` (0: no cap), from now on; connections
+    over the cap wait in its queue for the configured queue timeout."""
+    for server in servers:
+        runtime(admin_socket, f"set maxconn server {proxy}/{server} {int(maxconn)}")
+
+
 def stats(admin_socket: Path) -> list:
     """`show stat` as dicts, one per server (and the frontend/backend totals): `scur` open connections, `stot`
     connections so far, `qcur` queued, `econ` connection errors, `status` UP/DOWN/MAINT, `dcon` refused..."""

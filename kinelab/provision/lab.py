@@ -32,7 +32,7 @@ from ..errors import KinelabError, UsageError
 from ..etcd import Etcd
 from .backends import get_backend
 from .datastores import Datastore, ExternalStore, SqliteStore, make_datastore
-from .haproxy import breaker_settings, route_to, server_stats
+from .haproxy import breaker_settings, route_to, server_stats, set_maxconn
 from .kine import kine_flags
 from .labdir import LabDir, register
 from .model import MODES, Component, LabModel, LabSpec
@@ -421,6 +421,17 @@ class Lab:
         for pid in pids:
             os.kill(pid, sig)
         return f"{len(pids)} WAL sender(s) of {primary.name} {what}"
+
+    def limit_db_proxy(self, maxconn: int) -> str:
+        """Set the database proxy's connection cap per server now (0: none), as a breaker is switched on or off;
+        the queue timeout stays the lab's `queue_timeout_ms`. A restart of the proxy returns to the lab's settings."""
+        proxy = self.model.db_proxy if self.model else None
+        if proxy is None or not proxy.alive:
+            raise UsageError("this lab has no database proxy running: start it with --db-proxy")
+        if int(maxconn) < 0:
+            raise UsageError(f"maxconn must be 0 (no cap) or more, not {maxconn}")
+        set_maxconn(Path(proxy.details["admin_socket"]), proxy.details["proxy"], proxy.details["servers"], maxconn)
+        return f"{proxy.name}: at most {maxconn} connections per server" if maxconn else f"{proxy.name}: no cap"
 
     def failover(self) -> str:
         """What a failover manager does when the primary database dies: SIGKILL the primary, promote the standby

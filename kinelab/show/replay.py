@@ -1,6 +1,7 @@
 """Replays: the notebooks on measurements recorded from real runs (the files in `data/`, made by
 `data/record.py`), for machines where Kine cannot start. Nothing here starts or needs Kine.
 
+  choose_mode(mode)  a notebook's mode: "auto" is live where Kine (and what else it needs) is here, else replay
   dataset(name)      a private copy of data/<name> in a temporary folder, so the recorded file never changes
   label(name)        "REPLAY of data/<name>, recorded <date> on Kine <version> ...": the title of every replayed chart
   record(out, kind, **values)   store what a notebook measured that has no table of its own (Python values:
@@ -33,6 +34,36 @@ DATA = Path(__file__).resolve().parents[2] / "data"
 MANIFEST = "datasets.json"  # what record.py made, and how: the source of each label
 # The only classes a recording may hold: rebuilt by name, nothing else is ever instantiated.
 TYPES = {cls.__name__: cls for cls in (Write, KV, TxnResult, WatchLag, Attempt, View, CheckReport)}
+
+
+MODES = ("auto", "live", "replay")
+
+
+def choose_mode(mode: str, *, apiservers: bool = False, haproxy: bool = False) -> str:
+    """A notebook's `mode` parameter as "live" or "replay". "auto" is live where a lab can start without
+    building anything (Kine installed; with `apiservers` the kube-apiserver built; with `haproxy` HAProxy
+    installed), otherwise the replay, and prints one line saying which and why."""
+    from ..errors import KinelabError
+    from ..provision.apiserver import find_apiserver
+    from ..provision.haproxy import find_haproxy
+    from ..provision.tools import find_kine
+
+    if mode not in MODES:
+        raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode != "auto":
+        return mode
+    try:
+        missing = "Kine is not installed here (`kinelab install`)" if find_kine() is None else \
+            "kube-apiserver is not built here" if apiservers and find_apiserver() is None else ""
+        if haproxy and not missing:
+            find_haproxy()
+    except KinelabError as exc:
+        missing = str(exc)
+    if missing:
+        print(f"mode auto -> replay: {missing}")
+        return "replay"
+    print("mode auto -> live")
+    return "live"
 
 
 def datasets() -> dict:
