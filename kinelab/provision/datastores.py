@@ -495,5 +495,5 @@ def make_datastore(spec: str, settings: Optional[dict] = None, replication: str 
         return SqliteStore()
     if "://" in spec:
         return ExternalStore(Dsn.parse(spec))
-    raise UsageError(f"unknown datastore {mask_text(spec)!r}: use postgres, postgres-ha, sqlite, mysql, or a DSN "
-                     "such as postgres://user:pass@127.0.0.1:5432/kubernetes")
+    raise UsageError(f"unknown datastore {mask_text(spec)!r}: use postgres, sqlite, mysql, or a DSN such as "
+                     "postgres://user:pass@127.0.0.1:5432/kubernetes (postgres-ha: a primary and a streaming standby)")
