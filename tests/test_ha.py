@@ -16,6 +16,7 @@ import kinelab as kl
 from conftest import all_gone, assert_one_line_error, lab_pids, read_model, run_cli, wait_until
 from kinelab.analyse.failover import failover_report, fates
 from kinelab.db import connect_postgres
+from kinelab.drive.faults import terminate_connections
 from kinelab.errors import EtcdError, UsageError
 from kinelab.observe.scenario import Scenario, run_scenario
 from kinelab.provision.haproxy import server_stats
@@ -91,6 +92,10 @@ def test_sync_standby_failover_through_the_multi_host_dsn_and_rejoin(kine, tmp_p
         lab.restart("postgres-0")  # the old primary, rewound onto the new timeline, follows the new primary
         assert lab.model.member("standby").name == "postgres-0"
         assert lab.datastore.standbys(lab.model.member("primary").port)[0][:3] == ("postgres-0", "streaming", "sync")
+        # the DSN now names a read-only standby first: with its sessions ended, Kine's new connections skip it
+        assert terminate_connections(lab) > 0
+        wait_until(lambda: _real_write(lab, 0, "/registry/configmaps/default/rejoined"), timeout_s=20,
+                   what="a write with the standby first in Kine's DSN")
         lab.failover()  # and back
         assert lab.model.member("primary").name == "postgres-0"
         back = wait_until(lambda: _real_write(lab, 0, "/registry/configmaps/default/back"), timeout_s=20,
