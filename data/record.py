@@ -197,32 +197,24 @@ def troubleshooting(work: Path) -> dict:
 
 
 def high_availability(work: Path) -> dict:
-    """Notebook 10 records itself, like 06: live with papermill, for its defaults (async replication, Kine through
-    the multi-host DSN) and for synchronous replication through HAProxy; the breaker runs are the first's."""
+    """Notebook 10 records itself, like 06: live with papermill, with its defaults (async replication, Kine through
+    the multi-host DSN). Its part 3 (the breaker) runs live only: a file of its own would not fit data/'s budget."""
     import papermill
 
     notebook = DATA.parent / "notebooks" / "10-high-availability.ipynb"
     parameters = papermill.inspect_notebook(str(notebook))
-    defaults = {name: value["default"] for name, value in parameters.items() if name not in ("mode", "out_dir")}
-    made = {}
-    for variant in ({}, {"replication": "sync", "path": "proxy"}):
-        out = work / "-".join(variant.values() or ["defaults"])
-        papermill.execute_notebook(str(notebook), str(work / f"{out.name}.ipynb"), kernel_name="python3",
-                                   parameters={**variant, "out_dir": str(out)}, progress_bar=False, cwd=str(work))
-        used = {**{k: v.strip('"') for k, v in defaults.items()}, **variant}
-        meta = {"notebook": "10-high-availability", "kine_version": kl.install_kine().version,
-                "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "datastore": "postgres-ha",
-                "replicas": 3, "parameters": used, "command": ".venv/bin/python data/record.py high-availability"}
-        name = f"ha-failover-{used['replication']}-{used['path']}.duckdb"
-        made[name] = (out / name, {**meta, "contents": f"scenario run `failover-{used['replication']}-"
-                                   f"{used['path']}`: creates at {used['rate']}/s, the standby lagging "
-                                   f"{used['lag_s']} s, then the failover; runs row `10-high-availability`: the Kine "
-                                   "balancer's connections before and after a replica kill"})
-        if not variant:
-            made["ha-breaker.duckdb"] = (out / "ha-breaker.duckdb", {
-                **meta, "datastore": "postgres", "replicas": 1, "contents": "scenario runs `no breaker` and "
-                "`fail fast` (HAProxy maxconn 2, 100 ms queue) under the slow database"})
-    return made
+    used = {name: value["default"].strip('"') for name, value in parameters.items()
+            if name not in ("mode", "out_dir")}
+    papermill.execute_notebook(str(notebook), str(work / "10.ipynb"), parameters={"out_dir": str(work)},
+                               kernel_name="python3", progress_bar=False, cwd=str(work))
+    name = f"ha-failover-{used['replication']}-{used['path']}.duckdb"
+    meta = {"notebook": "10-high-availability", "kine_version": kl.install_kine().version,
+            "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "datastore": "postgres-ha",
+            "replicas": 3, "parameters": used, "command": ".venv/bin/python data/record.py high-availability",
+            "contents": f"scenario run `failover-{used['replication']}-{used['path']}`: creates at {used['rate']}/s, "
+                        f"the standby lagging {used['lag_s']} s, then the failover; runs row `10-high-availability`: "
+                        "the Kine balancer's connections before and after a replica kill"}
+    return {name: (work / name, meta)}
 
 
 GROUPS = {"quickstart": quickstart, "mvcc": mvcc, "compaction": compaction, "watch-lag": watch_lag,

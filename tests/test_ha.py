@@ -17,12 +17,23 @@ from conftest import all_gone, assert_one_line_error, lab_pids, read_model, run_
 from kinelab.analyse.failover import failover_report, fates
 from kinelab.db import connect_postgres
 from kinelab.drive.faults import terminate_connections
-from kinelab.errors import EtcdError, UsageError
+from kinelab.errors import EtcdError, ToolError, UsageError
 from kinelab.observe.scenario import Scenario, run_scenario
-from kinelab.provision.haproxy import server_stats
+from kinelab.provision.haproxy import find_haproxy, server_stats
 from kinelab.provision.process import free_port
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+def _haproxy_missing() -> bool:
+    try:
+        find_haproxy()
+        return False
+    except ToolError:
+        return True
+
+
+needs_haproxy = pytest.mark.skipif(_haproxy_missing(), reason="haproxy is not installed (.ci/run installs it)")
 SEQUENCE_LOG_AHEAD = 32  # Postgres WAL-logs a sequence this many values ahead (SEQ_LOG_VALS)
 CLIENT_TIMEOUT_S = 2.0  # the scenario clients' deadline (observe.scenario.FAULT_TIMEOUT_S)
 SAMPLE_S = 0.2  # how often a scenario samples each replica's revision (observe.revisions.RevisionSampler)
@@ -159,6 +170,7 @@ def test_sync_failover_loses_no_acknowledged_write_to_replication(kine, tmp_path
     con.close()
 
 
+@needs_haproxy
 def test_failover_through_the_database_proxy_repoints_haproxy(kine, tmp_path):
     with kl.Lab(replicas=1, datastore="postgres-ha", replication="async", db_proxy={}) as lab:
         proxy = lab.model.db_proxy
@@ -178,6 +190,7 @@ def test_failover_through_the_database_proxy_repoints_haproxy(kine, tmp_path):
         assert status["db-proxy"]["servers"]["postgres-1"]["connections"] >= 1  # Kine's pool, through HAProxy
 
 
+@needs_haproxy
 def test_the_balancer_spreads_connections_not_calls_and_a_kill_moves_them(kine, tmp_path):
     with kl.Lab(replicas=3, datastore="postgres", balancer=True) as lab:
         socket_path = Path(lab.model.balancer.details["admin_socket"])
@@ -213,6 +226,7 @@ def _ok(client, key) -> bool:
         return False
 
 
+@needs_haproxy
 def test_a_failing_fast_breaker_turns_waits_into_errors_and_lost_creates(kine, tmp_path):
     # One replica through HAProxy with room for 2 database connections (Kine's poll holds one) and a 100 ms
     # queue: under the slow database, writes that wait for a connection are cut instead of waiting.
@@ -302,6 +316,7 @@ def test_a_standby_that_cannot_copy_the_primary_stops_the_lab(kine, tmp_path):
     assert run_cli("down", "--dir", lab_dir, "--purge").returncode == 0
 
 
+@needs_haproxy
 def test_cli_failover_and_status(kine, tmp_path):
     lab_dir = tmp_path / "ha"
     assert run_cli("up", "--datastore", "postgres-ha", "--replication", "async", "--db-proxy", "--replicas", "1",
