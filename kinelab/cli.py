@@ -100,6 +100,11 @@ def _status_table(status: dict) -> Table:
             state, note = "ready" if c["ready"] else "[red]not ready[/]", ""
         elif c["role"] == "nodes":
             state, note = f"{c['ready_nodes']}/{c['nodes']} nodes Ready", c.get("error", "")
+        elif "member" in c:
+            state, note = c["member"], ""
+        elif "servers" in c or "error" in c:  # a proxy: where it sends connections
+            state, note = "", c.get("error") or ", ".join(f"{name} {s['status']} ({s['connections']} open)"
+                                                        for name, s in c["servers"].items())
         else:
             state, note = "", ""
         endpoint = c.get("url") or c.get("endpoint") or ""
@@ -115,7 +120,9 @@ def cmd_up(args) -> int:
               kine_args=_kv(args.kine_arg, "--kine-arg"), replica_args=_replica_args(args.replica_arg, args.replicas),
               allow_shared_sqlite=args.allow_shared_sqlite, base_port=args.base_port, apiservers=args.apiservers,
               mode=args.mode, apiserver_args=_kv(args.apiserver_arg, "--apiserver-arg"), nodes=args.nodes,
-              controllers=args.controllers or None, kine_version=args.kine_version)
+              controllers=args.controllers or None, kine_version=args.kine_version, replication=args.replication,
+              db_proxy=_kv(args.db_proxy_setting, "--db-proxy-setting") if args.db_proxy or args.db_proxy_setting
+              else None, balancer=args.balancer)
     lab.start(owned=False)
     status = lab.status()
     if args.json:
@@ -332,6 +339,9 @@ def cmd_fault(args) -> int:
         raise UsageError(f"`fault {args.action}` " + ("needs --replica INDEX or --component NAME"
                                                       if args.action in REPLICA_FAULTS
                                                       else "acts on the database; drop --replica/--component"))
+    if (args.action == "db-proxy-maxconn") != (args.maxconn is not None):
+        raise UsageError("`fault db-proxy-maxconn` needs --maxconn" if args.action == "db-proxy-maxconn"
+                         else f"--maxconn applies to `fault db-proxy-maxconn` only, not {args.action}")
     if (args.action == "isolation") != (args.level is not None):
         raise UsageError("`fault isolation` needs --level" if args.action == "isolation"
                          else f"--level applies to `fault isolation` only, not {args.action}")
@@ -341,7 +351,8 @@ def cmd_fault(args) -> int:
     options = {"replica": target, **({"kine_version": args.kine_version} if args.kine_version else {})} \
         if args.action in REPLICA_FAULTS else \
         {"level": args.level} if args.action == "isolation" else \
-        {"hold_ms": args.hold_ms, "period_ms": args.period_ms} if args.action == "slow" else {}
+        {"hold_ms": args.hold_ms, "period_ms": args.period_ms} if args.action == "slow" else \
+        {"maxconn": args.maxconn} if args.action == "db-proxy-maxconn" else {}
     detail = injector.inject(args.action, **options)
     try:
         if args.action == "slow":  # the lock lives in this process: hold it for --seconds, or until Ctrl-C
@@ -466,8 +477,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("up", cmd_up, "start Kine replicas on a shared datastore; they run until `kinelab down`")
     p.add_argument("--replicas", type=int, default=3)
-    p.add_argument("--datastore", default="postgres", help="postgres (embedded, default), sqlite, mysql, or a DSN")
+    p.add_argument("--datastore", default="postgres", help="postgres (embedded, default), postgres-ha (a primary and "
+                   "a streaming standby), sqlite, mysql, or a DSN")
     lab_dir(p)
+    p.add_argument("--replication", choices=["sync", "async"],
+                   help="postgres-ha: the standby confirms every commit (sync, default) or trails it (async)")
+    p.add_argument("--db-proxy", action="store_true", help="HAProxy between Kine and the database (postgres-ha: "
+                   "repointed at a failover; default: Kine's multi-host DSN)")
+    p.add_argument("--db-proxy-setting", action="append", metavar="KEY=VALUE",
+                   help="a circuit-breaker setting of the database proxy (implies --db-proxy): maxconn, "
+                   "queue_timeout_ms, connect_timeout_ms, error_limit")
+    p.add_argument("--balancer", action="store_true",
+                   help="HAProxy in front of the Kine pool; in hybrid mode the apiservers reach Kine through it")
     p.add_argument("--kine-arg", action="append", metavar="KEY=VALUE", help="a Kine flag for every replica")
     p.add_argument("--replica-arg", action="append", metavar="INDEX:KEY=VALUE", help="a Kine flag for one replica")
     p.add_argument("--datastore-setting", action="append", metavar="KEY=VALUE",
@@ -560,15 +581,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("fault", cmd_fault, "inject a fault: kill (SIGKILL), pause (SIGSTOP), resume or restart a replica; "
             "stop, start or restart the database; terminate Kine's database sessions; slow the database; set "
-            "its default isolation level")
+            "its default isolation level; fail over to the standby, or pause and resume WAL shipping to it "
+            "(postgres-ha)")
     p.add_argument("action", choices=[*REPLICA_FAULTS, "db-stop", "db-start", "db-restart", "terminate", "slow",
-                                      "isolation"])
+                                      "isolation", "failover", "replication-pause", "replication-resume",
+                                      "db-proxy-maxconn"])
     p.add_argument("--replica", type=int, help="the Kine replica, for kill, pause, resume and restart")
     p.add_argument("--component", help="or any component by name (kube-apiserver-0, postgres, ...), as `kinelab "
                    "status` lists them")
     p.add_argument("--level", choices=ISOLATION_LEVELS,
                    help="for isolation: the database's new default level")
     p.add_argument("--kine-version", help="for restart: start the replica on this Kine release (a rolling upgrade)")
+    p.add_argument("--maxconn", type=int, help="for db-proxy-maxconn: connections per database server (0: no cap)")
     p.add_argument("--seconds", type=float, default=30, help="for slow: how long (default 30)")
     p.add_argument("--hold-ms", type=float, default=200, help="for slow: writes blocked this long ...")
     p.add_argument("--period-ms", type=float, default=250, help="... of every period (default 200 of 250 ms)")

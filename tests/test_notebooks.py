@@ -33,6 +33,7 @@ RUNS = [
     ("08-investigate-your-datastore", {}),
     # two releases (the pinned one and v0.17.2, which tests/test_versions.py builds) instead of the four recorded
     ("09-did-this-release-lose-writes", {"versions": ["v0.17.2", "v0.17.5"], "mode": "live"}),
+    ("10-high-availability", {}), ("10-high-availability", {"replication": "sync", "path": "proxy", "lag_s": 4}),
 ]
 REPLAYS = sorted({name for name, _ in RUNS})  # every notebook also replays its recording in data/
 

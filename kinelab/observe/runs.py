@@ -51,7 +51,8 @@ def store_metrics(con, run_id: int, sampler: MetricsSampler) -> None:
 
 
 def store_watch(con, run_id: int, probe: WatchProbe) -> None:
-    """The probe's observers and events; each event joined with the write that caused it (stored first)."""
+    """The probe's observers and events; each event joined with the write that caused it (stored first): same
+    revision and key, since after a failover a revision can be acknowledged for two keys."""
     insert_rows(con, "watch_observers",
                 ["run_id", "observer", "endpoint", "prefix", "start_revision", "last_revision", "events",
                  "progress_notifies", "cancelled", "cancel_reason", "compact_revision"],
@@ -65,7 +66,8 @@ def store_watch(con, run_id: int, probe: WatchProbe) -> None:
     con.execute("""INSERT INTO watch_events
                    SELECT r.run_id, r.observer, w.replica, r.revision, r.key, r.type, w.t_commit, r.t_observed,
                           (r.t_observed - w.t_commit) * 1000
-                   FROM watch_raw r LEFT JOIN writes w ON w.run_id = r.run_id AND w.revision = r.revision""")
+                   FROM watch_raw r LEFT JOIN writes w
+                        ON w.run_id = r.run_id AND w.revision = r.revision AND w.key = r.key""")
     con.execute("DROP TABLE watch_raw")
 
 
@@ -76,9 +78,10 @@ def load_summary(result: LoadResult) -> dict:
 
 
 @contextmanager
-def measured_run(lab, out, kind: str, params: dict, timeout_s: float = 10.0):
-    """Clients on every replica, the results file (checked to belong to this lab), one clock, a run id."""
-    clients = [Etcd(ep, timeout_s=timeout_s) for ep in lab.endpoints]
+def measured_run(lab, out, kind: str, params: dict, timeout_s: float = 10.0, endpoints: Optional[list] = None):
+    """Clients on every replica (or on `endpoints`), the results file (checked to belong to this lab), one clock,
+    a run id."""
+    clients = [Etcd(ep, timeout_s=timeout_s) for ep in endpoints or lab.endpoints]
     try:
         con = open_store(out, lab.dsn.identity)
         try:

@@ -37,6 +37,8 @@ single clock):
   compaction_checks(run_id, t, check_name, revision, ok, detail)
   fault_events(run_id, t, fault, target, detail, ok)                    t: seconds since the run's load began
   scenario_checks(run_id, check_name, value, ok, detail)                the reconciliation after a scenario
+  revision_samples(run_id, t, replica, revision, error)                 each replica's reported revision, sampled
+                                                                        through a scenario (NULL revision: the error)
   watch_lag_summary      p50/p90/p99/max lag per run, observer and locality (same-replica / other-replica)
   availability           per run, replica and second since the load began: successful writes and errors
   error_kinds            errors per run and replica, sorted into kinds (replica unreachable, timeout,
@@ -105,6 +107,8 @@ CREATE TABLE IF NOT EXISTS scenario_checks (
 CREATE TABLE IF NOT EXISTS run_replicas (
     run_id INTEGER, replica INTEGER, component VARCHAR, endpoint VARCHAR, kine_version VARCHAR);
 ALTER TABLE load_errors ADD COLUMN IF NOT EXISTS value_sha256 VARCHAR;
+CREATE TABLE IF NOT EXISTS revision_samples (
+    run_id INTEGER, t DOUBLE, replica INTEGER, revision BIGINT, error VARCHAR);
 """
 
 # Key layout of kube-apiserver: /registry/<resource>[/<namespace>]/<name>, with a few historical
@@ -224,7 +228,8 @@ CREATE OR REPLACE VIEW fault_recovery AS
     f AS (SELECT e.run_id, e.t, e.fault, e.target, c.t0,
                  row_number() OVER (PARTITION BY e.run_id ORDER BY e.t) AS n,
                  lead(e.t) OVER (PARTITION BY e.run_id ORDER BY e.t) AS next_t,
-                 CASE WHEN starts_with(e.target, 'replica=') THEN CAST(split_part(e.target, '=', 2) AS INTEGER)
+                 -- a component's name (replica=postgres-1) is no replica index: NULL, every replica's errors
+                 CASE WHEN starts_with(e.target, 'replica=') THEN TRY_CAST(split_part(e.target, '=', 2) AS INTEGER)
                  END AS replica
           FROM fault_events e JOIN clock c USING (run_id)),
     errs AS (SELECT f.run_id, f.n, count(x.t) AS errors, max(x.t) - f.t0 AS last_error
@@ -241,8 +246,9 @@ CREATE OR REPLACE VIEW watch_missed AS
     SELECT o.run_id, o.observer, w.revision, w.key, w.op, w.replica AS writer
     FROM watch_observers o JOIN writes w ON w.run_id = o.run_id
     WHERE w.revision >= o.start_revision AND starts_with(w.key, o.prefix)
-      AND NOT EXISTS (SELECT 1 FROM watch_events e
-                      WHERE e.run_id = o.run_id AND e.observer = o.observer AND e.revision = w.revision);
+      AND NOT EXISTS (SELECT 1 FROM watch_events e  -- revision and key: a failover can reuse a revision
+                      WHERE e.run_id = o.run_id AND e.observer = o.observer AND e.revision = w.revision
+                        AND e.key = w.key);
 
 -- resourceVersion is the Kine revision, i.e. the id of the row the write made. Kine never rewrites a row, so
 -- any snapshot's copy of an id is that row (the newest is taken), even after compaction removed it.

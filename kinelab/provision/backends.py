@@ -36,10 +36,11 @@ from .controlplane import (
     wait_nodes_ready,
 )
 from .etcd_server import EtcdMember, find_etcd
+from .haproxy import HAProxy, Server, breaker_settings, find_haproxy, haproxy_version
 from .kine import KineReplica
 from .model import MODES, Component, LabSpec, etcd_servers_for
 from .process import LOOPBACK, ProcessRecord, free_port, require_free_port
-from .tools import KWOK, ensure, ensure_kubernetes, find_kine, install_kine
+from .tools import KWOK, Binary, ensure, ensure_kubernetes, find_kine, install_kine
 
 
 class Backend(Protocol):
@@ -65,7 +66,8 @@ class Backend(Protocol):
 
 
 # Start order by role; a role's components start together once the roles before them are ready.
-STAGES = {"datastore": 0, "kine": 10, "apiserver": 20, "control-plane": 30, "nodes": 40}
+STAGES = {"datastore": 0, "db-proxy": 5, "kine": 10, "balancer": 15, "apiserver": 20, "control-plane": 30,
+          "nodes": 40}
 
 
 class LocalBackend:
@@ -108,6 +110,9 @@ class LocalBackend:
             tools.update(ensure_kubernetes(commands, log=lab.say))
         if lab.spec.nodes:
             tools["kwok"] = ensure(KWOK, log=lab.say)
+        if lab.spec.db_proxy is not None or lab.spec.balancer:
+            haproxy = find_haproxy()
+            tools["haproxy"] = Binary(haproxy, haproxy_version(haproxy), "haproxy")
         return tools
 
     def add_kine_version(self, lab, version: str, tools: dict) -> str:
@@ -125,6 +130,12 @@ class LocalBackend:
         components = []
         if not spec.kine:
             components += _etcd_members(spec.replicas, ports)
+        elif lab.datastore.serves and lab.datastore.members > 1:  # a primary, then its standbys (copied from it)
+            for index in range(lab.datastore.members):
+                components.append(Component(f"postgres-{index}", "datastore", index,
+                                            endpoint=f"{LOOPBACK}:{_port(next(ports))}",
+                                            stage=STAGES["datastore"] + index,
+                                            details={"member": "standby" if index else "primary"}))
         elif lab.datastore.serves:
             components.append(Component("postgres" if lab.datastore.kind == "postgres" else "mariadb", "datastore",
                                         endpoint=f"{LOOPBACK}:{_port(next(ports))}", stage=STAGES["datastore"]))
@@ -140,11 +151,20 @@ class LocalBackend:
                                         stage=STAGES["kine"] + (index > 0),
                                         details=kine_details(tool, lab.tools[tool])))
         endpoints = [c.endpoint for c in components if c.role in ("kine", "etcd")]
+        if spec.db_proxy is not None:
+            components.append(Component("db-proxy", "db-proxy", endpoint=f"{LOOPBACK}:{_port(next(ports))}",
+                                        stage=STAGES["db-proxy"], details={"proxy": "database",
+                                                                           "settings": dict(spec.db_proxy)}))
+        balancer = ""
+        if spec.balancer:
+            balancer = f"{LOOPBACK}:{_port(next(ports))}"
+            components.append(Component("kine-balancer", "balancer", endpoint=balancer, stage=STAGES["balancer"],
+                                        details={"proxy": "kine"}))
         if spec.apiservers:
             pki = generate_pki(lab.dir / "pki")
             for index in range(spec.apiservers):
                 port = free_port()
-                servers = [f"http://{ep}" for ep in etcd_servers_for(spec.mode, index, endpoints)]
+                servers = [f"http://{ep}" for ep in etcd_servers_for(spec.mode, index, endpoints, balancer)]
                 components.append(Component(
                     f"kube-apiserver-{index}", "apiserver", index, endpoint=f"{LOOPBACK}:{port}",
                     url=f"https://{LOOPBACK}:{port}", stage=STAGES["apiserver"],
@@ -169,6 +189,8 @@ class LocalBackend:
         if component.role == "datastore":
             if component.runtime == "none":
                 lab.datastore.start(lab.dir, lab.id)
+            elif lab.datastore.members > 1:
+                lab.datastore.start_member(lab.dir, lab.id, component, lab.model.by_role("datastore"), **start_options)
             else:
                 lab.datastore.start(lab.dir, lab.id, port=component.port, **start_options)
             return
@@ -177,17 +199,20 @@ class LocalBackend:
                        peer_port=component.details["peer_port"], initial_cluster=component.details["cluster"],
                        token=lab.id).start(**start_options)
             return
+        if component.role in ("db-proxy", "balancer"):
+            return self._start_proxy(lab, component, **start_options)
         if component.role == "kine":
             host, metrics_port = component.endpoint.rsplit(":", 1)[0], urlsplit(component.metrics_url).port
             binary = lab.tools[component.details.get("tool", "kine")]  # the replica's own Kine release
-            KineReplica(component.index, binary, lab.dsn, lab.dir, host=host, port=component.port,
+            KineReplica(component.index, binary, lab.kine_dsn, lab.dir, host=host, port=component.port,
                         metrics_port=metrics_port, args=lab.spec.kine_args_of(component.index),
                         env={"KINELAB_LAB_ID": lab.id}).start(**start_options)
             return
         if component.role == "apiserver":
             # from the replicas' endpoints as they started (a port taken since the plan was picked again)
+            balancer = lab.model.balancer
             component.details["etcd_servers"] = [f"http://{ep}" for ep in etcd_servers_for(
-                lab.spec.mode, component.index, lab.endpoints)]
+                lab.spec.mode, component.index, lab.endpoints, balancer.endpoint if balancer else "")]
             ApiServer(component.index, lab.tools["kube-apiserver"], component.details["etcd_servers"], lab.dir,
                       generate_pki(lab.dir / "pki"), port=component.port, flags=lab.spec.apiserver_args
                       ).start(**start_options)
@@ -213,12 +238,41 @@ class LocalBackend:
             return
         raise UsageError(f"the {self.name} backend cannot start a {component.role} component")
 
+    def _start_proxy(self, lab, component: Component, **start_options) -> None:
+        """HAProxy in front of the database (to the primary only) or of the Kine pool (leastconn: HAProxy's
+        choice for long sessions, and a gRPC connection is one)."""
+        if component.role == "db-proxy":
+            members = [c for c in lab.model.by_role("datastore") if c.runtime != "none"]
+            servers = [Server(c.name, c.endpoint, c.details.get("member", "primary") == "primary") for c in members]
+            if not servers:  # a database kinelab does not run: its DSN's hosts, the first one first
+                dsn = lab.dsn
+                servers = [Server(f"db-{i}", f"{host}:{port}", i == 0)
+                           for i, (host, port) in enumerate([(dsn.host, dsn.port), *dsn.fallbacks])]
+            proxy = HAProxy(component.name, lab.tools["haproxy"].path, component.endpoint, servers, lab.dir, lab.id,
+                            proxy="database", balance="first", settings=breaker_settings(lab.spec.db_proxy))
+        else:
+            servers = [Server(c.name, c.endpoint) for c in lab.model.replicas]
+            proxy = HAProxy(component.name, lab.tools["haproxy"].path, component.endpoint, servers, lab.dir, lab.id,
+                            proxy="kine", balance="leastconn")
+        component.details.update(admin_socket=str(proxy.admin_socket), config=str(proxy.config_path),
+                                 servers=[s.name for s in servers])
+        proxy.start(**start_options)
+
     def signal(self, lab, component: Component, sig: int) -> None:
         for record in component.records:
-            if record.alive:
-                os.killpg(record.pid, sig)
-                if sig == _signal.SIGKILL:
-                    _reap(record)
+            process = record.process()
+            if process is None:
+                continue
+            # Postgres's children each run in a session of their own: a crash or a stall reaches them one by one.
+            children = process.children(recursive=True)
+            os.killpg(record.pid, sig)
+            for child in children:
+                try:
+                    child.send_signal(sig)
+                except psutil.Error:
+                    pass
+            if sig == _signal.SIGKILL:
+                _reap(record)
 
 
 def kine_tool_name(version: str) -> str:

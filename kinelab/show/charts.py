@@ -9,6 +9,8 @@ DuckDB, and returns an Altair chart (it never displays one) carrying at most MAX
   watch_lag_timeline  each watch event's lag over the run's time, per observer, with the writes that failed
   apiserver_availability  writes accepted or refused per kube-apiserver over time; it takes the attempts of
                       kinelab.observe.apiprobe.availability, which no table holds
+  failover_revisions  a failover scenario's acknowledged writes at their revisions, kept / lost / reissued, with
+                      each replica's reported revision
   ops_by_resource     rows by resource, namespace and op (click a resource to see its namespaces)
   sql_latency         Kine's SQL latency per query and replica from its Prometheus histograms
   write_anomalies     per Kine release and scenario: errors the clients saw, writes acknowledged but missing,
@@ -497,6 +499,47 @@ def scenario_availability(source, run_id: Optional[int] = None, *, label: Option
         row=alt.Row("replica:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left")), data=data)
     return _finish(chart, f"availability per second, scenario run {run_id}", label,
                    ["dashed: the faults, at the time each was injected"])
+
+
+FATES = ["kept", "lost", "reissued"]
+FATE_COLORS = ["#4c9f4c", "#d62728", "#ff7f0e"]
+
+
+def failover_revisions(source, run_id: Optional[int] = None, *, label: Optional[str] = None):
+    """A failover scenario's revisions over time: every acknowledged write at its revision, coloured by its fate
+    against the table afterwards (kept; lost; reissued: kept at a revision an earlier write of another key had
+    been acknowledged with), each replica's reported revision as a line, and the faults as rules. After an
+    asynchronous failover the lines drop and the orange points repeat revisions the red ones had."""
+    from ..analyse.failover import FATES_SQL, failover_times
+
+    with _connected(source) as con:
+        run_id = _run_id(con, run_id, "scenario_checks", "scenario run", "run scenarios/failover-async.yaml")
+        t0 = failover_times(con, run_id)["t0"]
+        writes = _table(con, FATES_SQL, [run_id, t0], order_by="seconds", limit=MAX_ROWS * 3 // 4)
+        samples = _table(con, """SELECT t - $2 AS seconds, 'replica ' || replica AS replica, revision
+                                 FROM revision_samples WHERE run_id = $1 AND revision IS NOT NULL""",
+                         [run_id, t0], order_by="seconds", limit=MAX_ROWS // 5)
+        faults = con.execute("SELECT round(t, 1), fault FROM fault_events WHERE run_id = ? ORDER BY t",
+                             [run_id]).fetchall()
+        counts = dict(con.execute(f"SELECT fate, count(*) FROM ({FATES_SQL}) GROUP BY 1", [run_id, t0]).fetchall())
+    zoom = _zoom()
+    x = alt.X("seconds:Q", title="seconds since the load began")
+    points = alt.Chart(writes).mark_point(size=14, filled=True).encode(
+        x=x, y=alt.Y("revision:Q", title="revision (row id)", scale=alt.Scale(zero=False)),
+        color=alt.Color("fate:N", title="acknowledged write", scale=alt.Scale(domain=FATES, range=FATE_COLORS)),
+        tooltip=["seconds:Q", "revision:Q", "fate:N", "op:N", "key:N", "replica:N"]).add_params(zoom)
+    lines = alt.Chart(samples).mark_line(interpolate="step-after", strokeWidth=1).encode(
+        x=x, y="revision:Q", detail="replica:N", color=alt.value("black"), tooltip=["replica:N", "revision:Q"])
+    layers = [points, lines]
+    if faults:
+        marks = alt.Chart(alt.Data(values=[{"t": t, "fault": f} for t, f in faults]))
+        layers += [marks.mark_rule(strokeDash=[4, 3], color="black").encode(x="t:Q"),
+                   marks.mark_text(align="left", dx=3, baseline="top", fontSize=10).encode(
+                       x="t:Q", y=alt.value(0), text="fault:N")]
+    chart = alt.layer(*layers).properties(width=640, height=300)
+    return _finish(chart, f"revisions acknowledged and reported, failover run {run_id}", label,
+                   [", ".join(f"{counts.get(f, 0)} {f}" for f in FATES) + "; black: each replica's reported "
+                    "revision"])
 
 
 def ops_by_resource(source, *, top_namespaces: int = 15, label: Optional[str] = None):

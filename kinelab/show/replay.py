@@ -1,9 +1,9 @@
 """Replays: the notebooks on measurements recorded from real runs (the files in `data/`, made by
 `data/record.py`), for machines where Kine cannot start. Nothing here starts or needs Kine.
 
-  choose_mode(mode, apiservers=False, nodes=False, kine_versions=())   a notebook's `mode` parameter made "live" or
-                     "replay": "auto" is live where a lab can start here without building anything, otherwise the
-                     replay, with one line saying why
+  choose_mode(mode, apiservers=False, nodes=False, haproxy=False, kine_versions=())   a notebook's `mode`
+                     parameter made "live" or "replay": "auto" is live where a lab can start here without building
+                     anything, otherwise the replay, with one line saying why
   dataset(name)      a private copy of data/<name> in a temporary folder, so the recorded file never changes
   scratch_dir()      a temporary folder removed when Python exits, for the files a notebook's live run makes
   label(name)        "REPLAY of data/<name>, recorded <date> on Kine <version> ...": the title of every replayed chart
@@ -45,9 +45,10 @@ TYPES = {cls.__name__: cls for cls in (Write, KV, TxnResult, WatchLag, Attempt, 
 MODES = ("auto", "live", "replay")
 
 
-def _missing(apiservers: bool, nodes: bool, kine_versions: Sequence[str]) -> str:
+def _missing(apiservers: bool, nodes: bool, haproxy: bool, kine_versions: Sequence[str]) -> str:
     """Why a live lab cannot start here without building anything, or "" when it can: the Kine releases (and
-    the kube-apiserver, and what simulated nodes need) already built."""
+    the kube-apiserver, what simulated nodes need, HAProxy) already there."""
+    from ..provision.haproxy import find_haproxy
     from ..provision.tools import KWOK, find, kubernetes_tool
 
     try:
@@ -63,21 +64,25 @@ def _missing(apiservers: bool, nodes: bool, kine_versions: Sequence[str]) -> str
         if unbuilt:
             return (f"{', '.join(unbuilt)} not built here; `kinelab up --nodes 1` builds them once (minutes, "
                     f"needs Go {MIN_GO_VERSION}+)")
-    except KinelabError as exc:  # e.g. KINELAB_KINE_BIN names no executable
+        if haproxy:
+            find_haproxy()
+    except KinelabError as exc:  # e.g. KINELAB_KINE_BIN names no executable, HAProxy missing
         return str(exc)
     return ""
 
 
-def choose_mode(mode: str, *, apiservers: bool = False, nodes: bool = False, kine_versions: Sequence[str] = ()) -> str:
+def choose_mode(mode: str, *, apiservers: bool = False, nodes: bool = False, haproxy: bool = False,
+                kine_versions: Sequence[str] = ()) -> str:
     """A notebook's `mode` parameter as "live" or "replay". "auto" is live where a lab can start without
     building anything (the pinned Kine and every release in `kine_versions`; with `apiservers`, the
-    kube-apiserver; with `nodes`, the controller-manager, scheduler and kwok), otherwise the replay, and prints
-    one line saying which and why. "live" stays live, so a lab that cannot start fails loudly."""
+    kube-apiserver; with `nodes`, the controller-manager, scheduler and kwok; with `haproxy`, HAProxy),
+    otherwise the replay, and prints one line saying which and why. "live" stays live, so a lab that cannot
+    start fails loudly."""
     if mode not in MODES:
         raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if mode != "auto":
         return mode
-    missing = _missing(apiservers, nodes, kine_versions)
+    missing = _missing(apiservers, nodes, haproxy, kine_versions)
     if missing:
         print(f"mode auto -> replay: {missing}; then set mode = \"live\" (or rerun) for a live lab")
         return "replay"
