@@ -574,6 +574,18 @@ def ops_by_resource(source, *, top_namespaces: int = 15, label: Optional[str] = 
     return _finish(chart, "kine table rows by resource, namespace and op (newest snapshot)", label)
 
 
+def write_rates(rows: Sequence[dict], *, x: str, color: str, title: str, label: Optional[str] = None):
+    """Stacked bars of `rows_per_s` (`kinelab.analyse.cluster`'s tables): one bar per value of `x` (a node count,
+    a writer), split by `color` (a resource)."""
+    data = pa.Table.from_pylist([{x: str(r[x]), color: r[color], "rows_per_s": r["rows_per_s"]} for r in rows])
+    order = sorted({str(r[x]) for r in rows}, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else v))
+    chart = alt.Chart(data).mark_bar().encode(
+        x=alt.X(f"{x}:N", sort=order, title=x), y=alt.Y("sum(rows_per_s):Q", title="rows per second"),
+        color=alt.Color(f"{color}:N", title=color), tooltip=[f"{x}:N", f"{color}:N",
+                                                               alt.Tooltip("sum(rows_per_s):Q", format=".2f")])
+    return _finish(chart.properties(width=420, height=260), title, label)
+
+
 def sql_latency(source, run_id: Optional[int] = None, *, cumulative: bool = False, label: Optional[str] = None):
     """Kine's SQL latency per query name and replica, from its Prometheus histogram
     (kine_sql_time_seconds_*): mean from _sum/_count, p50 and p99 interpolated within the buckets like
