@@ -239,3 +239,19 @@ def test_a_lab_whose_directory_was_removed_is_still_found_and_stopped(kine, tmp_
     finally:
         for record in model.records:
             record.stop()
+
+
+def test_pruning_keeps_the_data_of_a_lab_another_home_knows(kine, tmp_path):
+    """A stopped, kept lab indexed under one KINELAB_HOME: `kinelab labs --prune` under another home must not take
+    its Postgres data (only data whose own lab is gone is unused)."""
+    from kinelab.provision.labdir import ROOT_PG_HOME
+
+    lab_dir = tmp_path / "kept"
+    assert run_cli("up", "--replicas", 1, "--dir", lab_dir, env={"KINELAB_HOME": str(tmp_path / "a")}).returncode == 0
+    assert run_cli("down", "--dir", lab_dir).returncode == 0
+    data = ROOT_PG_HOME / read_model(lab_dir).id
+    try:
+        assert run_cli("labs", "--prune", env={"KINELAB_HOME": str(tmp_path / "b")}).returncode == 0
+        assert lab_dir.is_dir() and (data.is_dir() or os.geteuid() != 0)
+    finally:
+        run_cli("down", "--dir", lab_dir, "--purge")

@@ -17,7 +17,7 @@ from typing import Optional
 from ..db import connect_mysql, connect_postgres
 from ..dsn import Dsn, generate_password, mask_text
 from ..errors import DatastoreError, ToolError, UsageError
-from .labdir import ROOT_PG_HOME, write_private
+from .labdir import OWNER_FILE, ROOT_PG_HOME, write_private
 from .process import LOOPBACK, ServedProcess, free_port, require_free_port
 from .wait import Probe, tcp_open
 
@@ -192,6 +192,7 @@ class EmbeddedPostgres(Datastore):
             link = lab_dir / "postgres"
             if not link.is_symlink():
                 link.symlink_to(home)  # so the lab directory still shows where the data lives
+            (home / OWNER_FILE).write_text(str(Path(lab_dir).resolve()) + "\n")  # whose data: see `kinelab labs`
         home.mkdir(parents=True, exist_ok=True)
         return bin_dir, user, home
 

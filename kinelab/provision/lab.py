@@ -666,7 +666,7 @@ def stale_labs(include_running: bool = True) -> list:
     """Every lab kinelab knows of here (the index, temporary labs in the temp directory), with its state
     (running, stopped, orphaned: its owner or processes died, gone: its directory was removed) and size; and
     Postgres data sets that no lab uses any more."""
-    from .labdir import ROOT_PG_HOME, indexed_labs
+    from .labdir import ROOT_PG_HOME, data_owner, indexed_labs
 
     found, seen = [], set()
     temporary = [(None, LabDir(p.parent)) for p in Path(tempfile.gettempdir()).glob("kinelab-*/lab.json")]
@@ -694,10 +694,17 @@ def stale_labs(include_running: bool = True) -> list:
             found.append(entry)
     known = {e["id"] for e in found}
     for data in sorted(ROOT_PG_HOME.iterdir()) if ROOT_PG_HOME.is_dir() else []:
-        in_use = any(str(data) in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
-        if data.name not in known and not in_use:
-            found.append({"id": data.name, "path": str(data), "keep": False, "bytes": _bytes(data),
-                          "state": "unused data", "what": "Postgres data"})
+        if data.name in known or any(str(data) in " ".join(p.info["cmdline"] or [])
+                                     for p in psutil.process_iter(["cmdline"])):
+            continue
+        # Unused only when its own lab is known to be gone: another user's KINELAB_HOME may index it, and a
+        # benchmark may keep a stopped database's data on purpose.
+        owner = data_owner(data)
+        model = owner.read_if_current() if owner is not None else None
+        state = ("owner unknown" if owner is None else "kept: its lab exists" if model and model.id == data.name
+                 else "unused data")
+        found.append({"id": data.name, "path": str(data), "keep": state != "unused data", "bytes": _bytes(data),
+                      "state": state, "what": "Postgres data"})
     return found
 
 

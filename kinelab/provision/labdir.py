@@ -25,6 +25,7 @@ MANIFEST = "lab.json"
 SECRETS = "secrets.json"
 # As root, Postgres runs as a system user with its data here, outside the lab directory (see datastores).
 ROOT_PG_HOME = Path("/var/lib/kinelab/postgres")
+OWNER_FILE = "lab-dir"  # in each data set there: the directory of the lab it belongs to
 
 
 def kinelab_home() -> Path:
@@ -194,6 +195,15 @@ def _recorded_id(labdir: LabDir) -> Optional[str]:
 
 
 # --- the index of labs ------------------------------------------------------------------------------------
+def data_owner(data: Path) -> Optional[LabDir]:
+    """The lab a Postgres data set under ROOT_PG_HOME belongs to, as its owner file names it; None when it does not
+    say (a data set of an older kinelab)."""
+    try:
+        return LabDir(Path((data / OWNER_FILE).read_text().strip()))
+    except OSError:
+        return None
+
+
 def index_file(lab_id: str) -> Path:
     return kinelab_home() / "index" / f"{lab_id}.json"
 
