@@ -1,27 +1,61 @@
 """The real binaries kinelab runs: where they come from, which version they are, and `doctor`.
 
-Kine is built with ``go install github.com/k3s-io/kine@<version>`` into a tool cache, or taken from
-``KINELAB_KINE_BIN`` / ``--kine-bin``. The Go build cache is left where Go keeps it, so a second build
-of the same version is quick.
+Every binary takes one path (`ensure`): a path given by the caller or by its environment variable
+(``KINELAB_<NAME>_BIN``, e.g. ``KINELAB_KINE_BIN``, ``KINELAB_KUBELET_BIN``), else the tool cache
+``<cache>/bin/<name>-<version>``, else a build with Go into that cache. Next to each cached binary a sidecar
+``<name>-<version>.json`` says what it is (module, version, build time); a binary from elsewhere says its
+version itself (``go version -m``, else its own version command). A failed build leaves
+``<name>-<version>.build.log`` and the one-line error names it. Builds of one thing take a lock, so two
+kinelab processes never build it twice at once.
+
+Two kinds of build:
+
+* ``go install <package>@<version>``, for tools that are modules of their own: Kine, kind, kwok.
+* The Kubernetes commands (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubeadm,
+  kubectl). ``go install k8s.io/kubernetes/cmd/<x>@<version>`` is refused, because k8s.io/kubernetes's go.mod
+  replaces its ``k8s.io/*`` staging modules with ``./staging/...`` paths (kubernetes/kubernetes#79384). kinelab
+  writes a small module of its own (``<cache>/kubernetes-build/<version>/``) that requires k8s.io/kubernetes
+  and replaces every staging module with its published twin ``k8s.io/<name> v0.<minor>.<patch>``, the list read
+  from the downloaded k8s.io/kubernetes go.mod, never typed by hand. ``go get <package>@<version>`` adds the
+  requirements each command needs (never ``go mod tidy``: a module with no packages of its own would be
+  emptied), then one ``go build`` makes every missing command: static (``CGO_ENABLED=0``) and with the
+  version ldflags (gitVersion, gitMajor, gitMinor) that kubeadm and the kubelet compare.
+
+The Go build and module caches stay where Go keeps them and are shared by every build, so a rebuild is quick.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Dict, Iterator, Optional, Sequence
 
-from ..errors import ToolError
+from ..errors import ToolError, UsageError
 
 KINE_MODULE = "github.com/k3s-io/kine"
 KINE_VERSION = "v0.17.5"
 MIN_KINE_VERSION = (0, 13, 0)  # older releases lack the flags and metrics kinelab relies on
+KUBERNETES_MODULE = "k8s.io/kubernetes"
+# The newest k8s.io/kubernetes release on the Go module proxy when this was pinned (v1.38.0 was still a
+# beta); its go.mod says `go 1.26.0`, so it builds with the Go 1.26 toolchain kinelab's CI has.
+KUBERNETES_VERSION = "v1.37.2"
+KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubeadm", "kubectl")
+KUBERNETES_MIN_GO = (1, 26)
+KUBERNETES_BUILD_MODULE = "kinelab.local/kubernetes-build"
+KIND_VERSION = "v0.33.0"  # its kubeadm template is v1beta4 for Kubernetes >= v1.36
+KWOK_VERSION = "v0.8.0"
+
+Log = Callable[[str], None]
 
 
 def cache_dir() -> Path:
@@ -30,18 +64,77 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+# --- what a binary is --------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class KineBinary:
+class Binary:
     path: Path
-    version: str  # module version such as v0.17.5, or "unknown"
+    version: str  # the module version such as v0.17.5 or v1.37.2, or "unknown"
+    name: str = ""
 
     def to_json(self) -> dict:
-        return {"kine": str(self.path), "version": self.version}
+        return {self.name: str(self.path), "version": self.version}
 
 
-def _sidecar(binary: Path) -> Path:
+@dataclass(frozen=True)
+class KineBinary(Binary):
+    name: str = "kine"
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A binary kinelab can build: what it is called, where it comes from, how it says its version."""
+
+    name: str                 # the file name, e.g. kubelet
+    version: str              # the pinned version
+    package: str              # the main package that `go install` / `go build` builds
+    module: str               # the module `version` belongs to
+    version_args: tuple       # how the binary prints its version
+    identify: str             # a regex that answer must match; anything else is another program
+    title: str = ""           # how messages name it (default: `name`)
+    min_go: tuple = (1, 25)
+    static: bool = True       # CGO_ENABLED=0; False lets cgo in where a C compiler exists (Kine's SQLite driver)
+
+    @property
+    def label(self) -> str:
+        return self.title or self.name
+
+    @property
+    def env_var(self) -> str:
+        return "KINELAB_" + re.sub(r"\W", "_", self.name).upper() + "_BIN"
+
+    def cached_path(self) -> Path:
+        return cache_dir() / "bin" / f"{self.name}-{self.version}"
+
+    def at(self, version: str) -> "Tool":
+        return dataclasses.replace(self, version=version)
+
+
+KINE = Tool("kine", KINE_VERSION, KINE_MODULE, KINE_MODULE, ("--version",), r"^kine version", title="Kine",
+            static=False)
+KIND = Tool("kind", KIND_VERSION, "sigs.k8s.io/kind", "sigs.k8s.io/kind", ("version",), r"^kind v")
+KWOK = Tool("kwok", KWOK_VERSION, "sigs.k8s.io/kwok/cmd/kwok", "sigs.k8s.io/kwok", ("--version",), r"^kwok version")
+GO_TOOLS = {tool.name: tool for tool in (KINE, KIND, KWOK)}
+
+
+def kubernetes_tool(name: str, version: str = KUBERNETES_VERSION) -> Tool:
+    """One of `KUBERNETES_COMMANDS` at `version`."""
+    if name not in KUBERNETES_COMMANDS:
+        raise UsageError(f"{name} is not a Kubernetes command kinelab builds ({', '.join(KUBERNETES_COMMANDS)})")
+    staging_version(version)  # refuses a tag that is not vX.Y.Z
+    version_args, identify = {"kubectl": (("version", "--client"), r"Client Version: v"),
+                              "kubeadm": (("version", "-o", "short"), r"^v\d+\.\d+")}.get(
+        name, (("--version",), r"^Kubernetes v"))
+    return Tool(name, version, f"{KUBERNETES_MODULE}/cmd/{name}", KUBERNETES_MODULE, version_args, identify,
+                min_go=KUBERNETES_MIN_GO)
+
+
+def sidecar(binary: Path) -> Path:
     """Where the tool cache records what a binary is (kine-v0.17.5 -> kine-v0.17.5.json)."""
     return binary.parent / (binary.name + ".json")
+
+
+def build_log(name: str, version: str) -> Path:
+    return cache_dir() / "bin" / f"{name}-{version}.build.log"
 
 
 def _parse_version(text: str) -> Optional[tuple]:
@@ -49,87 +142,312 @@ def _parse_version(text: str) -> Optional[tuple]:
     return tuple(int(x) for x in match.groups()) if match else None
 
 
-def kine_version(path: Path) -> str:
-    """The module version baked into the binary (`go version -m`), else what `kine --version` says."""
-    sidecar = _sidecar(path)
-    if sidecar.exists():
+def binary_version(tool: Tool, path: Path) -> str:
+    """What version `path` is: its sidecar, else the module version Go baked into it (when it was built from
+    `tool.package`), else what its own version command prints. A program that does not answer like `tool`
+    is refused."""
+    recorded = sidecar(path)
+    if recorded.exists():
         try:
-            return json.loads(sidecar.read_text())["version"]
+            return json.loads(recorded.read_text())["version"]
         except (ValueError, KeyError):
             pass
     if shutil.which("go"):
-        result = subprocess.run(["go", "version", "-m", str(path)], capture_output=True, text=True)
-        match = re.search(rf"^\s*mod\s+{re.escape(KINE_MODULE)}\s+(\S+)", result.stdout, re.M)
-        if match:
-            return match.group(1)
+        info = subprocess.run(["go", "version", "-m", str(path)], capture_output=True, text=True).stdout
+        built = re.search(r"^\s*path\s+(\S+)", info, re.M)
+        found = re.search(rf"^\s*(?:mod|dep)\s+{re.escape(tool.module)}\s+(v\d+\.\d+\.\d+\S*)", info, re.M)
+        if built and built.group(1) == tool.package and found:
+            return found.group(1)
     try:
-        result = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=10)
-    except OSError as exc:
-        raise ToolError(f"{path} cannot run ({exc.strerror}); point KINELAB_KINE_BIN at a Kine binary") from None
-    if not result.stdout.startswith("kine version"):  # what every Kine release prints, "dev (HEAD)" included
-        said = result.stdout.strip().splitlines()[0] if result.stdout.strip() else "nothing"
-        raise ToolError(f"{path} is not Kine (`--version` printed {said!r}); point KINELAB_KINE_BIN or --kine-bin "
-                        "at a kine binary, or unset it to let kinelab build Kine")
-    found = re.search(r"version\s+(v?\d+\.\d+\.\d+\S*)", result.stdout)
+        result = subprocess.run([str(path), *tool.version_args], capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "timed out"
+        raise ToolError(f"{path} cannot run ({why}); point {tool.env_var} at a {tool.name} binary") from exc
+    said = (result.stdout.strip() or result.stderr.strip())
+    if not re.search(tool.identify, said, re.M):
+        first = said.splitlines()[0] if said else "nothing"
+        raise ToolError(f"{path} is not {tool.label} (`{' '.join(tool.version_args)}` printed {first!r}); point "
+                        f"{tool.env_var} at a {tool.name} binary, or unset it to let kinelab build {tool.label}")
+    found = re.search(r"(v\d+\.\d+\.\d+\S*)", said)
     return found.group(1) if found else "unknown"
 
 
-def _check_supported(binary: KineBinary) -> KineBinary:
+# --- finding and building ---------------------------------------------------------------------------
+def find(tool: Tool, explicit: Optional[str] = None, *, flag: Optional[str] = None) -> Optional[Binary]:
+    """The binary to use without building anything: `explicit` (named `flag` in errors), the tool's
+    environment variable, or the tool cache; None when there is none yet."""
+    given = explicit or os.environ.get(tool.env_var)
+    if given:
+        path = Path(given).expanduser()
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            source = (flag or "path") if explicit else tool.env_var
+            raise ToolError(f"{source}={given} is not an executable file; fix the path or unset it "
+                            f"to let kinelab build {tool.label}")
+        return Binary(path.resolve(), binary_version(tool, path), tool.name)
+    cached = tool.cached_path()
+    if cached.is_file() and os.access(cached, os.X_OK):
+        return Binary(cached, tool.version, tool.name)
+    return None
+
+
+def go_version(go: str) -> Optional[tuple]:
+    out = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True).stdout
+    match = re.search(r"go(\d+)\.(\d+)", out)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def can_build(min_go: tuple = KUBERNETES_MIN_GO) -> bool:
+    go = shutil.which("go")
+    return bool(go) and (go_version(go) or (0, 0)) >= min_go
+
+
+def _require_go(tools: Sequence[Tool], what: str) -> str:
+    """`go`, new enough to build `tools` (`what` names them in messages)."""
+    go = shutil.which("go")
+    tool = tools[0]
+    wanted = ".".join(map(str, tool.min_go))
+    instead = (f"set {tool.env_var} to a {tool.name} binary" if len(tools) == 1
+               else f"set {', '.join(t.env_var for t in tools)} to such binaries")
+    if not go:
+        raise ToolError(f"{what} {'is' if len(tools) == 1 else 'are'} not installed and Go is missing: install Go {wanted}+ (https://go.dev/dl) so "
+                        f"kinelab can build {what} {tool.version}, or {instead}")
+    have = go_version(go)
+    if have is None or have < tool.min_go:
+        raise ToolError(f"{what} {tool.version} needs Go {wanted}+ to build, but `go` is "
+                        f"{'.'.join(map(str, have)) if have else 'of unknown version'}; install a newer Go "
+                        f"(https://go.dev/dl) or {instead}")
+    return go
+
+
+@contextlib.contextmanager
+def _build_lock(name: str, log: Log) -> Iterator[None]:
+    """One build of `name` at a time on this machine (the tool cache is shared)."""
+    path = cache_dir() / "bin" / f".{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another kinelab process that is building {name}...")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _go_env(static: bool, **extra) -> dict:
+    env = {**os.environ, "GOWORK": "off", **extra}
+    if static or not shutil.which(env.get("CC", "gcc")):
+        env["CGO_ENABLED"] = "0"  # (Kine then uses its pure-Go SQLite driver)
+    return env
+
+
+def _record(target: Path, tool: Tool, seconds: float, **more) -> Binary:
+    sidecar(target).write_text(json.dumps({"version": tool.version, "module": tool.module, "package": tool.package,
+                                           "build_seconds": round(seconds), **more}) + "\n")
+    return Binary(target, tool.version, tool.name)
+
+
+def ensure(tool: Tool, explicit: Optional[str] = None, *, flag: Optional[str] = None, log: Log = print) -> Binary:
+    """A usable `tool`: found (see `find`), or built with `go install <package>@<version>` into the cache."""
+    if tool.module == KUBERNETES_MODULE:
+        return ensure_kubernetes([tool.name], tool.version, explicit={tool.name: explicit} if explicit else None,
+                                 log=log)[tool.name]
+    found = find(tool, explicit, flag=flag)
+    if found:
+        return found
+    go = _require_go([tool], tool.label)
+    target = tool.cached_path()
+    with _build_lock(f"{tool.name}-{tool.version}", log):
+        if target.is_file():  # built by another process while this one waited
+            return Binary(target, tool.version, tool.name)
+        log_path = build_log(tool.name, tool.version)
+        log(f"building {tool.label} {tool.version} with go install (a minute or two the first time; log in "
+            f"{log_path})...")
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(dir=target.parent) as gobin, open(log_path, "wb") as out:
+            result = subprocess.run(["go", "install", f"{tool.package}@{tool.version}"], executable=go,
+                                    env=_go_env(tool.static, GOBIN=gobin), stdout=out, stderr=subprocess.STDOUT)
+            if result.returncode != 0:
+                raise ToolError(f"go install {tool.package}@{tool.version} failed (exit {result.returncode}); "
+                                f"see {log_path}")
+            os.replace(Path(gobin) / tool.package.rsplit("/", 1)[-1], target)
+        seconds = time.monotonic() - started
+        log(f"built {tool.label} {tool.version} in {seconds:.0f}s: {target}")
+        return _record(target, tool, seconds)
+
+
+# --- the Kubernetes commands: one generated module, one go build ------------------------------------
+def staging_version(version: str) -> str:
+    """k8s.io/kubernetes v1.37.2 -> its staging modules' published tag v0.37.2."""
+    match = re.fullmatch(r"v1\.(\d+)\.(\d+)(-[0-9A-Za-z.-]+)?", version)
+    if not match:
+        raise UsageError(f"{version} is not a k8s.io/kubernetes release tag like v1.37.2")
+    return f"v0.{match.group(1)}.{match.group(2)}{match.group(3) or ''}"
+
+
+def staging_modules(kubernetes_gomod: str) -> list:
+    """The staging modules of a k8s.io/kubernetes go.mod: those it requires at v0.0.0 and replaces with a
+    ``./staging/src/<path>`` directory (both must agree, so a format change fails loudly)."""
+    replaced = dict(re.findall(r"^\s*(?:replace\s+)?(k8s\.io/\S+)\s+=>\s+\./staging/src/(\S+)\s*$",
+                               kubernetes_gomod, re.M))
+    required = set(re.findall(r"^\s*(?:require\s+)?(k8s\.io/\S+)\s+v0\.0\.0\s*(?://.*)?$", kubernetes_gomod, re.M))
+    if not replaced or not required:
+        raise ToolError("cannot find the staging modules in k8s.io/kubernetes's go.mod "
+                        "(no `k8s.io/<name> v0.0.0` requirements or `=> ./staging/...` replacements)")
+    for module, path in replaced.items():
+        if module != path:
+            raise ToolError("unexpected staging layout in k8s.io/kubernetes's go.mod: "
+                            f"{module} => ./staging/src/{path}")
+    missing = required - set(replaced)
+    if missing:
+        raise ToolError(f"k8s.io/kubernetes's go.mod requires {', '.join(sorted(missing))} at v0.0.0 "
+                        "without a staging replacement; cannot build it from the module proxy")
+    return sorted(required)
+
+
+def build_gomod(version: str, kubernetes_gomod: str, go_directive: Optional[str] = None) -> str:
+    """The go.mod of kinelab's build module for `version`, from k8s.io/kubernetes's own go.mod text."""
+    twin = staging_version(version)
+    if go_directive is None:
+        found = re.search(r"^go\s+(\S+)\s*$", kubernetes_gomod, re.M)
+        go_directive = found.group(1) if found else "1.26.0"
+    lines = [
+        "// Generated by kinelab.provision.tools.build_gomod: do not edit.",
+        f"// Builds the commands of {KUBERNETES_MODULE} {version} from the Go module proxy by replacing",
+        f"// each staging module (v0.0.0 => ./staging/... upstream) with its published twin {twin}.",
+        f"module {KUBERNETES_BUILD_MODULE}",
+        "",
+        f"go {go_directive}",
+        "",
+        f"require {KUBERNETES_MODULE} {version}",
+        "",
+        "replace (",
+        *[f"\t{module} => {module} {twin}" for module in staging_modules(kubernetes_gomod)],
+        ")",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def version_ldflags(version: str) -> str:
+    """What `hack/lib/version.sh` stamps into a release: kubeadm and the kubelet compare these."""
+    major, minor = re.match(r"v(\d+)\.(\d+)", version).groups()
+    stamps = {"gitVersion": version, "gitMajor": major, "gitMinor": minor, "gitTreeState": "clean"}
+    return "-s -w " + " ".join(f"-X {package}.{key}={value}" for package in
+                               ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+                               for key, value in stamps.items())
+
+
+def kubernetes_build_dir(version: str = KUBERNETES_VERSION) -> Path:
+    return cache_dir() / "kubernetes-build" / version
+
+
+def ensure_kubernetes(names: Sequence[str] = KUBERNETES_COMMANDS, version: str = KUBERNETES_VERSION, *,
+                      explicit: Optional[Dict[str, Optional[str]]] = None, log: Log = print) -> Dict[str, Binary]:
+    """The Kubernetes commands `names` at `version`: each found (its ``KINELAB_<NAME>_BIN``, `explicit`, the
+    cache), and every missing one built in a single `go build` (minutes the first time)."""
+    tools = [kubernetes_tool(name, version) for name in names]
+    found: Dict[str, Binary] = {}
+    for tool in tools:
+        # A binary named by the caller or the environment stands for the pinned version only.
+        if version == KUBERNETES_VERSION:
+            binary = find(tool, (explicit or {}).get(tool.name), flag=f"{tool.name} binary")
+        elif tool.cached_path().is_file():
+            binary = Binary(tool.cached_path(), version, tool.name)
+        else:
+            binary = None
+        if binary:
+            found[tool.name] = binary
+    missing = [tool for tool in tools if tool.name not in found]
+    if missing:
+        found.update(_build_kubernetes(missing, version, log))
+    return {name: found[name] for name in names}
+
+
+def _build_kubernetes(tools: Sequence[Tool], version: str, log: Log) -> Dict[str, Binary]:
+    names = " and ".join([", ".join(t.name for t in tools[:-1]), tools[-1].name] if len(tools) > 1
+                         else [tools[0].name])
+    go = _require_go(tools, names)
+    log_path = build_log(tools[0].name if len(tools) == 1 else "kubernetes", version)
+    with _build_lock(f"kubernetes-{version}", log):
+        tools = [tool for tool in tools if not tool.cached_path().is_file()]  # another process may have built some
+        if not tools:
+            return {}
+        work = kubernetes_build_dir(version)
+        work.mkdir(parents=True, exist_ok=True)
+        # -mod=mod lets `go build` add the go.sum lines `go get` leaves out.
+        env = _go_env(True, GOFLAGS=" ".join(filter(None, [os.environ.get("GOFLAGS", ""), "-mod=mod"])))
+        log(f"building {names} {version} from the Go module proxy (minutes, and about 200 MB of Go modules the "
+            f"first time; log in {log_path})...")
+        started = time.monotonic()
+        with open(log_path, "wb") as out:
+            def run(*argv: str) -> subprocess.CompletedProcess:
+                out.write(("$ go " + " ".join(argv) + "\n").encode())
+                out.flush()
+                return subprocess.run(["go", *argv], executable=go, cwd=work, env=env, stdout=subprocess.PIPE,
+                                      stderr=out)
+
+            def fail(what: str, code: int, reason: str = ""):
+                raise ToolError(f"building {names} {version}: {what} failed (exit {code})"
+                                f"{f' ({reason})' if reason else ''}; see {log_path}")
+
+            result = run("mod", "download", "-json", f"{KUBERNETES_MODULE}@{version}")
+            out.write(result.stdout)
+            try:
+                info = json.loads(result.stdout)
+            except ValueError:
+                info = {}
+            if result.returncode != 0 or "Error" in info or "GoMod" not in info:
+                fail(f"go mod download {KUBERNETES_MODULE}@{version}", result.returncode,
+                     (str(info.get("Error", "")).splitlines() or [""])[0])
+            # Written afresh each time (go.sum is kept): `go get` below adds what the commands built now need.
+            (work / "go.mod").write_text(build_gomod(version, Path(info["GoMod"]).read_text()))
+            packages = [tool.package for tool in tools]
+            result = run("get", *[f"{package}@{version}" for package in packages])
+            out.write(result.stdout)
+            if result.returncode != 0:
+                fail(f"go get {' '.join(packages)}", result.returncode)
+            with tempfile.TemporaryDirectory(dir=tools[0].cached_path().parent) as tmp:
+                result = run("build", "-trimpath", f"-ldflags={version_ldflags(version)}", "-o", tmp + "/", *packages)
+                out.write(result.stdout)
+                if result.returncode != 0:
+                    fail(f"go build {' '.join(packages)}", result.returncode)
+                for tool in tools:
+                    os.replace(Path(tmp) / tool.name, tool.cached_path())
+            seconds = time.monotonic() - started
+            out.write(f"built in {seconds:.0f}s\n".encode())
+        log(f"built {names} {version} in {seconds:.0f}s into {tools[0].cached_path().parent}")
+        return {tool.name: _record(tool.cached_path(), tool, seconds, built_together=[t.name for t in tools],
+                                   ldflags=version_ldflags(version)) for tool in tools}
+
+
+# --- Kine ---------------------------------------------------------------------------------------------
+def kine_version(path: Path) -> str:
+    """The Kine version of the binary at `path` (its sidecar, `go version -m`, or `kine --version`)."""
+    return binary_version(KINE, path)
+
+
+def _check_supported(binary: Binary) -> KineBinary:
     parsed = _parse_version(binary.version)
     if parsed is not None and parsed < MIN_KINE_VERSION:
         wanted = "v" + ".".join(map(str, MIN_KINE_VERSION))
         raise ToolError(f"Kine {binary.version} at {binary.path} is older than {wanted}, which kinelab needs; "
                         f"run `kinelab install` to build {KINE_VERSION}")
-    return binary
+    return KineBinary(binary.path, binary.version)
 
 
 def cached_kine_path(version: str = KINE_VERSION) -> Path:
-    return cache_dir() / "bin" / f"kine-{version}"
+    return KINE.at(version).cached_path()
 
 
 def find_kine(kine_bin: Optional[str] = None) -> Optional[KineBinary]:
     """The binary to use without building anything: an explicit path, the env var, or the cache."""
-    explicit = kine_bin or os.environ.get("KINELAB_KINE_BIN")
-    if explicit:
-        path = Path(explicit).expanduser()
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            source = "--kine-bin" if kine_bin else "KINELAB_KINE_BIN"
-            raise ToolError(f"{source}={explicit} is not an executable file; fix the path or unset it "
-                            "to let kinelab build Kine")
-        return _check_supported(KineBinary(path.resolve(), kine_version(path)))
-    cached = cached_kine_path()
-    if cached.is_file():
-        return KineBinary(cached, KINE_VERSION)
-    return None
+    found = find(KINE, kine_bin, flag="--kine-bin")
+    return _check_supported(found) if found else None
 
 
 def install_kine(kine_bin: Optional[str] = None, log=print) -> KineBinary:
     """Return a usable Kine, building the pinned version with `go install` when none is there yet."""
-    found = find_kine(kine_bin)
-    if found:
-        return found
-    go = shutil.which("go")
-    if not go:
-        raise ToolError("Kine is not installed and Go is missing: install Go 1.25+ (apt-get install golang or "
-                        "https://go.dev/dl) and run `kinelab install`, or set KINELAB_KINE_BIN to a kine binary")
-    target = cached_kine_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    if not shutil.which(env.get("CC", "gcc")):
-        env["CGO_ENABLED"] = "0"  # Kine then uses the pure-Go SQLite driver
-    log(f"building Kine {KINE_VERSION} with go install (about 2 minutes the first time)...")
-    with tempfile.TemporaryDirectory(dir=target.parent) as gobin:
-        env["GOBIN"] = gobin
-        build_log = target.parent / f"kine-{KINE_VERSION}.build.log"
-        with open(build_log, "wb") as out:
-            result = subprocess.run([go, "install", f"{KINE_MODULE}@{KINE_VERSION}"], env=env,
-                                    stdout=out, stderr=subprocess.STDOUT)
-        if result.returncode != 0:
-            raise ToolError(f"go install {KINE_MODULE}@{KINE_VERSION} failed (exit {result.returncode}); "
-                            f"see {build_log}")
-        os.replace(Path(gobin) / "kine", target)
-    _sidecar(target).write_text(json.dumps({"version": KINE_VERSION, "module": KINE_MODULE}) + "\n")
-    return KineBinary(target, KINE_VERSION)
+    return _check_supported(ensure(KINE, kine_bin, flag="--kine-bin", log=log))
 
 
 def require_kine(kine_bin: Optional[str] = None) -> KineBinary:
