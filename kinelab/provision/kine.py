@@ -36,8 +36,11 @@ def etcd_answers(endpoint: str) -> bool:
 
 class KineReplica(ServedProcess):
     def __init__(self, index: int, kine: KineBinary, dsn: Dsn, lab_dir: Path, *, args: Optional[dict] = None,
-                 port: Optional[int] = None, metrics_port: Optional[int] = None, env: Optional[dict] = None):
+                 port: Optional[int] = None, metrics_port: Optional[int] = None, env: Optional[dict] = None,
+                 host: str = LOOPBACK):
         self.index = index
+        # Loopback, except for the kind backend: its nodes reach Kine on their docker network's gateway address.
+        self.host = host
         self.port = require_free_port(port) if port else free_port()
         self.metrics_port = require_free_port(metrics_port) if metrics_port else free_port()
         self.flags = kine_flags(args)
@@ -50,7 +53,7 @@ class KineReplica(ServedProcess):
 
     @property
     def endpoint(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def metrics_url(self) -> str:

@@ -33,7 +33,7 @@ from ..errors import ProcessError, UsageError
 from ..etcd import Etcd
 from .datastores import ROOT_PG_HOME, Datastore, ExternalStore, SqliteStore, make_datastore
 from .kine import KineReplica, kine_flags
-from .process import ProcessRecord, tail
+from .process import LOOPBACK, ProcessRecord, tail
 from .tools import KineBinary, install_kine
 
 MANIFEST = "lab.json"
@@ -126,7 +126,8 @@ class Lab:
                  replica_args: Optional[Sequence[dict]] = None, dir: Optional[os.PathLike] = None,
                  kine_bin: Optional[str] = None, allow_shared_sqlite: bool = False, base_port: Optional[int] = None,
                  keep: Optional[bool] = None, apiservers: int = 0, mode: str = "shared-db",
-                 apiserver_args: Optional[dict] = None, datastore_settings: Optional[dict] = None):
+                 apiserver_args: Optional[dict] = None, datastore_settings: Optional[dict] = None,
+                 kine_host: str = LOOPBACK):
         if replicas < 1:
             raise UsageError("a lab needs at least one Kine replica")
         if mode not in MODES:
@@ -156,6 +157,7 @@ class Lab:
         self.dir = Path(dir).expanduser().resolve() if dir else None
         self.keep = keep if keep is not None else dir is not None
         self.kine_bin = kine_bin
+        self.kine_host = kine_host  # where the replicas listen (the kind backend: its docker network's gateway)
         self.base_port = base_port
         self.id = _secrets.token_hex(4)
         self.manifest: dict = {}
@@ -200,7 +202,8 @@ class Lab:
                 for index in range(self.replica_count):
                     args = replica_kine_args(self.manifest, index)
                     replica = KineReplica(index, kine, self.datastore.dsn, self.dir, args=args, port=next(ports),
-                                          metrics_port=next(ports), env={"KINELAB_LAB_ID": self.id})
+                                          metrics_port=next(ports), env={"KINELAB_LAB_ID": self.id},
+                                          host=self.kine_host)
                     self.manifest["replicas"].append({"index": index, "endpoint": replica.endpoint,
                                                       "metrics_url": replica.metrics_url, "flags": replica.flags,
                                                       "process": None})
@@ -347,7 +350,7 @@ class Lab:
         replica = KineReplica(index, KineBinary(Path(self.manifest["kine_bin"]), self.manifest["kine_version"]),
                               self.dsn, self.dir, args=args, port=int(entry["endpoint"].rsplit(":", 1)[1]),
                               metrics_port=int(entry["metrics_url"].rsplit(":", 1)[1].split("/")[0]),
-                              env={"KINELAB_LAB_ID": self.id})
+                              env={"KINELAB_LAB_ID": self.id}, host=entry["endpoint"].rsplit(":", 1)[0])
         replica.start()
         entry["process"] = replica.record.to_json()
         self._save()

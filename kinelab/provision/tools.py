@@ -220,7 +220,7 @@ def _require_go(tools: Sequence[Tool], what: str) -> str:
 
 
 @contextlib.contextmanager
-def _build_lock(name: str, log: Log) -> Iterator[None]:
+def build_lock(name: str, log: Log) -> Iterator[None]:
     """One build of `name` at a time on this machine (the tool cache is shared)."""
     path = cache_dir() / "bin" / f".{name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -256,7 +256,7 @@ def ensure(tool: Tool, explicit: Optional[str] = None, *, flag: Optional[str] = 
         return found
     go = _require_go([tool], tool.label)
     target = tool.cached_path()
-    with _build_lock(f"{tool.name}-{tool.version}", log):
+    with build_lock(f"{tool.name}-{tool.version}", log):
         if target.is_file():  # built by another process while this one waited
             return Binary(target, tool.version, tool.name)
         log_path = build_log(tool.name, tool.version)
@@ -368,7 +368,7 @@ def _build_kubernetes(tools: Sequence[Tool], version: str, log: Log) -> Dict[str
                          else [tools[0].name])
     go = _require_go(tools, names)
     log_path = build_log(tools[0].name if len(tools) == 1 else "kubernetes", version)
-    with _build_lock(f"kubernetes-{version}", log):
+    with build_lock(f"kubernetes-{version}", log):
         tools = [tool for tool in tools if not tool.cached_path().is_file()]  # another process may have built some
         if not tools:
             return {}
