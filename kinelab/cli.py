@@ -59,10 +59,46 @@ def cmd_install(args) -> int:
     from .provision.tools import install_kine
 
     kine = install_kine(args.kine_bin, log=progress.say)
+    result = {"kine": kine.to_json()}
+    if args.kind_images:
+        from .provision.docker import ensure_engine
+        from .provision.nodeimage import ensure_lb_image, ensure_node_image
+        from .provision.tools import KIND, ensure
+
+        kind = ensure(KIND, log=progress.say)
+        engine, _ = ensure_engine(log=progress.say)
+        image = ensure_node_image(engine, log=progress.say)
+        result.update(kind=kind.to_json(), engine=engine.to_json(), node_image=image.to_json(),
+                      lb_image=ensure_lb_image(engine, log=progress.say))
     if args.json:
-        _print_json(kine.to_json())
+        _print_json(result if args.kind_images else kine.to_json())
     else:
         out.print(f"kine {kine.version}: {kine.path}")
+        if args.kind_images:
+            out.print(f"kind {result['kind']['version']}: {result['kind']['kind']}")
+            out.print(f"node image {image.reference} ({image.size_mb:.0f} MB; preloaded: {', '.join(image.preloaded)}) "
+                      f"in {engine.describe()}")
+    return 0
+
+
+def cmd_docker(args) -> int:
+    from .provision.docker import PrivateEngine, find_engine
+
+    private = PrivateEngine()
+    if args.action == "start":
+        engine = private.start(log=out.print)
+        out.print(f"{engine.describe()} is running; point docker at it with: export DOCKER_HOST={engine.host}")
+    elif args.action == "stop":
+        removed = private.stop()
+        out.print(f"stopped kinelab's private Docker engine: removed {removed['containers']} container(s), "
+                  f"{removed['networks']} network(s), {removed['volumes']} volume(s)" if removed["daemon"]
+                  else "kinelab's private Docker engine was not running")
+    else:
+        engine = find_engine(private)
+        if args.json:
+            _print_json(engine.to_json() if engine else None)
+        else:
+            out.print(engine.describe() if engine else "no Docker engine answers `docker info`")
     return 0
 
 
@@ -97,13 +133,18 @@ def _status_table(status: dict) -> Table:
 
 
 def _kind_status_table(status: dict) -> Table:
-    table = Table("container", "role", "state", "status", box=None,
-                  title=f"kind lab {status['dir']} ({status['state']}, {status['mode']}) on "
-                        f"{status['datastore']['dsn']}, Kine {status['kine_version']}")
-    for c in status["containers"]:
-        table.add_row(c["name"], c["role"], c["state"], c.get("status", ""))
+    host = status.get("host") or {}
+    table = Table("component", "where", "state", "note", box=None,
+                  title=f"kind lab {status['name']} in {status['dir']} ({status['state']}, {status['mode']}) on "
+                        f"{(host.get('datastore') or {}).get('dsn', '?')}, Kine {host.get('kine_version', '?')}")
+    for r in host.get("replicas", []):
+        table.add_row(f"kine {r['index']}", r["endpoint"], "running" if r["alive"] else "[red]stopped[/]",
+                      r.get("last_log_line", "") or r.get("error", ""))
     for n in status["nodes"]:
-        table.add_row(n["name"], f"kind {n['role']}", n["state"], n.get("status", ""))
+        ready = status["ready"].get(n["name"])
+        table.add_row(n["name"], f"kind {n['role']}", n["state"],
+                      "" if ready is None or n["role"] == "external-load-balancer" else
+                      ("Ready" if ready else "[red]not Ready[/]"))
     if status.get("error"):
         table.caption = f"[yellow]{status['error']}[/]"
     return table
@@ -113,11 +154,11 @@ def cmd_up(args) -> int:
     from .provision.lab import Lab
 
     if args.backend == "kind":
-        from .provision.kind import KindLab, require_docker
+        from .provision.kind import KindLab
 
-        require_docker()  # before anything is planned or written
-        lab = KindLab(dir=_dir(args), control_planes=max(1, args.control_planes), replicas=args.replicas,
-                      mode=args.mode, datastore=args.datastore).create()
+        lab = KindLab(args.name, dir=_dir(args), control_planes=args.control_planes, workers=args.workers,
+                      replicas=args.replicas, mode=args.mode, datastore=args.datastore,
+                      kine_args=_kv(args.kine_arg, "--kine-arg")).start(owned=False)
     else:
         lab = Lab(replicas=args.replicas, datastore=args.datastore, dir=_dir(args), kine_bin=args.kine_bin,
                   datastore_settings=_kv(args.datastore_setting, "--datastore-setting"),
@@ -154,8 +195,11 @@ def cmd_down(args) -> int:
     manifest = read_manifest(path)
     if manifest is None:
         raise UsageError(f"no lab in {path}: nothing to stop (already removed?)")
-    stopped = attach_lab(path).down()
+    kind = manifest.get("backend") == "kind"
+    stopped = 0 if kind and args.purge and manifest.get("state") == "stopped" else attach_lab(path).down()
     if args.purge:
+        if kind and (path / "host").is_dir():
+            purge(path / "host")  # the kind lab's datastore and Kine
         purge(path)
     what = "container(s)" if manifest.get("backend") == "kind" else "process(es)"
     out.print(f"stopped {stopped} {what} of the lab in {path}" + ("; removed it" if args.purge else ""))
@@ -163,9 +207,9 @@ def cmd_down(args) -> int:
 
 
 def cmd_dsn(args) -> int:
-    from .provision.lab import Lab
+    from .provision.backends import attach_lab
 
-    print(Lab.attach(_dir(args)).dsn.url)
+    print(attach_lab(_dir(args)).dsn.url)
     return 0
 
 
@@ -387,6 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("install", cmd_install, "build the pinned Kine into the tool cache (or check --kine-bin)")
     p.add_argument("--kine-bin", help="use this Kine binary instead (also KINELAB_KINE_BIN)")
+    p.add_argument("--kind-images", action="store_true",
+                   help="also build kind and the kind backend's offline images (needs a Docker engine or root)")
+    p.add_argument("--json", action="store_true")
+
+    p = add("docker", cmd_docker, "start, stop or show kinelab's private Docker engine (root, Debian's docker.io)")
+    p.add_argument("action", choices=["start", "stop", "status"])
     p.add_argument("--json", action="store_true")
 
     p = add("doctor", cmd_doctor, "list the tools kinelab can use here, and how to get the missing ones")
@@ -406,7 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kine-bin", help="use this Kine binary (also KINELAB_KINE_BIN)")
     p.add_argument("--backend", default="local", choices=["local", "kind"],
                    help="local: processes on loopback (default); kind: containers, needs a Docker engine")
-    p.add_argument("--control-planes", type=int, default=2, help="kind backend: control-plane nodes")
+    p.add_argument("--control-planes", type=int, default=1, help="kind backend: control-plane nodes")
+    p.add_argument("--workers", type=int, default=0, help="kind backend: worker nodes")
+    p.add_argument("--name", default="kinelab", help="kind backend: the cluster's name (unique per Docker engine)")
     p.add_argument("--apiservers", type=int, default=0, help="real kube-apiservers in front of the replicas")
     p.add_argument("--mode", default="shared-db", choices=["shared-db", "single-kine", "hybrid"],
                    help="shared-db: apiserver i on replica i; single-kine: all on replica 0; hybrid: all on all")

@@ -1,260 +1,325 @@
-"""The kind backend's plan, validated against the published kind v1alpha4 and kubeadm v1beta4 Go types.
-
-The Go checker (kinelab/provision/kindcheck) is built once into the tool cache; nothing here is mocked.
-Live cluster creation needs a Docker engine and skips without one.
-"""
+"""kind clusters on Kine, for real: Docker (the session's engine), the offline node image, kind, kubeadm, real
+kubelets and pods, Kine and embedded Postgres on the host. The config is also decoded strictly into kind's
+and kubeadm's published Go types (kinelab/provision/kindcheck, built once into the tool cache)."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import time
+from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
 import kinelab as kl
-from conftest import assert_one_line_error, run_cli
-from kinelab.errors import ToolError
+from conftest import assert_one_line_error, run_cli, wait_until
+from kinelab.errors import ToolError, UsageError
 from kinelab.provision import kind as k
-from kinelab.provision.backends import attach_lab
-from kinelab.provision.lab import MODES
+from kinelab.provision import nodeimage
+from kinelab.provision.docker import mounts_below
 
 needs_go = pytest.mark.skipif(shutil.which("go") is None, reason="Go is needed to build the kind config checker")
-ADDRESSES_BASE = "172.18.0."
+cluster_test = [pytest.mark.slow, pytest.mark.timeout(3600)]  # the first run builds the images (minutes)
+KINE = ["198.19.7.1:2001", "198.19.7.1:2002", "198.19.7.1:2003"]
 
 
-def addresses(plan: k.KindPlan) -> dict:
-    return {c.name: f"{ADDRESSES_BASE}{10 + i}" for i, c in enumerate(plan.kines)}
+def patches(config: dict) -> dict:
+    return {p["kind"]: p for p in map(yaml.safe_load, config["kubeadmConfigPatches"])}
 
 
-def cluster_patch(config: dict) -> dict:
-    (patch,) = config["kubeadmConfigPatches"]
-    return yaml.safe_load(patch)
+# --- the config, no Docker needed ---------------------------------------------------------------------------
+def test_each_mode_gives_the_apiservers_their_kine():
+    assert k.kine_endpoints("single-kine", KINE, 3) == (["http://198.19.7.1:2001"], None)
+    assert k.kine_endpoints("hybrid", KINE, 2) == ([f"http://{e}" for e in KINE], None)
+    # shared-db: one endpoint for kubeadm's one ClusterConfiguration, forwarded on each node to its own Kine
+    assert k.kine_endpoints("shared-db", KINE, 2) == (["http://127.0.0.1:2379"], KINE[:2])
+    assert k.kine_endpoints("shared-db", KINE[:2], 3)[1] == [KINE[0], KINE[1], KINE[0]]
+    assert k.kine_endpoints("shared-db", KINE, 1) == (["http://198.19.7.1:2001"], None)  # one apiserver: Kine 0
+    with pytest.raises(UsageError, match="unknown mode 'ha'"):
+        k.kine_endpoints("ha", KINE)
 
 
-@needs_go
-@pytest.mark.parametrize("mode", MODES)
-def test_generated_config_decodes_strictly_into_published_types(mode):
-    plan = k.plan_kind("kinelab", control_planes=3, replicas=3, mode=mode)
-    patches = {i: text for i, text in k.pod_patches(plan, addresses(plan)).items()}
-    assert k.validate_kind_config(plan.to_yaml(), patches) == []
+def test_the_config_turns_off_what_nobody_can_pull_and_fails_fast():
+    config = k.cluster_config("lab", ["http://198.19.7.1:2001"], node_image="kinelab/node:x", workers=2)
+    assert config["networking"] == {"apiServerAddress": "127.0.0.1", "disableDefaultCNI": True,
+                                    "kubeProxyMode": "none"}
+    assert [n["role"] for n in config["nodes"]] == ["control-plane", "worker", "worker"]
+    assert all(n["image"] == "kinelab/node:x" and "extraMounts" not in n for n in config["nodes"])
+    found = patches(config)
+    assert found["ClusterConfiguration"]["etcd"] == {"external": {"endpoints": ["http://198.19.7.1:2001"]}}
+    assert found["ClusterConfiguration"]["dns"] == {"disabled": True}
+    assert found["InitConfiguration"]["timeouts"] == {"kubeletHealthCheck": "40s"}
+    assert found["KubeletConfiguration"] == {"apiVersion": "kubelet.config.k8s.io/v1beta1",
+                                             "kind": "KubeletConfiguration", "failCgroupV1": False}
 
 
-@needs_go
-@pytest.mark.parametrize("where, old, new, expected", [
-    ("kind Cluster", "apiServerAddress", "apiServerAdress", 'unknown field "networking.apiServerAdress"'),
-    ("kubeadm ClusterConfiguration", "external:", "externl:", 'unknown field "etcd.externl"'),
-    ("kubeadm JoinConfiguration", "directory:", "dir:", 'unknown field "patches.dir"'),
-    ("field case", "endpoints:", "Endpoints:", 'unknown field "etcd.external.Endpoints"'),
+def test_several_control_planes_get_a_placeholder_etcd_ca_and_their_own_kine_file(tmp_path):
+    files = [tmp_path / "kine-0", tmp_path / "kine-1"]
+    config = k.cluster_config("lab", ["http://127.0.0.1:2379"], node_image="i", control_planes=2,
+                              etcd_ca_dir=tmp_path / "ca", kine_files=files)
+    first, second = config["nodes"]
+    assert first["extraMounts"] == [
+        {"hostPath": str(tmp_path / "ca"), "containerPath": "/etc/kubernetes/pki/etcd", "readOnly": True},
+        {"hostPath": str(files[0]), "containerPath": "/kinelab/kine-endpoint", "readOnly": True}]
+    assert second["extraMounts"] == [{"hostPath": str(files[1]), "containerPath": "/kinelab/kine-endpoint",
+                                      "readOnly": True}]
+    ca = k.placeholder_etcd_ca(tmp_path / "ca")
+    assert (ca / "ca.crt").read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert (ca / "ca.key").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(UsageError, match="placeholder etcd CA"):
+        k.cluster_config("lab", [], node_image="i", control_planes=2)
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    ({"mode": "sideways"}, "unknown mode 'sideways'"),
+    ({"name": "Upper_Case"}, "must be lowercase letters"),
+    ({"workers": -1}, "--workers cannot be negative"),
+    ({"control_planes": 0}, "at least one control-plane node"),
+    ({"replicas": 0}, "at least one Kine replica"),
 ])
-def test_an_unknown_field_fails_validation(where, old, new, expected):
-    plan = k.plan_kind("kinelab", mode="shared-db")
-    text = plan.to_yaml()
+def test_bad_lab_arguments_are_refused_before_anything_starts(tmp_path, kwargs, says):
+    with pytest.raises(UsageError, match=says):
+        k.KindLab(**{"name": "kl-bad", "dir": tmp_path / "lab", **kwargs})
+    assert not (tmp_path / "lab").exists()
+
+
+@needs_go
+@pytest.mark.parametrize("mode, control_planes", [("single-kine", 1), ("hybrid", 1), ("shared-db", 3)])
+def test_generated_config_decodes_strictly_into_the_published_types(tmp_path, mode, control_planes):
+    endpoints, own = k.kine_endpoints(mode, KINE, control_planes)
+    config = k.cluster_config("kinelab", endpoints, node_image="kinelab/node:x", control_planes=control_planes,
+                              workers=1, etcd_ca_dir=tmp_path / "ca",
+                              kine_files=[tmp_path / f"k{i}" for i in range(control_planes)] if own else None)
+    assert k.validate_kind_config(k.config_yaml(config)) == []
+
+
+@needs_go
+@pytest.mark.parametrize("old, new, expected", [
+    ("apiServerAddress", "apiServerAdress", 'unknown field "networking.apiServerAdress"'),
+    ("external:", "externl:", 'unknown field "etcd.externl"'),
+    ("kubeletHealthCheck", "kubeletHealtCheck", 'unknown field "timeouts.kubeletHealtCheck"'),
+    ("failCgroupV1", "failCGroupV1", 'unknown field "failCGroupV1"'),
+])
+def test_a_misspelt_field_fails_validation(old, new, expected):
+    text = k.config_yaml(k.cluster_config("kinelab", ["http://198.19.7.1:2001"], node_image="i"))
     assert old in text
     errors = k.validate_kind_config(text.replace(old, new, 1))
-    assert any(expected in e for e in errors), (where, errors)
+    assert any(expected in e for e in errors), errors
 
 
-@needs_go
-def test_wrong_kubeadm_api_version_and_bad_pod_patch_fail_validation():
-    plan = k.plan_kind("kinelab", mode="shared-db")
-    errors = k.validate_kind_config(plan.to_yaml().replace("kubeadm.k8s.io/v1beta4", "kubeadm.k8s.io/v1beta3"))
-    assert errors and all("v1beta4" in e for e in errors)
-    bad = {0: json.dumps({"spec": {"hostAliases": [{"ip": "172.18.0.5", "hostname": ["x"]}]}})}
-    assert any('unknown field "spec.hostAliases[0].hostname"' in e for e in k.validate_kind_config(plan.to_yaml(), bad))
-
-
-@pytest.mark.parametrize("mode, replicas", [("shared-db", 3), ("single-kine", 1), ("hybrid", 4)])
-def test_container_plan(mode, replicas):
-    plan = k.plan_kind("kinelab", control_planes=3 if mode == "shared-db" else 2, replicas=replicas, mode=mode)
-    assert [c.role for c in plan.containers] == ["postgres"] + ["kine"] * replicas
-    assert len({c.name for c in plan.containers}) == len(plan.containers)
-    for c in plan.containers:
-        assert c.labels[k.LABEL] == plan.lab_id and c.network == "kind"
-        assert f"{k.LABEL}={plan.lab_id}" in c.run_argv()
-    for kine in plan.kines:
-        assert kine.image == f"rancher/kine:{k.KINE_VERSION}" == "rancher/kine:v0.17.5"
-        assert kine.args == ["--listen-address=0.0.0.0:2379"]
-        assert kine.secret_env == {"KINE_ENDPOINT": plan.dsn()}
-        assert plan.postgres.name in plan.dsn()
-    config = k.kind_config(plan)
-    assert [n["role"] for n in config["nodes"]] == ["control-plane"] * plan.control_planes
-    assert config["apiVersion"] == "kind.x-k8s.io/v1alpha4" and config["kind"] == "Cluster"
-    assert config["networking"]["apiServerAddress"] == "127.0.0.1"
-    assert yaml.safe_load(plan.to_yaml()) == config
-
-
-def test_endpoints_per_mode():
-    kine = lambda plan, i: f"http://{plan.kines[i].name}:2379"  # noqa: E731
-
-    single = k.plan_kind("kinelab", control_planes=3, replicas=2, mode="single-kine")
-    assert cluster_patch(k.kind_config(single))["etcd"]["external"]["endpoints"] == [kine(single, 0)]
-    assert all(single.node_endpoints(i) == [kine(single, 0)] for i in range(3))
-    assert all("kubeadmConfigPatches" not in n for n in k.kind_config(single)["nodes"])
-
-    hybrid = k.plan_kind("kinelab", control_planes=2, replicas=3, mode="hybrid")
-    every = [kine(hybrid, i) for i in range(3)]
-    assert cluster_patch(k.kind_config(hybrid))["etcd"]["external"]["endpoints"] == every
-    assert all(hybrid.node_endpoints(i) == every for i in range(2))
-
-    shared = k.plan_kind("kinelab", control_planes=3, replicas=3, mode="shared-db")
-    config = k.kind_config(shared)
-    # one cluster-wide name, resolved per node to that node's Kine by a kube-apiserver static-pod patch
-    assert cluster_patch(config)["etcd"]["external"]["endpoints"] == [f"http://{k.SHARED_ETCD_NAME}:2379"]
-    patches = k.pod_patches(shared, addresses(shared))
-    for i, node in enumerate(config["nodes"]):
-        (node_patch,) = [yaml.safe_load(p) for p in node["kubeadmConfigPatches"]]
-        assert node_patch["kind"] == ("InitConfiguration" if i == 0 else "JoinConfiguration")
-        assert node_patch["patches"]["directory"] == k.NODE_PATCH_DIR
-        (mount,) = node["extraMounts"]
-        assert mount["containerPath"] == k.NODE_PATCH_DIR and mount["hostPath"] == k.node_patch_dir(shared, i)
-        alias = json.loads(patches[i])["spec"]["hostAliases"]
-        assert alias == [{"ip": addresses(shared)[shared.kines[i].name], "hostnames": [k.SHARED_ETCD_NAME]}]
-        assert shared.node_endpoints(i) == [kine(shared, i)]
-    assert len({json.loads(p)["spec"]["hostAliases"][0]["ip"] for p in patches.values()}) == 3
-
-
-def test_nothing_binds_to_a_public_host_address():
-    for mode in MODES:
-        plan = k.plan_kind("kinelab", control_planes=2, replicas=2, mode=mode)
-        for c in plan.containers:
-            assert all(spec.startswith("127.0.0.1:") for spec in c.publish), c.publish
-        assert all(kine.publish == [] for kine in plan.kines)  # Kine is reachable on the kind network only
-        assert plan.postgres.publish == ["127.0.0.1::5432"]
-        assert k.kind_config(plan)["networking"]["apiServerAddress"] == "127.0.0.1"
-        assert "0.0.0.0" not in " ".join(" ".join(c.publish) for c in plan.containers)
-
-
-def test_passwords_are_generated_and_masked():
-    one, two = k.plan_kind("a"), k.plan_kind("b")
-    assert one.password != two.password and len(one.password) >= 20
-    for plan in (one, two):
-        shown = [repr(plan), repr(plan.postgres), *map(repr, plan.kines), json.dumps(plan.describe()),
-                 plan.to_yaml(), *[" ".join(c.run_argv()) for c in plan.containers],
-                 repr(k.KindLab(plan, dir="/nonexistent-kinelab"))]
-        for text in shown:
-            assert plan.password not in text
-        assert "****" in repr(plan) and "****" in json.dumps(plan.describe())
-        assert plan.password in plan.dsn()  # only the explicit accessor carries it
-        assert plan.postgres.run_env()["POSTGRES_PASSWORD"] == plan.password
-
-
-def test_bad_plans_are_refused():
-    from kinelab.errors import UsageError
-
-    for kwargs in ({"mode": "ha"}, {"datastore": "sqlite"}, {"control_planes": 3, "replicas": 2},
-                   {"kubernetes_version": "1.37"}, {"name": "no_underscores"}):
-        with pytest.raises(UsageError):
-            k.plan_kind(**{"name": "kinelab", **kwargs})
-
-
-@pytest.mark.skipif(k.docker_available(), reason="a Docker engine is running here")
-def test_require_docker_says_what_to_do():
+def test_a_failed_image_build_names_its_log(tmp_path, monkeypatch):
+    if not nodeimage.shutil.which("debootstrap", path="/usr/sbin:/sbin:/usr/bin"):
+        pytest.skip("debootstrap is not installed (.ci/run installs it)")
+    monkeypatch.setenv("KINELAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("KINELAB_DEBIAN_MIRROR", "http://127.0.0.1:9/debian")  # nothing listens there
     with pytest.raises(ToolError) as info:
-        k.require_docker()
+        nodeimage.ensure_rootfs(log=lambda _: None)
+    log = nodeimage.rootfs_path().with_suffix(".build.log")
     message = str(info.value)
-    assert "\n" not in message
-    assert "install Docker Engine and start it; the local backend needs neither" in message
+    assert message.startswith("debootstrap of Debian bookworm failed (exit 1): ") and "\n" not in message
+    assert message.endswith(f"see {log}") and log.is_file()
+    assert not nodeimage.rootfs_path().exists() and list(log.parent.glob("rootfs-*/")) == []
+    assert mounts_below([tmp_path]) == []
 
 
-def test_live_kind_lab(tmp_path):
-    if not k.docker_available():
-        pytest.skip(k.NO_DOCKER)
-    if shutil.which("kind") is None:
-        pytest.skip(f"no kind CLI (go install {k.KIND_MODULE}@{k.KIND_VERSION})")
-    lab = k.KindLab(dir=tmp_path / "lab", name=f"kinelab-{tmp_path.name[-6:].lower().replace('_', '-')}",
-                    control_planes=2, replicas=2, mode="shared-db")
+# --- Docker: the network and the image ------------------------------------------------------------------------
+def test_lab_networks_take_free_subnets_outside_the_private_ranges(docker_engine):
+    names = [f"kinelab-test-net-{i}" for i in range(2)]
     try:
-        lab.create()
-        status = json.loads(run_cli("status", "--dir", lab.dir, "--json").stdout)
-        assert status["state"] == "running"
-        assert [n["role"] for n in status["nodes"]].count("control-plane") == 2
-        assert [c["state"] for c in status["containers"]] == ["running"] * 3
-        capture = run_cli("capture", "--dir", lab.dir, "--out", tmp_path / "kind.duckdb")
-        assert capture.returncode == 0, capture.stderr
-        con = kl.open_capture(tmp_path / "kind.duckdb")
-        assert con.execute("SELECT count(*) FROM kine_ops WHERE name = '/registry/namespaces/default'").fetchone()[0]
-        con.close()
-        assert run_cli("down", "--dir", lab.dir).returncode == 0
-        assert attach_lab(lab.dir).status()["state"] == "stopped"
+        first, second = (k.create_network(docker_engine, name, {"kinelab.test": "1"}) for name in names)
+        for net in (first, second):
+            subnet = k.ipaddress.ip_network(net.subnet)
+            assert subnet.subnet_of(k.ipaddress.ip_network("198.18.0.0/15")) and subnet.prefixlen == 24
+            assert net.gateway == str(next(subnet.hosts()))
+        assert first.subnet != second.subnet
+        with pytest.raises(UsageError, match="already exists"):
+            k.create_network(docker_engine, names[0])
     finally:
-        lab.delete()
-    assert k.leftovers(lab.plan.lab_id) == []
+        assert all(k.remove_network(docker_engine, name) for name in names)
+    assert not k.remove_network(docker_engine, names[0])
 
 
-@pytest.mark.skipif(k.docker_available(), reason="a Docker engine is running here; this is for hosts without one")
-def test_cli_kind_backend_without_docker_is_one_line_and_starts_nothing(tmp_path):
-    result = run_cli("up", "--backend", "kind", "--control-planes", 2, "--replicas", 2, "--dir", tmp_path / "k")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "Docker" in result.stderr
-    assert not (tmp_path / "k").exists()
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_the_node_image_is_kind_shaped(docker_engine, node_image):
+    config = json.loads(docker_engine.docker("image", "inspect", "--format", "{{json .Config}}",
+                                             node_image.reference).stdout)
+    assert config["Entrypoint"] == ["/usr/local/bin/kinelab-entrypoint", "/sbin/init"] and not config.get("Cmd")
+    assert config["StopSignal"] == "SIGRTMIN+3" and "container=docker" in config["Env"]
+    said = docker_engine.docker("run", "--rm", "--network", "none", "--entrypoint", "/bin/sh", node_image.reference,
+                                "-c", "cat /kind/version; kubelet --version; kubeadm version -o short; "
+                                      "ls /usr/lib/cni/bridge /usr/lib/cni/host-local").stdout.decode().split()
+    assert said[:4] == ["v1.37.2", "Kubernetes", "v1.37.2", "v1.37.2"], said
+    assert [n.rsplit(":", 1)[0].rsplit("/", 1)[-1] for n in node_image.preloaded] == \
+        ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "pause", "workload"]
 
 
-# --- a kind lab's directory, and the CLI on it where Docker is missing -----------------------------------------
-def recorded_kind_lab(tmp_path, state="running") -> k.KindLab:
-    """A kind lab as `create` records it, for hosts that cannot create one."""
-    lab = k.KindLab(dir=tmp_path / "kind-lab", name="kinelab-recorded", control_planes=2, replicas=2)
-    lab.save(state)
-    return lab
+# --- real clusters -----------------------------------------------------------------------------------------
+def workload(image: str, replicas: int) -> str:
+    return json.dumps({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                     "tolerations": [{"operator": "Exists"}],
+                     "containers": [{"name": "web", "image": image, "imagePullPolicy": "Never",
+                                     "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080},
+                                                        "periodSeconds": 2}}]}}}})
 
 
-def test_a_kind_lab_directory_rebuilds_the_same_lab(tmp_path):
-    lab = recorded_kind_lab(tmp_path)
-    again = attach_lab(lab.dir)
-    assert isinstance(again, k.KindLab) and again.state == "running"
-    assert again.plan.describe() == lab.plan.describe() and again.plan.dsn() == lab.plan.dsn()
-    assert again.plan.to_yaml() == lab.plan.to_yaml()
-    manifest = (lab.dir / "lab.json").read_text()
-    assert json.loads(manifest)["backend"] == "kind" and lab.plan.password not in manifest
-    assert (lab.dir / "secrets.json").stat().st_mode & 0o777 == 0o600
+def kine_peers(lab: kl.Lab) -> dict:
+    """Replica endpoint -> the addresses connected to it (the apiservers' nodes, or their forwarders)."""
+    peers = {}
+    for replica in lab.status()["replicas"]:
+        host, port = replica["endpoint"].rsplit(":", 1)
+        conns = psutil.Process(replica["pid"]).net_connections("tcp")
+        peers[replica["endpoint"]] = {c.raddr.ip for c in conns if c.status == psutil.CONN_ESTABLISHED
+                                      and c.laddr.port == int(port) and c.raddr}
+    return peers
 
 
-# Docker's CLI without an engine, and no docker binary at all (PATH without it)
-NO_ENGINE = [pytest.param(None, id="engine-down"),
-             pytest.param({"PATH": "/usr/bin:/bin"}, id="no-docker-cli")]
-needs_no_docker = pytest.mark.skipif(k.docker_available(), reason="a Docker engine is running here")
+def rows(capture: Path, sql: str) -> list:
+    con = kl.open_capture(capture)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
 
 
-@needs_no_docker
-@pytest.mark.parametrize("env", NO_ENGINE)
-def test_cli_status_of_a_kind_lab_without_docker_says_so(tmp_path, env):
-    lab = recorded_kind_lab(tmp_path)
-    result = run_cli("status", "--dir", lab.dir, "--json", env=env)
-    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-    status = json.loads(result.stdout)
-    assert status["backend"] == "kind" and status["state"] == "unknown" and status["nodes"] == []
-    assert status["error"].startswith(k.NO_DOCKER) and "recorded state: running" in status["error"]
-    assert [(c["name"], c["state"]) for c in status["containers"]] == [(c.name, "unknown")
-                                                                        for c in lab.plan.containers]
-    assert lab.plan.password not in result.stdout
-    table = run_cli("status", "--dir", lab.dir, env=env)
-    assert table.returncode == 0 and "unknown" in table.stdout and "Traceback" not in table.stderr
-
-
-@needs_no_docker
-@pytest.mark.parametrize("env", NO_ENGINE)
-def test_cli_down_and_capture_of_a_kind_lab_without_docker_fail_in_one_line(tmp_path, env):
-    lab = recorded_kind_lab(tmp_path)
-    assert_one_line_error(run_cli("down", "--dir", lab.dir, "--purge", env=env), "cannot stop the kind lab",
-                          k.NO_DOCKER, f"{k.LABEL}={lab.plan.lab_id}")
-    assert attach_lab(lab.dir).state == "running"  # nothing was removed, so nothing is recorded as stopped
-    out = tmp_path / "c.duckdb"
-    assert_one_line_error(run_cli("capture", "--dir", lab.dir, "--out", out, env=env), "cannot capture the kind lab",
-                          k.NO_DOCKER, lab.plan.postgres.name)
-    assert not out.exists()
-
-
-@needs_no_docker
-def test_cli_down_of_a_stopped_kind_lab_needs_no_docker(tmp_path):
-    lab = recorded_kind_lab(tmp_path, state="stopped")
-    result = run_cli("down", "--dir", lab.dir, "--purge")
+@pytest.fixture(scope="module")
+def shared_db_cluster(docker_engine, node_image, tmp_path_factory):
+    """`kinelab up --backend kind`: two control planes, each apiserver on its own Kine, one worker."""
+    lab_dir = tmp_path_factory.mktemp("kind") / "lab"
+    started = time.monotonic()
+    result = run_cli("up", "--backend", "kind", "--name", "kl-test-shared", "--mode", "shared-db",
+                     "--control-planes", 2, "--workers", 1, "--replicas", 2, "--dir", lab_dir, "--json", timeout=1200)
+    print(f"kinelab up --backend kind: {time.monotonic() - started:.0f}s")
     assert result.returncode == 0, result.stderr
-    assert "stopped 0 container(s)" in result.stdout and not lab.dir.exists()
+    try:
+        yield json.loads(result.stdout)
+    finally:
+        if k.KindLab.attach(lab_dir).state != "stopped":
+            run_cli("down", "--dir", lab_dir, timeout=600)
 
 
-def test_local_commands_refuse_a_kind_lab(tmp_path):
-    lab = recorded_kind_lab(tmp_path)
-    assert_one_line_error(run_cli("dsn", "--dir", lab.dir), "runs on the kind backend", "kinelab status")
-    assert_one_line_error(run_cli("up", "--datastore", "sqlite", "--replicas", 1, "--dir", lab.dir),
-                          "a kind lab is recorded in", "kinelab down")
-    assert attach_lab(lab.dir).state == "running"
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_a_cluster_on_kine_runs_pods_and_writes_what_a_cluster_writes(shared_db_cluster, node_image, tmp_path):
+    status = shared_db_cluster
+    lab = k.KindLab.attach(status["dir"])
+    print("timings", status["timings_s"])
+    assert status["state"] == "running" and status["mode"] == "shared-db"
+    nodes = {n["name"]: n["role"] for n in status["nodes"]}
+    assert sorted(nodes.values()) == ["control-plane", "control-plane", "external-load-balancer", "worker"]
+    assert all(status["ready"].values()) and len(status["ready"]) == 3
+
+    # shared-db: each apiserver (one per control-plane node) talks to its own Kine and to no other
+    addresses = {n["name"]: lab.engine.docker("inspect", "--format", "{{range .NetworkSettings.Networks}}"
+                                              "{{.IPAddress}}{{end}}", n["name"]).stdout.decode().strip()
+                 for n in status["nodes"]}
+    control_planes = sorted(a for name, a in addresses.items() if nodes[name] == "control-plane")
+    peers = kine_peers(lab.lab)
+    assert sorted(p for ps in peers.values() for p in ps) == control_planes, peers
+    assert all(len(ps) == 1 for ps in peers.values()), peers
+
+    # real pods: the preloaded workload image, ready only once the program answers its probe
+    cluster = lab.cluster
+    cluster.kubectl("apply", "-f", "-", input=workload(node_image.workload_image, 3))
+    wait_until(lambda: json.loads(cluster.kubectl("get", "deployment", "web", "-o", "json").stdout)["status"]
+               .get("availableReplicas") == 3, timeout_s=120, interval_s=1, what="3 available replicas")
+    pods = json.loads(cluster.kubectl("get", "pods", "-l", "app=web", "-o", "json").stdout)["items"]
+    assert {p["spec"]["nodeName"] for p in pods} <= set(nodes) and all(p["status"].get("podIP") for p in pods)
+
+    # what the kubelets, controller-manager and scheduler wrote is in Kine's table
+    capture = tmp_path / "kind.duckdb"
+    assert run_cli("capture", "--dir", status["dir"], "--out", capture).returncode == 0
+    node_leases_sql = ("SELECT object_name, count(*) FROM kine_ops WHERE resource = 'leases' AND "
+                       "namespace = 'kube-node-lease' GROUP BY 1")
+
+    def renewed() -> bool:  # each node renews its Lease every 10 s
+        lab.capture(capture, incremental=True)
+        return all(count >= 3 for _, count in rows(capture, node_leases_sql))
+
+    wait_until(renewed, timeout_s=60, interval_s=2, what="three writes of every node's Lease")
+    node_leases = rows(capture, node_leases_sql)
+    assert {name for name, _ in node_leases} == {n for n, r in nodes.items() if r != "external-load-balancer"}
+    leaders = dict(rows(capture, "SELECT object_name, count(*) FROM kine_ops WHERE resource = 'leases' AND "
+                                 "namespace = 'kube-system' AND object_name IN ('kube-controller-manager', "
+                                 "'kube-scheduler') GROUP BY 1"))
+    assert set(leaders) == {"kube-controller-manager", "kube-scheduler"} and min(leaders.values()) >= 3, leaders
+    pod_updates = rows(capture, "SELECT count(*) FROM kine_ops WHERE resource = 'pods' AND namespace = 'default' "
+                                "AND op = 'update'")[0][0]
+    assert pod_updates >= 3  # the kubelets' status patches
+    events = rows(capture, "SELECT count(*), count(*) FILTER (WHERE lease <> 0) FROM kine_ops "
+                           "WHERE resource = 'events'")[0]
+    assert events[0] > 0 and events[0] == events[1]  # every event carries its TTL lease
+    assert rows(capture, "SELECT count(*) FROM kine_ops WHERE resource = 'nodes' AND op = 'update'")[0][0] >= 3
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_second_cluster_of_the_same_name_is_refused_and_harms_nothing(shared_db_cluster, tmp_path):
+    before = k.KindLab.attach(shared_db_cluster["dir"]).cluster.containers()
+    clash = k.KindLab("kl-test-shared", dir=tmp_path / "clash", replicas=1)
+    with pytest.raises(UsageError, match="a kind cluster named kl-test-shared already exists"):
+        clash.start(log=lambda _: None)
+    assert k.KindLab.attach(shared_db_cluster["dir"]).cluster.containers() == before
+    assert all(n["state"] == "running" for n in before)
+    assert json.loads((tmp_path / "clash" / "lab.json").read_text())["state"] == "stopped"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_status_down_and_down_again(shared_db_cluster, docker_engine):
+    lab_dir = shared_db_cluster["dir"]
+    table = run_cli("status", "--dir", lab_dir)
+    assert table.returncode == 0 and "kl-test-shared-control-plane2" in table.stdout and "Ready" in table.stdout
+    dsn = run_cli("dsn", "--dir", lab_dir)
+    assert dsn.returncode == 0 and dsn.stdout.startswith("postgres://")
+    kine_pids = [r["pid"] for r in shared_db_cluster["host"]["replicas"]]
+    result = run_cli("down", "--dir", lab_dir, timeout=600)
+    assert result.returncode == 0 and "stopped 4 container(s)" in result.stdout, result
+    assert docker_engine.docker("ps", "-aq", "--filter", "label=io.x-k8s.kind.cluster=kl-test-shared").stdout == b""
+    assert docker_engine.docker("network", "inspect", "kinelab-kl-test-shared", check=False).returncode != 0
+    assert not any(psutil.pid_exists(p) for p in kine_pids)
+    assert_one_line_error(run_cli("down", "--dir", lab_dir), "is already stopped", "--purge")
+    purged = run_cli("down", "--dir", lab_dir, "--purge")
+    assert purged.returncode == 0 and not Path(lab_dir).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_one_control_plane_in_hybrid_uses_every_kine(docker_engine, node_image, tmp_path):
+    with k.KindLab("kl-test-hybrid", replicas=2, mode="hybrid", dir=tmp_path / "lab") as lab:
+        print("timings", lab.timings_s)
+        assert lab.status()["ready"] == {"kl-test-hybrid-control-plane": True}
+        assert lab.cluster.etcd_endpoints == [f"http://{e}" for e in lab.lab.endpoints]
+        wait_until(lambda: all(kine_peers(lab.lab).values()), timeout_s=30, what="connections to every Kine")
+        host = lab.network.gateway
+        assert all(e.startswith(f"{host}:") for e in lab.lab.endpoints)  # Kine on the lab network's gateway
+    assert docker_engine.docker("ps", "-aq", "--filter", "label=io.x-k8s.kind.cluster=kl-test-hybrid").stdout == b""
+    assert docker_engine.docker("network", "inspect", "kinelab-kl-test-hybrid", check=False).returncode != 0
+    assert lab.lab.status()["replicas"][0]["alive"] is False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_a_cluster_that_never_becomes_ready_says_what_the_kubelet_said_and_leaves_nothing(docker_engine, node_image,
+                                                                                         tmp_path):
+    if Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        pytest.skip("breaks the kubelet the cgroup v1 way; this host is on cgroup v2")
+    lab = k.KindLab("kl-test-broken", replicas=1, dir=tmp_path / "lab", kubelet={"failCgroupV1": True})
+    started = time.monotonic()
+    with pytest.raises(ToolError) as info:
+        lab.start(log=lambda _: None)
+    message = str(info.value)
+    print(f"failed after {time.monotonic() - started:.0f}s: {message}")
+    assert message.startswith("kind create cluster kl-test-broken failed: ") and "\n" not in message
+    assert "kl-test-broken-control-plane kubelet: " in message and "cgroup v1" in message
+    assert "; containerd: " in message and message.endswith(f"log {tmp_path}/lab/cluster/logs/kind-create.log")
+    assert (tmp_path / "lab" / "cluster" / "logs" / "kl-test-broken-control-plane-kubelet.log").stat().st_size
+    assert docker_engine.docker("ps", "-aq", "--filter", "label=io.x-k8s.kind.cluster=kl-test-broken").stdout == b""
+    assert docker_engine.docker("network", "inspect", "kinelab-kl-test-broken", check=False).returncode != 0
+    assert json.loads((tmp_path / "lab" / "lab.json").read_text())["state"] == "stopped"
+    assert not any(r["alive"] for r in lab.lab.status()["replicas"])

