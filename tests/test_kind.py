@@ -198,8 +198,8 @@ def shared_db_cluster(docker_engine, node_image, tmp_path_factory):
     assert result.returncode == 0, result.stderr
     try:
         yield json.loads(result.stdout)
-    finally:
-        if k.KindLab.attach(lab_dir).state != "stopped":
+    finally:  # the down test stops and removes it; this is for a run that failed before
+        if (lab_dir / "lab.json").exists() and k.KindLab.attach(lab_dir).state != "stopped":
             run_cli("down", "--dir", lab_dir, timeout=600)
 
 
