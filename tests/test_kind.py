@@ -290,7 +290,7 @@ def test_status_down_and_down_again(shared_db_cluster, docker_engine):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_one_control_plane_in_hybrid_uses_every_kine(docker_engine, node_image, tmp_path):
+def test_one_control_plane_in_hybrid_uses_every_kine_and_survives_losing_one(docker_engine, node_image, tmp_path):
     with k.KindLab("kl-test-hybrid", replicas=2, mode="hybrid", dir=tmp_path / "lab") as lab:
         print("timings", lab.timings_s)
         assert lab.status()["ready"] == {"kl-test-hybrid-control-plane": True}
@@ -298,6 +298,15 @@ def test_one_control_plane_in_hybrid_uses_every_kine(docker_engine, node_image, 
         wait_until(lambda: all(kine_peers(lab.lab).values()), timeout_s=30, what="connections to every Kine")
         host = lab.network.gateway
         assert all(e.startswith(f"{host}:") for e in lab.lab.endpoints)  # Kine on the lab network's gateway
+        # the lab's faults work on kind: with Kine 0 killed the apiserver writes through Kine 1
+        lab.lab.kill(0)
+        wait_until(lambda: lab.cluster.kubectl("create", "configmap", "after-kill", check=False,
+                                               timeout=20).returncode == 0, timeout_s=60, interval_s=1,
+                   what="a write with Kine 0 down")
+        lab.lab.restart(0)
+        wait_until(lambda: kine_peers(lab.lab)[lab.lab.endpoints[0]], timeout_s=60, interval_s=1,
+                   what="the apiserver back on the restarted Kine 0")
+        assert lab.cluster.kubectl("get", "configmap", "after-kill").returncode == 0
     assert docker_engine.docker("ps", "-aq", "--filter", "label=io.x-k8s.kind.cluster=kl-test-hybrid").stdout == b""
     assert docker_engine.docker("network", "inspect", "kinelab-kl-test-hybrid", check=False).returncode != 0
     assert lab.lab.status()["replicas"][0]["alive"] is False
@@ -323,3 +332,34 @@ def test_a_cluster_that_never_becomes_ready_says_what_the_kubelet_said_and_leave
     assert docker_engine.docker("network", "inspect", "kinelab-kl-test-broken", check=False).returncode != 0
     assert json.loads((tmp_path / "lab" / "lab.json").read_text())["state"] == "stopped"
     assert not any(r["alive"] for r in lab.lab.status()["replicas"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_a_killed_owner_leaves_nothing_running(docker_engine, node_image, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    lab_dir = tmp_path / "lab"
+    script = ("from kinelab.provision.kind import KindLab\n"
+              f"lab = KindLab('kl-test-reaped', replicas=1, dir={str(lab_dir)!r}).start(log=lambda _: None)\n"
+              "print('up', flush=True)\n"
+              "import time; time.sleep(900)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert proc.stdout.readline().strip() == "up"
+        kine_pid = json.loads((lab_dir / "host" / "lab.json").read_text())["replicas"][0]["process"]["pid"]
+        assert docker_engine.docker("ps", "-q", "--filter", "label=io.x-k8s.kind.cluster=kl-test-reaped").stdout
+    finally:
+        proc.kill()  # as SIGKILL, a crash or a kernel restart would
+        proc.wait()
+
+    def gone() -> bool:
+        return (json.loads((lab_dir / "lab.json").read_text())["state"] == "stopped" and not
+                docker_engine.docker("ps", "-aq", "--filter", "label=io.x-k8s.kind.cluster=kl-test-reaped").stdout)
+
+    wait_until(gone, timeout_s=120, interval_s=1, what="the reaper to delete the cluster")
+    assert docker_engine.docker("network", "inspect", "kinelab-kl-test-reaped", check=False).returncode != 0
+    assert not psutil.pid_exists(kine_pid) or psutil.Process(kine_pid).status() == psutil.STATUS_ZOMBIE

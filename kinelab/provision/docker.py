@@ -22,7 +22,6 @@ and unmounts whatever it left mounted. Images stay in its data root.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import signal

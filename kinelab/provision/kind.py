@@ -54,7 +54,7 @@ from typing import Dict, List, Optional, Sequence
 import yaml
 
 from ..errors import ToolError, UsageError
-from .docker import Engine, last_line
+from .docker import Engine, last_line, needs_runc_wrapper
 from .tools import KIND, KUBERNETES_MODULE, KUBERNETES_VERSION, build_gomod, cache_dir, ensure, kubernetes_tool
 
 KIND_API = "kind.x-k8s.io/v1alpha4"
@@ -471,8 +471,6 @@ def check_privileged(engine: Engine, image: str, command: Sequence[str] = ("prob
     if result.returncode == 0:
         return
     said = last_line(result.stderr)
-    from .docker import needs_runc_wrapper
-
     fix = ("this machine's capability bounding set lacks CAP_SYS_RESOURCE: use kinelab's private engine (stop this "
            "one, then `kinelab docker start`), or give dockerd a runtime that drops that capability"
            if needs_runc_wrapper() else "run Docker rootful, with privileged containers allowed")
@@ -577,6 +575,7 @@ class KindLab:
         self.cluster: Optional[KindCluster] = None
         self.image = None
         self.timings_s: Dict[str, float] = {}
+        self._reaper = None
 
     def __repr__(self) -> str:
         return (f"KindLab({self.name!r}, mode={self.mode}, control_planes={self.control_planes}, "
@@ -661,6 +660,10 @@ class KindLab:
             raise UsageError(f"a {previous.get('backend', 'local')} lab is recorded in {self.dir} (state "
                              f"{previous.get('state')}); run `kinelab down --dir {self.dir}` first")
         self._save("starting")  # before anything runs: `down` finds whatever a failed start leaves
+        if owned:  # if this Python process dies, the reaper deletes the cluster and stops the rest
+            from .reaper import start_reaper
+
+            self._reaper = start_reaper(self.dir)
         try:
             with self._timed("engine"):
                 self.engine, self.engine_started = ensure_engine(log=log)
@@ -729,8 +732,12 @@ class KindLab:
                 self.engine_started = False
         if self.dir is not None and self.dir.exists():
             self._save("stopped")
-            if not self.keep:
-                shutil.rmtree(self.dir, ignore_errors=True)
+        if self._reaper is not None:
+            self._reaper.terminate()
+            self._reaper.wait()
+            self._reaper = None
+        if not self.keep and self.dir is not None and self.dir.exists():
+            shutil.rmtree(self.dir, ignore_errors=True)
         return removed
 
     def down(self) -> int:

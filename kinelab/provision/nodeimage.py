@@ -386,6 +386,9 @@ def ensure_node_image(engine: Engine, version: str = KUBERNETES_VERSION, log: Lo
     build_log.write_bytes(b"")
     steps = _Steps(engine, build_log, log)
     with build_lock(f"node-image-{key}", log):
+        if image_present(engine, reference) and image_present(engine, workload):  # built while this one waited
+            image.timings_s, image.size_mb = timings, _size_mb(engine, reference)
+            return image
         log(f"assembling the kind node image {reference} (log in {build_log})...")
         with tempfile.TemporaryDirectory(dir=image_dir(), prefix="node-") as tmp:
             tmp_path = Path(tmp)

@@ -209,8 +209,9 @@ def _require_go(tools: Sequence[Tool], what: str) -> str:
     instead = (f"set {tool.env_var} to a {tool.name} binary" if len(tools) == 1
                else f"set {', '.join(t.env_var for t in tools)} to such binaries")
     if not go:
-        raise ToolError(f"{what} {'is' if len(tools) == 1 else 'are'} not installed and Go is missing: install Go {wanted}+ (https://go.dev/dl) so "
-                        f"kinelab can build {what} {tool.version}, or {instead}")
+        verb = "is" if len(tools) == 1 else "are"
+        raise ToolError(f"{what} {verb} not installed and Go is missing: install Go {wanted}+ (https://go.dev/dl) "
+                        f"so kinelab can build {what} {tool.version}, or {instead}")
     have = go_version(go)
     if have is None or have < tool.min_go:
         raise ToolError(f"{what} {tool.version} needs Go {wanted}+ to build, but `go` is "
@@ -535,7 +536,7 @@ def kind_checks() -> list:
         checks.append(Check("docker", True, engine.describe(), start_hint))
     else:
         detail = "no engine answers `docker info`" + (
-            f"; kinelab can start its own (`kinelab docker start`)" if why_not is None else
+            "; kinelab can start its own (`kinelab docker start`)" if why_not is None else
             f"; kinelab cannot start its own ({why_not})")
         checks.append(Check("docker", False, detail, start_hint))
     node_images = []
