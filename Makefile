@@ -32,6 +32,7 @@ bench: kine
 	$(BIN)/python benchmarks/apiserver.py
 	$(BIN)/python benchmarks/etcd_baseline.py
 	$(BIN)/python benchmarks/faults.py
+	$(BIN)/python benchmarks/kind.py
 
 clean:
 	rm -rf $(VENV) kinelab-demo.duckdb

@@ -73,7 +73,9 @@ def docker_engine():
         os.environ.pop("DOCKER_HOST", None)
     else:
         os.environ["DOCKER_HOST"] = previous
-    if started:
+    left = engine.docker("ps", "-a", "--format", "{{.Names}}", check=False).stdout.decode().split()
+    assert not [name for name in left if name.startswith("kl-test-")], f"the kind tests left {left}"
+    if started and not left:  # a concurrent session's clusters keep the engine they share
         private = PrivateEngine()
         removed = private.stop()
         print(f"stopped kinelab's private Docker engine: {removed}")

@@ -2,9 +2,10 @@
 
 The datastore (embedded Postgres) and the Kine replicas are the lab's own host processes, as in the local
 backend (`kinelab.provision.lab.Lab`); only the Kubernetes nodes are containers. They meet on a docker network
-of the lab's own (`KindNetwork`: a /24 from 198.18.0.0/15, a host-only bridge), and Kine listens on that
-network's gateway address, the one listener kinelab puts outside 127.0.0.1. kind joins the network through
-``KIND_EXPERIMENTAL_DOCKER_NETWORK`` and kubeadm points the apiserver at Kine as its external etcd.
+of the lab's own (`KindNetwork`: a /24 of 198.19.0.0/16, in the benchmarking range 198.18.0.0/15, a bridge
+between this host and the nodes only), and Kine listens on that network's gateway address, the one listener
+kinelab puts outside 127.0.0.1. kind joins the network through ``KIND_EXPERIMENTAL_DOCKER_NETWORK`` and
+kubeadm points the apiserver at Kine as its external etcd.
 
 `KindCluster` is one ``kind create cluster`` (the kind binary from the tool cache, the offline node image of
 `kinelab.provision.nodeimage`), with kinelab's config (`cluster_config`, checked strictly against kind's and

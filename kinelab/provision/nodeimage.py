@@ -309,10 +309,12 @@ def node_files(version: str, sandbox_image: str, binaries: Dict[str, Path]) -> l
 
 def node_image_key(version: str, rootfs: Path, programs: Dict[str, Path], binaries: Dict[str, Path]) -> str:
     """Everything the image is made of: a change to any part makes a new image."""
-    own = sorted((str(p.relative_to(FILES)), p.read_bytes().hex()) for p in FILES.rglob("*") if p.is_file())
-    built = sorted((name, path.stat().st_size, path.stat().st_mtime_ns) for name, path in
-                   {**programs, **binaries}.items())
-    return _digest(version, rootfs.name, own, built, ROOTFS_PACKAGES, MASKED_UNITS)
+    own = sorted((str(p.relative_to(FILES)), hashlib.sha256(p.read_bytes()).hexdigest())
+                 for p in FILES.rglob("*") if p.is_file())
+    programs_built = sorted((name, hashlib.sha256(path.read_bytes()).hexdigest()) for name, path in programs.items())
+    # the Kubernetes binaries are large: their size and time stand for their content
+    binaries_built = sorted((name, path.stat().st_size, path.stat().st_mtime_ns) for name, path in binaries.items())
+    return _digest(version, rootfs.name, own, programs_built, binaries_built, ROOTFS_PACKAGES, MASKED_UNITS)
 
 
 class _Steps:
