@@ -1,9 +1,10 @@
 """Benchmarks of the kind backend, measured side by side in one run on this shared machine.
 
 1. Time to a Ready node with warm images (node image in the engine, binaries in the tool cache), broken down
-   into engine, network, datastore + Kine, kind's node containers, kubeadm and node Ready: a kind cluster (one
-   control plane) on one Kine on embedded Postgres, against the same cluster on Debian's etcd (one member on
-   the same gateway address, as kubeadm's external etcd), rounds alternating. kind's own default (etcd in the
+   into the network and the datastore (started together), Kine, kind's node containers, kubeadm and node
+   Ready: `Lab(backend="kind")` with one control plane on one Kine on embedded Postgres, against the same
+   cluster on Debian's etcd (one member on the same gateway address, as kubeadm's external etcd, network and
+   etcd started one after the other), rounds alternating. kind's own default (etcd in the
    node, from kind's node image) cannot run here: nothing can be pulled.
 2. What the cluster writes into Kine per second, by resource: at rest, then while a Deployment of the
    preloaded workload scales 0 -> 20 -> 0 replicas (incremental captures before and after each phase).
@@ -32,36 +33,38 @@ os.environ.setdefault("KINELAB_PROGRESS", "0")
 
 import kinelab as kl  # noqa: E402
 from kinelab.provision import kind as k  # noqa: E402
-from kinelab.provision.docker import ensure_engine, PrivateEngine  # noqa: E402
+from kinelab.provision.docker import PrivateEngine, ensure_engine  # noqa: E402
 from kinelab.provision.etcd_server import find_etcd  # noqa: E402
-from kinelab.provision.kine import etcd_answers  # noqa: E402
+from kinelab.provision.kine import etcd_probe  # noqa: E402
 from kinelab.provision.nodeimage import ensure_node_image  # noqa: E402
 from kinelab.provision.process import ServedProcess, free_port  # noqa: E402
+from kinelab.provision.wait import poll_until  # noqa: E402
 
-PHASES = ["network", "datastore", "kind_containers", "kind_config", "kind_kubeadm_init", "kind_storage_class",
-          "nodes_ready"]
+PHASES = ["network_and_datastore", "kine", "kind_containers", "kind_config", "kind_kubeadm_init",
+          "kind_storage_class", "nodes_ready"]
+
+
+def kind_phases(timings_s: dict) -> dict:
+    """kind's phases (`KindCluster.timings_s`) under the names of PHASES."""
+    return {f"kind_{p}" if p != "nodes_ready" else p: v for p, v in timings_s.items() if p != "total"}
 
 
 def etcd_cluster(engine, image, name: str, workdir: Path) -> dict:
     """The same one-node kind cluster, its external etcd a Debian etcd member on the network's gateway."""
-    timings, started = {}, time.monotonic()
+    started = time.monotonic()
     network = k.create_network(engine, f"kinelab-{name}", {k.LABEL: name})
-    timings["network"] = round(time.monotonic() - started, 1)
     port = free_port()
     endpoint = f"{network.gateway}:{port}"
     etcd = ServedProcess("etcd-0", [find_etcd(), "--name=etcd-0", f"--data-dir={workdir / 'etcd-data'}",
                                     f"--listen-client-urls=http://{endpoint}", f"--advertise-client-urls=http://{endpoint}",
                                     f"--listen-peer-urls=http://127.0.0.1:{free_port()}", "--logger=zap",
-                                    "--log-outputs=stderr"], workdir, ready=lambda: etcd_answers(endpoint),
-                         describe_ready=f"etcd Range on {endpoint}")
-    cluster = k.KindCluster(name, engine, network, image.reference, [f"http://{endpoint}"], workdir / "cluster")
+                                    "--log-outputs=stderr"], workdir, ready=etcd_probe(endpoint))
+    cluster = k.KindCluster(name, engine, network.name, image.reference, [f"http://{endpoint}"], workdir / "cluster")
     try:
-        started = time.monotonic()
         etcd.start()
-        timings["datastore"] = round(time.monotonic() - started, 1)
+        timings = {"network_and_datastore": round(time.monotonic() - started, 1), "kine": 0.0}
         cluster.create(log=lambda _: None)
-        timings.update({f"kind_{p}" if p != "nodes_ready" else p: v for p, v in cluster.timings_s.items()
-                        if p != "total"})
+        timings.update(kind_phases(cluster.timings_s))
     finally:
         cluster.delete()
         etcd.stop()
@@ -70,10 +73,10 @@ def etcd_cluster(engine, image, name: str, workdir: Path) -> dict:
 
 
 def kine_cluster(name: str, workdir: Path) -> dict:
-    with k.KindLab(name, replicas=1, mode="single-kine", dir=workdir / "lab") as lab:
-        timings = dict(lab.timings_s)
-    timings["datastore"] = timings.pop("kine")
-    return timings
+    with kl.Lab(backend="kind", cluster_name=name, replicas=1, mode="single-kine", dir=workdir / "lab") as lab:
+        started = {c.role: c for c in lab.model.components}
+        return {"network_and_datastore": max(started["network"].start_s, started["datastore"].start_s),
+                "kine": started["kine"].start_s, **kind_phases(started["cluster"].details["timings_s"])}
 
 
 def time_to_ready(engine, image, rounds: int) -> dict:
@@ -99,42 +102,42 @@ def time_to_ready(engine, image, rounds: int) -> dict:
 
 
 def rate_by_resource(capture: Path, first_id: int, last_id: int, seconds: float) -> dict:
-    con = kl.open_capture(capture)
-    try:
+    with kl.open_capture(capture) as con:
         rows = con.execute("SELECT coalesce(resource, name), count(*) FROM kine_ops WHERE id > ? AND id <= ? "
                            "GROUP BY 1 ORDER BY 2 DESC", [first_id, last_id]).fetchall()
-    finally:
-        con.close()
     return {"rows_per_s": round(sum(n for _, n in rows) / seconds, 2),
             "by_resource": {resource: round(n / seconds, 2) for resource, n in rows}}
 
 
-def write_rates(rest_s: float, scale_to: int) -> dict:
+def write_rates(image, rest_s: float, scale_to: int) -> dict:
+    from kubernetes import client
+
     with tempfile.TemporaryDirectory(prefix="kinelab-bench-kind-") as tmp:
         capture = Path(tmp) / "rates.duckdb"
-        with k.KindLab("kl-bench-rates", replicas=1, mode="single-kine", workers=1, dir=Path(tmp) / "lab") as lab:
-            image = lab.image.workload_image
+        with kl.Lab(backend="kind", cluster_name="kl-bench-rates", replicas=1, mode="single-kine", workers=1,
+                    dir=Path(tmp) / "lab") as lab:
+            apps, core = client.AppsV1Api(lab.kubernetes_client(0)), client.CoreV1Api(lab.kubernetes_client(0))
             deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
                           "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}},
                                    "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [
-                                       {"name": "web", "image": image, "imagePullPolicy": "Never",
+                                       {"name": "web", "image": image.workload_image, "imagePullPolicy": "Never",
                                         "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080},
                                                            "periodSeconds": 2}}]}}}}
-            lab.cluster.kubectl("apply", "-f", "-", input=json.dumps(deployment))
+            apps.create_namespaced_deployment("default", deployment)
             time.sleep(60)  # registration tails (RegisteredNode events, TTL annotations) settle first
-            marks = [(time.monotonic(), lab.capture(capture, incremental=True).max_id)]
+            marks = [(time.monotonic(), kl.capture(lab, capture, incremental=True).max_id)]
             time.sleep(rest_s)
-            marks.append((time.monotonic(), lab.capture(capture, incremental=True).max_id))
+            marks.append((time.monotonic(), kl.capture(lab, capture, incremental=True).max_id))
             for replicas in (scale_to, 0):
-                lab.cluster.kubectl("scale", "deployment", "web", f"--replicas={replicas}")
-                deadline = time.monotonic() + 180
-                while time.monotonic() < deadline:
-                    status = json.loads(lab.cluster.kubectl("get", "deployment", "web", "-o", "json").stdout)
-                    pods = json.loads(lab.cluster.kubectl("get", "pods", "-l", "app=web", "-o", "json").stdout)
-                    if (status["status"].get("availableReplicas") or 0) == replicas and len(pods["items"]) == replicas:
-                        break
-                    time.sleep(1)
-                marks.append((time.monotonic(), lab.capture(capture, incremental=True).max_id))
+                apps.patch_namespaced_deployment_scale("web", "default", {"spec": {"replicas": replicas}})
+
+                def settled() -> bool:
+                    available = apps.read_namespaced_deployment("web", "default").status.available_replicas or 0
+                    pods = core.list_namespaced_pod("default", label_selector="app=web").items
+                    return available == replicas and len(pods) == replicas
+
+                poll_until(settled, timeout_s=180, interval_s=1, what=f"{replicas} pods")
+                marks.append((time.monotonic(), kl.capture(lab, capture, incremental=True).max_id))
         phases = ["at rest (1 control plane, 1 worker)", f"scale 0 -> {scale_to}", f"scale {scale_to} -> 0"]
         out = {}
         for phase, (t0, id0), (t1, id1) in zip(phases, marks, marks[1:]):
@@ -208,20 +211,27 @@ def main() -> None:
                         help="also time the tool builds from empty Go caches (half an hour on a busy 2-core machine)")
     args = parser.parse_args()
     engine, started_engine = ensure_engine(log=print)
+    previous = json.loads((HERE / "results" / "kind.json").read_text()) if (HERE / "results" / "kind.json").exists() \
+        else {}
     try:
         image = ensure_node_image(engine, log=print)
         results: dict = {"recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   "machine": f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start",
-                   "engine": engine.to_json(), "node_image": image.to_json()}
+                         "machine": f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start",
+                         "engine": engine.to_json(), "node_image": image.to_json()}
+        # the cold figures take long: kept from the run that measured them unless measured again
+        for key in ("cold_node_image", "cold_tool_builds"):
+            if key in previous:
+                results[key] = {"recorded_at": previous["recorded_at"], **previous[key]}
         if args.cold:
             print("node image from nothing...", flush=True)
-            results["cold_node_image"] = cold_image(engine)
+            results["cold_node_image"] = {"recorded_at": results["recorded_at"], **cold_image(engine)}
         if args.cold_builds:
-            results["cold_tool_builds"] = json.loads(Path(args.cold_builds).read_text())
+            print("tool builds from empty Go caches...", flush=True)
+            results["cold_tool_builds"] = {"recorded_at": results["recorded_at"], **cold_tool_builds()}
         print("time to a Ready node, warm images...", flush=True)
         results["time_to_ready"] = time_to_ready(engine, image, args.rounds)
         print("write rates...", flush=True)
-        results["write_rates"] = write_rates(args.rest, args.scale_to)
+        results["write_rates"] = write_rates(image, args.rest, args.scale_to)
     finally:
         if started_engine:
             PrivateEngine().stop()
@@ -253,12 +263,13 @@ def report(r: dict) -> str:
         lines.append(f"| {phase} | {v['seconds']:.0f} | {v['rows_per_s']:.2f} | {top} |")
     if "cold_node_image" in r:
         c = r["cold_node_image"]
-        lines += ["", "## The node image from nothing", "",
+        lines += ["", f"## The node image from nothing (measured {c['recorded_at']})", "",
                   f"{c['total_s']:.0f} s in all ({', '.join(f'{k} {v} s' for k, v in c['steps_s'].items())}); "
                   f"{c['size_mb']:.0f} MB."]
     if "cold_tool_builds" in r:
         b = r["cold_tool_builds"]
-        lines += ["", "## Cold tool builds (fresh GOCACHE, GOMODCACHE and tool cache, in this order)", "",
+        lines += ["", f"## Cold tool builds (fresh GOCACHE, GOMODCACHE and tool cache, in this order; measured "
+                      f"{b['recorded_at']})", "",
                   f"kind {b['kind_s']} s; kube-apiserver alone {b['kube_apiserver_alone_s']} s; then "
                   f"kube-controller-manager, kube-scheduler, kubelet, kubeadm and kubectl in one `go build` "
                   f"{b['other_five_commands_s']} s; kwok {b['kwok_s']} s. The machine was shared: load average "

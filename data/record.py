@@ -38,7 +38,7 @@ BLOCK_SIZE = 16384
 
 def _entry(notebook: str, lab, parameters: dict, contents: str, group: str) -> dict:
     return {"notebook": notebook, "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "kine_version": lab.manifest["kine_version"], "datastore": lab.manifest["datastore"]["kind"],
+            "kine_version": lab.model.versions["kine"], "datastore": lab.model.datastore_kind,
             "replicas": lab.replica_count, "parameters": parameters, "contents": contents,
             "command": f".venv/bin/python data/record.py {group}"}
 
@@ -49,7 +49,7 @@ def quickstart(work: Path) -> dict:
     with kl.Lab(replicas=1, datastore="sqlite") as lab:
         writes = burst([lab.client(0)], seed=1)
         current = lab.client(0).get(writes[0].key)
-        lab.capture(out)
+        kl.capture(lab, out)
         entry = _entry("01-quickstart", lab, parameters, "a capture after `burst(seed=1)`; runs row "
                        "`01-quickstart`: the acknowledged writes and a read of the first key", "quickstart")
     replay.record(out, "01-quickstart", writes=writes, current=current)
@@ -66,7 +66,7 @@ def mvcc(work: Path) -> dict:
             revisions.append(client.update(key, f"v{i}".encode(), mod_revision=revisions[-1]).revision)
         tombstone = client.delete(key, mod_revision=revisions[-1]).revision
         recreated = client.create(key, b"again").revision
-        lab.capture(out)
+        kl.capture(lab, out)
         old = {r: client.get(key, revision=r).value for r in revisions}
         stale = client.update(key, b"lost update", mod_revision=revisions[0])
         entry = _entry("02-revisions-and-mvcc", lab, parameters, "a capture of one key's chain; runs row "
@@ -178,8 +178,8 @@ def troubleshooting(work: Path) -> dict:
     import papermill
 
     notebook = DATA.parent / "notebooks" / "06-troubleshooting.ipynb"
-    papermill.execute_notebook(str(notebook), str(work / "06.ipynb"), parameters={"out_dir": str(work)},
-                               kernel_name="python3", progress_bar=False, cwd=str(work))
+    papermill.execute_notebook(str(notebook), str(work / "06.ipynb"), kernel_name="python3", progress_bar=False,
+                               parameters={"out_dir": str(work), "mode": "live"}, cwd=str(work))
     parameters = papermill.inspect_notebook(str(notebook))
     defaults = {name: value["default"] for name, value in parameters.items() if name not in ("mode", "out_dir")}
     meta = {"notebook": "06-troubleshooting", "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -14,12 +14,13 @@ import traceback
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from . import __version__
 from .drive.faults import ISOLATION_LEVELS
-from .dsn import Dsn
+from .dsn import Dsn, mask_text
 from .errors import KinelabError, UsageError
+from .provision.backends import BACKENDS
 
 out = Console(highlight=False)
 
@@ -45,7 +46,7 @@ def _replica_args(pairs: list, replicas: int) -> list:
 
 
 def _dir(args) -> Path:
-    from .provision.lab import default_dir
+    from .provision.labdir import default_dir
 
     return Path(args.dir).expanduser() if args.dir else default_dir()
 
@@ -59,25 +60,28 @@ def cmd_install(args) -> int:
     from .provision.tools import install_kine
 
     kine = install_kine(args.kine_bin, log=progress.say)
-    result = {"kine": kine.to_json()}
-    if args.kind_images:
-        from .provision.docker import ensure_engine
-        from .provision.nodeimage import ensure_lb_image, ensure_node_image
-        from .provision.tools import KIND, ensure
+    if not args.kind_images:
+        if args.json:
+            _print_json(kine.to_json())
+        else:
+            out.print(f"kine {kine.version}: {kine.path}")
+        return 0
+    from .provision.docker import ensure_engine
+    from .provision.nodeimage import ensure_lb_image, ensure_node_image
+    from .provision.tools import KIND, ensure
 
-        kind = ensure(KIND, log=progress.say)
-        engine, _ = ensure_engine(log=progress.say)
-        image = ensure_node_image(engine, log=progress.say)
-        result.update(kind=kind.to_json(), engine=engine.to_json(), node_image=image.to_json(),
-                      lb_image=ensure_lb_image(engine, log=progress.say))
+    kind = ensure(KIND, log=progress.say)
+    engine, _ = ensure_engine(log=progress.say)
+    image = ensure_node_image(engine, log=progress.say)
+    lb_image = ensure_lb_image(engine, log=progress.say)
     if args.json:
-        _print_json(result if args.kind_images else kine.to_json())
+        _print_json({"kine": kine.to_json(), "kind": kind.to_json(), "engine": engine.to_json(),
+                     "node_image": image.to_json(), "lb_image": lb_image})
     else:
         out.print(f"kine {kine.version}: {kine.path}")
-        if args.kind_images:
-            out.print(f"kind {result['kind']['version']}: {result['kind']['kind']}")
-            out.print(f"node image {image.reference} ({image.size_mb:.0f} MB; preloaded: {', '.join(image.preloaded)}) "
-                      f"in {engine.describe()}")
+        out.print(f"kind {kind.version}: {kind.path}")
+        out.print(f"node image {image.reference} ({image.size_mb:.0f} MB; preloaded: {', '.join(image.preloaded)}) "
+                  f"in {engine.describe()}")
     return 0
 
 
@@ -93,12 +97,12 @@ def cmd_docker(args) -> int:
         out.print(f"stopped kinelab's private Docker engine: removed {removed['containers']} container(s), "
                   f"{removed['networks']} network(s), {removed['volumes']} volume(s)" if removed["daemon"]
                   else "kinelab's private Docker engine was not running")
+    elif args.json:
+        engine = find_engine(private)
+        _print_json(engine.to_json() if engine else None)
     else:
         engine = find_engine(private)
-        if args.json:
-            _print_json(engine.to_json() if engine else None)
-        else:
-            out.print(engine.describe() if engine else "no Docker engine answers `docker info`")
+        out.print(engine.describe() if engine else "no Docker engine answers `docker info`")
     return 0
 
 
@@ -118,55 +122,44 @@ def cmd_doctor(args) -> int:
 
 
 def _status_table(status: dict) -> Table:
-    if status.get("backend") == "kind":
-        return _kind_status_table(status)
-    table = Table("replica", "endpoint", "pid", "alive", "revision", "note", box=None,
-                  title=f"lab {status['dir']} ({status['state']}) on {status['datastore'].get('dsn', '?')}, "
-                        f"Kine {status.get('kine_version')}")
-    for r in status["replicas"]:
-        table.add_row(str(r["index"]), r["endpoint"], str(r["pid"]), "yes" if r["alive"] else "[red]no[/]",
-                      str(r.get("revision", "")), r.get("last_log_line", "") or r.get("error", ""))
-    for a in status.get("apiservers", []):
-        table.add_row(f"apiserver {a['index']}", a["url"], str(a["pid"]), "yes" if a["alive"] else "[red]no[/]",
-                      "ready" if a["ready"] else "[red]not ready[/]", f"etcd: {', '.join(a['etcd_servers'])}")
-    return table
-
-
-def _kind_status_table(status: dict) -> Table:
-    host = status.get("host") or {}
-    table = Table("component", "where", "state", "note", box=None,
-                  title=f"kind lab {status['name']} in {status['dir']} ({status['state']}, {status['mode']}) on "
-                        f"{(host.get('datastore') or {}).get('dsn', '?')}, Kine {host.get('kine_version', '?')}")
-    for r in host.get("replicas", []):
-        table.add_row(f"kine {r['index']}", r["endpoint"], "running" if r["alive"] else "[red]stopped[/]",
-                      r.get("last_log_line", "") or r.get("error", ""))
-    for n in status["nodes"]:
-        ready = status["ready"].get(n["name"])
-        table.add_row(n["name"], f"kind {n['role']}", n["state"],
-                      "" if ready is None or n["role"] == "external-load-balancer" else
-                      ("Ready" if ready else "[red]not Ready[/]"))
-    if status.get("error"):
-        table.caption = f"[yellow]{status['error']}[/]"
+    table = Table(Column("component", no_wrap=True), Column("endpoint", overflow="fold"), "pid", "alive",
+                  Column("state", no_wrap=True), "note", box=None,
+                  title=f"lab {status['dir']} ({status['state']}, {status['backend']}) on "
+                        f"{status['datastore'].get('dsn', '?')}, Kine {status.get('kine_version')}")
+    for c in status["components"]:
+        if c["role"] == "kine":
+            state, note = str(c.get("revision", "")), c.get("last_log_line", "") or c.get("error", "")
+            state = f"revision {state}" if state else ""
+        elif c["role"] == "apiserver":
+            state, note = "ready" if c["ready"] else "[red]not ready[/]", f"etcd: {', '.join(c['etcd_servers'])}"
+        elif c["role"] == "control-plane":
+            state, note = "ready" if c["ready"] else "[red]not ready[/]", ""
+        elif c["role"] == "nodes":
+            state, note = f"{c['ready_nodes']}/{c['nodes']} nodes Ready", c.get("error", "")
+        elif c["role"] == "node":  # a kind node container
+            state = {True: "Ready", False: "[red]not Ready[/]", None: c["state"] or "[red]gone[/]"}[c["ready"]]
+            note = f"kind {c['kind_role']}" + (f"; {c['error']}" if c.get("error") else "")
+        elif c["role"] == "network":
+            state, note = c["subnet"], f"gateway {c['gateway']}; {c['engine']}"
+        elif c["role"] == "cluster":
+            state, note = "", f"kubeconfig {c['kubeconfig']}"
+        else:
+            state, note = "", ""
+        endpoint = c.get("url") or c.get("endpoint") or ""
+        table.add_row(c["name"], endpoint, str(c["pid"] or ""), "yes" if c["alive"] else "[red]no[/]", state, note)
     return table
 
 
 def cmd_up(args) -> int:
     from .provision.lab import Lab
 
-    if args.backend == "kind":
-        from .provision.kind import KindLab
-
-        lab = KindLab(args.name, dir=_dir(args), control_planes=args.control_planes, workers=args.workers,
-                      replicas=args.replicas, mode=args.mode, datastore=args.datastore,
-                      kine_args=_kv(args.kine_arg, "--kine-arg")).start(owned=False)
-    else:
-        lab = Lab(replicas=args.replicas, datastore=args.datastore, dir=_dir(args), kine_bin=args.kine_bin,
-                  datastore_settings=_kv(args.datastore_setting, "--datastore-setting"),
-                  kine_args=_kv(args.kine_arg, "--kine-arg"),
-                  replica_args=_replica_args(args.replica_arg, args.replicas),
-                  allow_shared_sqlite=args.allow_shared_sqlite, base_port=args.base_port, apiservers=args.apiservers,
-                  mode=args.mode, apiserver_args=_kv(args.apiserver_arg, "--apiserver-arg"))
-        lab.start(owned=False)
+    lab = Lab(replicas=args.replicas, datastore=args.datastore, backend=args.backend, dir=_dir(args),
+              kine_bin=args.kine_bin, datastore_settings=_kv(args.datastore_setting, "--datastore-setting"),
+              kine_args=_kv(args.kine_arg, "--kine-arg"), replica_args=_replica_args(args.replica_arg, args.replicas),
+              allow_shared_sqlite=args.allow_shared_sqlite, base_port=args.base_port, apiservers=args.apiservers,
+              mode=args.mode, apiserver_args=_kv(args.apiserver_arg, "--apiserver-arg"), nodes=args.nodes,
+              controllers=args.controllers or None, workers=args.workers, cluster_name=args.name or "")
+    lab.start(owned=False)
     status = lab.status()
     if args.json:
         _print_json(status)
@@ -177,9 +170,9 @@ def cmd_up(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .provision.backends import attach_lab
+    from .provision.lab import Lab
 
-    status = attach_lab(_dir(args)).status()
+    status = Lab.attach(_dir(args)).status()
     if args.json:
         _print_json(status)
     else:
@@ -188,28 +181,65 @@ def cmd_status(args) -> int:
 
 
 def cmd_down(args) -> int:
-    from .provision.backends import attach_lab
-    from .provision.lab import purge, read_manifest
+    from .provision.lab import Lab
+    from .provision.labdir import LabDir
 
-    path = _dir(args).resolve()
-    manifest = read_manifest(path)
-    if manifest is None:
-        raise UsageError(f"no lab in {path}: nothing to stop (already removed?)")
-    kind = manifest.get("backend") == "kind"
-    stopped = 0 if kind and args.purge and manifest.get("state") == "stopped" else attach_lab(path).down()
-    if args.purge:
-        if kind and (path / "host").is_dir():
-            purge(path / "host")  # the kind lab's datastore and Kine
-        purge(path)
-    what = "container(s)" if manifest.get("backend") == "kind" else "process(es)"
-    out.print(f"stopped {stopped} {what} of the lab in {path}" + ("; removed it" if args.purge else ""))
+    labdir = LabDir(_dir(args))
+    if not labdir.manifest_path.exists():
+        raise UsageError(f"no lab in {labdir.path}: nothing to stop (already removed?)")
+    if not labdir.is_kinelab():
+        labdir.read()  # refuses, in one line, a file that is not a kinelab manifest
+    model = labdir.read_if_current()
+    # Safe to repeat, on every backend (like `kind delete cluster`): a stopped lab is swept again for anything
+    # left running, and that is not an error.
+    was = model.state if model else None
+    if not args.purge:
+        stopped = Lab.attach(labdir.path).down()
+    else:  # with --purge, also a manifest this version cannot read: its pid files still name its processes
+        stopped = labdir.sweep(model)
+        labdir.purge()
+    what = "process(es) and container(s)" if model and model.by_role("node") else "process(es)"
+    said = f"stopped {stopped} {what} of the lab in {labdir.path}" if stopped or was != "stopped" else \
+        f"the lab in {labdir.path} was already stopped; nothing was running"
+    out.print(said + ("; removed it" if args.purge else ""))
     return 0
 
 
-def cmd_dsn(args) -> int:
-    from .provision.backends import attach_lab
+def cmd_labs(args) -> int:
+    from .provision.lab import prune_labs, stale_labs
 
-    print(attach_lab(_dir(args)).dsn.url)
+    labs = stale_labs(include_running=not args.prune)
+    if args.prune:
+        removed = prune_labs(labs)
+        for entry in removed:
+            out.print(f"removed {entry['what']} {entry['path']} ({_size(entry['bytes'])})")
+        out.print(f"removed {len(removed)} stale lab(s) and data set(s)" if removed else "nothing stale to remove")
+        return 0
+    if args.json:
+        _print_json(labs)
+        return 0
+    table = Table("lab", "state", "kept", "size", "where", box=None, title="labs on this machine")
+    for entry in labs:
+        table.add_row(entry["id"] or "-", entry["state"], "yes" if entry["keep"] else "no (temporary)",
+                      _size(entry["bytes"]), entry["path"])
+    out.print(table)
+    out.print("`kinelab labs --prune` removes the stale ones (stopped temporary labs, labs whose owner died, data "
+              "no lab uses); `kinelab down --dir DIR --purge` removes one kept lab")
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def cmd_dsn(args) -> int:
+    from .provision.lab import Lab
+
+    print(Lab.attach(_dir(args)).dsn.url)
     return 0
 
 
@@ -220,12 +250,12 @@ def cmd_capture(args) -> int:
     if len(sources) != 1:
         raise UsageError("name exactly one source: --dir LAB, --dsn DSN or --sqlite PATH")
     if args.dir:
-        from .provision.backends import attach_lab
+        from .provision.lab import Lab
 
-        snap = attach_lab(args.dir).capture(args.out, incremental=args.incremental)
+        source = Lab.attach(args.dir).dsn
     else:
         source = Dsn.parse(args.dsn) if args.dsn else Dsn.sqlite(Path(args.sqlite))
-        snap = capture(source, args.out, incremental=args.incremental)
+    snap = capture(source, args.out, incremental=args.incremental)
     if args.json:
         _print_json(snap.to_json())
     else:
@@ -239,7 +269,7 @@ def _lab(args):
     from .provision.lab import Lab
 
     lab = Lab.attach(_dir(args))
-    if lab.manifest.get("state") != "running":
+    if lab.model.state != "running":
         raise UsageError(f"the lab in {lab.dir} is not running; start it with `kinelab up --dir {lab.dir}`")
     return lab
 
@@ -264,7 +294,7 @@ def cmd_load(args) -> int:
     from .observe.runs import load
 
     summary = load(_lab(args), args.out, mix=args.mix, rate=args.rate, duration_s=args.duration, ops=args.ops,
-                   spread=_spread(args.spread), workers=args.workers, seed=args.seed)
+                   spread=_spread(args.spread), workers=args.workers, seed=args.seed, through=args.through)
     if args.json:
         _print_json(summary)
     else:
@@ -345,14 +375,18 @@ def cmd_fault(args) -> int:
 
     from .drive.faults import FaultInjector
 
-    if (args.action in REPLICA_FAULTS) != (args.replica is not None):
-        raise UsageError(f"`fault {args.action}` " + ("needs --replica INDEX" if args.action in REPLICA_FAULTS
-                                                      else "acts on the database; drop --replica"))
+    if args.replica is not None and args.component:
+        raise UsageError("name either --replica INDEX or --component NAME, not both")
+    target = args.replica if args.replica is not None else args.component
+    if (args.action in REPLICA_FAULTS) != (target is not None):
+        raise UsageError(f"`fault {args.action}` " + ("needs --replica INDEX or --component NAME"
+                                                      if args.action in REPLICA_FAULTS
+                                                      else "acts on the database; drop --replica/--component"))
     if (args.action == "isolation") != (args.level is not None):
         raise UsageError("`fault isolation` needs --level" if args.action == "isolation"
                          else f"--level applies to `fault isolation` only, not {args.action}")
     injector = FaultInjector(_lab(args))
-    options = {"replica": args.replica} if args.action in REPLICA_FAULTS else \
+    options = {"replica": target} if args.action in REPLICA_FAULTS else \
         {"level": args.level} if args.action == "isolation" else \
         {"hold_ms": args.hold_ms, "period_ms": args.period_ms} if args.action == "slow" else {}
     detail = injector.inject(args.action, **options)
@@ -362,8 +396,8 @@ def cmd_fault(args) -> int:
             time.sleep(args.seconds)
     finally:
         detail = injector.inject("slow-stop") if args.action == "slow" else detail
-    target = f"replica {args.replica}" if args.replica is not None else "database"
-    out.print(f"{target}: {args.action} done" + (f" ({detail})" if detail else ""))
+    what = f"replica {target}" if isinstance(target, int) else target or "database"
+    out.print(f"{what}: {args.action} done" + (f" ({detail})" if detail else ""))
     return 0
 
 
@@ -454,16 +488,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-shared-sqlite", action="store_true",
                    help="allow several replicas on one SQLite file (unsupported, k3s-io/kine#499; for the lesson)")
     p.add_argument("--kine-bin", help="use this Kine binary (also KINELAB_KINE_BIN)")
-    p.add_argument("--backend", default="local", choices=["local", "kind"],
+    p.add_argument("--backend", default="local", choices=list(BACKENDS),
                    help="local: processes on loopback (default); kind: containers, needs a Docker engine")
-    p.add_argument("--control-planes", type=int, default=1, help="kind backend: control-plane nodes")
-    p.add_argument("--workers", type=int, default=0, help="kind backend: worker nodes")
-    p.add_argument("--name", default="kinelab", help="kind backend: the cluster's name (unique per Docker engine)")
-    p.add_argument("--apiservers", type=int, default=0, help="real kube-apiservers in front of the replicas")
+    p.add_argument("--apiservers", type=int, default=0, help="real kube-apiservers in front of the replicas (kind: "
+                   "control-plane nodes, one unless told more)")
+    p.add_argument("--workers", type=int, default=0, help="kind: worker nodes")
+    p.add_argument("--name", help="kind: the cluster's name, unique on its Docker engine (default kinelab)")
     p.add_argument("--mode", default="shared-db", choices=["shared-db", "single-kine", "hybrid"],
                    help="shared-db: apiserver i on replica i; single-kine: all on replica 0; hybrid: all on all")
     p.add_argument("--apiserver-arg", action="append", metavar="KEY=VALUE",
                    help="a kube-apiserver flag, e.g. watch-cache=false")
+    p.add_argument("--nodes", type=int, default=0, help="simulated nodes (kwok), with a controller-manager and a "
+                   "scheduler per apiserver (one apiserver unless --apiservers says more)")
+    p.add_argument("--controllers", action="store_true",
+                   help="a controller-manager and a scheduler per apiserver, also without --nodes")
     p.add_argument("--json", action="store_true")
 
     p = add("status", cmd_status, "show each replica of a lab: alive, revision, last log line if dead")
@@ -473,6 +511,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("down", cmd_down, "stop every process of a lab")
     lab_dir(p)
     p.add_argument("--purge", action="store_true", help="also delete the lab directory and its data")
+
+    p = add("labs", cmd_labs, "list the labs on this machine and what they take; --prune removes the stale ones")
+    p.add_argument("--prune", action="store_true", help="remove stopped temporary labs, labs whose owner died, "
+                   "and data no lab uses")
+    p.add_argument("--json", action="store_true")
 
     p = add("dsn", cmd_dsn, "print the lab datastore's full DSN, password included (for psql or mysql)")
     lab_dir(p)
@@ -485,12 +528,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--incremental", action="store_true", help="store only rows new since the previous snapshot")
     p.add_argument("--json", action="store_true")
 
+    from .drive.kube import KUBE_MIXES
     from .drive.workload import MIXES
 
     def run_flags(p, rate, duration):
         lab_dir(p)
         p.add_argument("--out", required=True, help="DuckDB file for the results (and a capture of the table)")
-        p.add_argument("--mix", default="configmaps", choices=list(MIXES))
+        p.add_argument("--mix", default="configmaps", choices=sorted(set(MIXES) | set(KUBE_MIXES)))
         p.add_argument("--rate", type=float, default=rate, help="target operations per second, default "
                        + ("flat out" if rate is None else f"{rate:g}"))
         p.add_argument("--duration", type=float, default=duration, help="seconds")
@@ -500,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("load", cmd_load, "drive a Kubernetes-shaped mix through the lab; record every acknowledged write")
     run_flags(p, None, 10.0)
     p.add_argument("--ops", type=int, help="stop after this many operations instead of --duration")
+    p.add_argument("--through", default="kine", choices=["kine", "apiservers"],
+                   help="kine: the replicas' etcd API (default); apiservers: the kube-apiservers, with the mixes "
+                        f"{', '.join(KUBE_MIXES)}")
     p.add_argument("--spread", default="round-robin", help="round-robin, random, or a replica index to pin to")
     p.add_argument("--workers", type=int, default=1, help="concurrent writers")
 
@@ -529,7 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
             "its default isolation level")
     p.add_argument("action", choices=[*REPLICA_FAULTS, "db-stop", "db-start", "db-restart", "terminate", "slow",
                                       "isolation"])
-    p.add_argument("--replica", type=int, help="the replica, for kill, pause, resume and restart")
+    p.add_argument("--replica", type=int, help="the Kine replica, for kill, pause, resume and restart")
+    p.add_argument("--component", help="or any component by name (kube-apiserver-0, postgres, ...), as `kinelab "
+                   "status` lists them")
     p.add_argument("--level", choices=ISOLATION_LEVELS,
                    help="for isolation: the database's new default level")
     p.add_argument("--seconds", type=float, default=30, help="for slow: how long (default 30)")
@@ -562,7 +611,7 @@ def main(argv=None) -> int:
         print(f"kinelab: error: {first}", file=sys.stderr)
         if args.verbose:
             print(message, file=sys.stderr)
-            traceback.print_exc()
+            print(mask_text(traceback.format_exc()), file=sys.stderr, end="")
         return exc.exit_code
     except KeyboardInterrupt:
         print("kinelab: interrupted; everything it started has been stopped", file=sys.stderr)

@@ -27,7 +27,7 @@ def connect_postgres(dsn: Dsn, *, database: str | None = None, read_only: bool =
                                application_name="kinelab")
     except psycopg.OperationalError as exc:
         reason = mask_text(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
-        raise DatastoreError(f"cannot connect to Postgres {dsn.masked}: {reason}; {_hint(dsn)}") from None
+        raise DatastoreError(f"cannot connect to Postgres {dsn.masked}: {reason}; {_hint(dsn)}") from exc
     if read_only:
         conn.read_only = True
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -50,7 +50,7 @@ def connect_mysql(dsn: Dsn, *, database: str | None = None, read_only: bool = Fa
         conn = pymysql.connect(**kwargs)
     except pymysql.err.MySQLError as exc:
         reason = exc.args[1] if len(exc.args) > 1 else str(exc)
-        raise DatastoreError(f"cannot connect to MySQL {dsn.masked}: {mask_text(str(reason))}; {_hint(dsn)}") from None
+        raise DatastoreError(f"cannot connect to MySQL {dsn.masked}: {mask_text(str(reason))}; {_hint(dsn)}") from exc
     return conn
 
 
@@ -64,7 +64,7 @@ def connect_sqlite(path: Path, *, read_only: bool = True) -> sqlite3.Connection:
         conn = sqlite3.connect(f"file:{path.resolve()}?mode={mode}", uri=True, timeout=30, check_same_thread=False)
         conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
     except sqlite3.DatabaseError as exc:
-        raise DatastoreError(f"{path} is not a readable SQLite database ({exc})") from None
+        raise DatastoreError(f"{path} is not a readable SQLite database ({exc})") from exc
     return conn
 
 

@@ -18,7 +18,9 @@ from .errors import UsageError
 
 MASK = "****"
 SQLITE_PARAMS = "_journal_mode=WAL&cache=shared&_busy_timeout=30000&_txlock=immediate"
-_GO_MYSQL = re.compile(r"^(?P<user>[^:@/]*)(?::(?P<password>[^@]*))?@tcp\((?P<host>[^:)]+)(?::(?P<port>\d+))?\)/(?P<db>[^?]*)(?:\?(?P<query>.*))?$")
+# Kine's MySQL DSN, as the Go driver writes it: user:password@tcp(host:port)/db?params
+_GO_MYSQL = re.compile(r"^(?P<user>[^:@/]*)(?::(?P<password>[^@]*))?@tcp\((?P<host>[^:)]+)(?::(?P<port>\d+))?\)/"
+                       r"(?P<db>[^?]*)(?:\?(?P<query>.*))?$")
 
 
 def generate_password(length: int = 24) -> str:
@@ -68,7 +70,7 @@ class Dsn:
         try:
             port = url.port or default_port
         except ValueError as exc:
-            raise UsageError(f"bad port in DSN {mask_text(text)!r}: {exc}") from None
+            raise UsageError(f"bad port in DSN {mask_text(text)!r}: {exc}") from exc
         return cls(kind, host=url.hostname or "127.0.0.1", port=port, user=unquote(url.username or ""),
                    password=unquote(url.password or ""), database=url.path.lstrip("/") or "kubernetes",
                    params=dict(parse_qsl(url.query)))

@@ -86,7 +86,7 @@ class WatchBatch:
 def _raise(exc: grpc.RpcError, what: str):
     code = exc.code().name if hasattr(exc, "code") and exc.code() else "UNKNOWN"
     detail = exc.details() if hasattr(exc, "details") else str(exc)
-    raise EtcdError(f"{what}: {detail} ({code})", code) from None
+    raise EtcdError(f"{what}: {detail} ({code})", code) from exc
 
 
 class Etcd:

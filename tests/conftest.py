@@ -25,7 +25,7 @@ os.environ.setdefault("KINELAB_PROGRESS", "0")
 def remove_root_postgres_data():
     """As root, a lab's Postgres data lives under /var/lib/kinelab/postgres, outside pytest's tmp dirs:
     remove what this session created once every lab is stopped."""
-    from kinelab.provision.datastores import ROOT_PG_HOME
+    from kinelab.provision.labdir import ROOT_PG_HOME
 
     before = set(ROOT_PG_HOME.iterdir()) if ROOT_PG_HOME.is_dir() else set()
     yield
@@ -131,10 +131,16 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
-def lab_pids(manifest: dict) -> list:
-    from kinelab.provision.lab import manifest_records
+def lab_pids(model) -> list:
+    """The pids a lab's manifest (a `LabModel`) records."""
+    return [r.pid for r in model.records]
 
-    return [r.pid for r in manifest_records(manifest)]
+
+def read_model(lab_dir):
+    """The manifest of the lab in `lab_dir`, as the typed model."""
+    from kinelab.provision.labdir import LabDir
+
+    return LabDir(lab_dir).read()
 
 
 def all_gone(pids, timeout_s: float = 15.0) -> bool:

@@ -1,11 +1,13 @@
-"""kind clusters on Kine, for real: Docker (the session's engine), the offline node image, kind, kubeadm, real
-kubelets and pods, Kine and embedded Postgres on the host. The config is also decoded strictly into kind's
-and kubeadm's published Go types (kinelab/provision/kindcheck, built once into the tool cache)."""
+"""kind clusters on Kine, for real: `Lab(backend="kind")` with Docker (the session's engine), the offline node
+image, kind, kubeadm, real kubelets and pods, Kine and embedded Postgres on the host. The config is also decoded
+strictly into kind's and kubeadm's published Go types (kinelab/provision/kindcheck, built once into the tool
+cache)."""
 
 from __future__ import annotations
 
 import json
-import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,14 +16,14 @@ import pytest
 import yaml
 
 import kinelab as kl
-from conftest import assert_one_line_error, run_cli, wait_until
+from conftest import REPO, all_gone, lab_pids, read_model, run_cli, wait_until
 from kinelab.errors import ToolError, UsageError
 from kinelab.provision import kind as k
 from kinelab.provision import nodeimage
 from kinelab.provision.docker import mounts_below
+from kinelab.provision.tools import find_go
 
-needs_go = pytest.mark.skipif(shutil.which("go") is None, reason="Go is needed to build the kind config checker")
-cluster_test = [pytest.mark.slow, pytest.mark.timeout(3600)]  # the first run builds the images (minutes)
+needs_go = pytest.mark.skipif(find_go() is None, reason="Go is needed to build the kind config checker")
 KINE = ["198.19.7.1:2001", "198.19.7.1:2002", "198.19.7.1:2003"]
 
 
@@ -42,7 +44,8 @@ def test_each_mode_gives_the_apiservers_their_kine():
 
 
 def test_the_config_turns_off_what_nobody_can_pull_and_fails_fast():
-    config = k.cluster_config("lab", ["http://198.19.7.1:2001"], node_image="kinelab/node:x", workers=2)
+    config = k.cluster_config("lab", ["http://198.19.7.1:2001"], node_image="kinelab/node:x", workers=2,
+                              apiserver_args={"watch-cache": False, "v": 2})
     assert config["networking"] == {"apiServerAddress": "127.0.0.1", "disableDefaultCNI": True,
                                     "kubeProxyMode": "none"}
     assert [n["role"] for n in config["nodes"]] == ["control-plane", "worker", "worker"]
@@ -50,6 +53,9 @@ def test_the_config_turns_off_what_nobody_can_pull_and_fails_fast():
     found = patches(config)
     assert found["ClusterConfiguration"]["etcd"] == {"external": {"endpoints": ["http://198.19.7.1:2001"]}}
     assert found["ClusterConfiguration"]["dns"] == {"disabled": True}
+    # --apiserver-arg reaches the apiservers in the nodes as kubeadm's extraArgs
+    assert found["ClusterConfiguration"]["apiServer"] == {"extraArgs": [{"name": "watch-cache", "value": "false"},
+                                                                        {"name": "v", "value": "2"}]}
     assert found["InitConfiguration"]["timeouts"] == {"kubeletHealthCheck": "40s"}
     assert found["KubeletConfiguration"] == {"apiVersion": "kubelet.config.k8s.io/v1beta1",
                                              "kind": "KubeletConfiguration", "failCgroupV1": False}
@@ -72,17 +78,34 @@ def test_several_control_planes_get_a_placeholder_etcd_ca_and_their_own_kine_fil
         k.cluster_config("lab", [], node_image="i", control_planes=2)
 
 
+def test_nodes_are_named_as_kind_names_them():
+    assert k.node_names("lab", 2, 2) == [
+        ("lab-control-plane", "control-plane"), ("lab-control-plane2", "control-plane"), ("lab-worker", "worker"),
+        ("lab-worker2", "worker"), ("lab-external-load-balancer", "external-load-balancer")]
+    assert k.node_names("lab", 1, 0) == [("lab-control-plane", "control-plane")]
+
+
 @pytest.mark.parametrize("kwargs, says", [
     ({"mode": "sideways"}, "unknown mode 'sideways'"),
-    ({"name": "Upper_Case"}, "must be lowercase letters"),
+    ({"cluster_name": "Upper_Case"}, "must be lowercase letters"),
     ({"workers": -1}, "--workers cannot be negative"),
-    ({"control_planes": 0}, "at least one control-plane node"),
     ({"replicas": 0}, "at least one Kine replica"),
+    ({"nodes": 3}, "simulated nodes (--nodes) are the local backend's"),
+    ({"controllers": False}, "always run a controller-manager and a scheduler"),
 ])
-def test_bad_lab_arguments_are_refused_before_anything_starts(tmp_path, kwargs, says):
-    with pytest.raises(UsageError, match=says):
-        k.KindLab(**{"name": "kl-bad", "dir": tmp_path / "lab", **kwargs})
+def test_what_kind_cannot_do_is_refused_before_anything_starts(tmp_path, kwargs, says):
+    with pytest.raises(UsageError) as info:
+        kl.Lab(**{"backend": "kind", "dir": tmp_path / "lab", **kwargs})
+    assert says in str(info.value) and "\n" not in str(info.value)
     assert not (tmp_path / "lab").exists()
+
+
+def test_on_kind_every_apiserver_is_a_control_plane_node_with_its_controllers(tmp_path):
+    lab = kl.Lab(backend="kind", replicas=2, dir=tmp_path / "lab")
+    assert (lab.spec.apiservers, lab.spec.controllers, lab.spec.workers) == (1, True, 0)
+    assert kl.Lab(backend="kind", apiservers=3, workers=2, cluster_name="x").spec.apiservers == 3
+    with pytest.raises(UsageError, match="kind's"):  # and the other way round
+        kl.Lab(backend="local", kubelet_config={"maxPods": 20})
 
 
 @needs_go
@@ -90,7 +113,7 @@ def test_bad_lab_arguments_are_refused_before_anything_starts(tmp_path, kwargs, 
 def test_generated_config_decodes_strictly_into_the_published_types(tmp_path, mode, control_planes):
     endpoints, own = k.kine_endpoints(mode, KINE, control_planes)
     config = k.cluster_config("kinelab", endpoints, node_image="kinelab/node:x", control_planes=control_planes,
-                              workers=1, etcd_ca_dir=tmp_path / "ca",
+                              workers=1, etcd_ca_dir=tmp_path / "ca", apiserver_args={"watch-cache": "false"},
                               kine_files=[tmp_path / f"k{i}" for i in range(control_planes)] if own else None)
     assert k.validate_kind_config(k.config_yaml(config)) == []
 
@@ -101,9 +124,11 @@ def test_generated_config_decodes_strictly_into_the_published_types(tmp_path, mo
     ("external:", "externl:", 'unknown field "etcd.externl"'),
     ("kubeletHealthCheck", "kubeletHealtCheck", 'unknown field "timeouts.kubeletHealtCheck"'),
     ("failCgroupV1", "failCGroupV1", 'unknown field "failCGroupV1"'),
+    ("extraArgs", "extraArg", 'unknown field "apiServer.extraArg"'),
 ])
 def test_a_misspelt_field_fails_validation(old, new, expected):
-    text = k.config_yaml(k.cluster_config("kinelab", ["http://198.19.7.1:2001"], node_image="i"))
+    text = k.config_yaml(k.cluster_config("kinelab", ["http://198.19.7.1:2001"], node_image="i",
+                                          apiserver_args={"v": 2}))
     assert old in text
     errors = k.validate_kind_config(text.replace(old, new, 1))
     assert any(expected in e for e in errors), errors
@@ -136,6 +161,9 @@ def test_lab_networks_take_free_subnets_outside_the_private_ranges(docker_engine
         assert first.subnet != second.subnet
         with pytest.raises(UsageError, match="already exists"):
             k.create_network(docker_engine, names[0])
+        planned = k.free_subnet(docker_engine)  # a planned subnet is used when still free
+        assert k.create_network(docker_engine, "kinelab-test-net-2", subnet=str(planned)).subnet == str(planned)
+        names.append("kinelab-test-net-2")
     finally:
         assert all(k.remove_network(docker_engine, name) for name in names)
     assert not k.remove_network(docker_engine, names[0])
@@ -157,34 +185,46 @@ def test_the_node_image_is_kind_shaped(docker_engine, node_image):
 
 
 # --- real clusters -----------------------------------------------------------------------------------------
-def workload(image: str, replicas: int) -> str:
-    return json.dumps({
+def components(status: dict, role: str) -> list:
+    return [c for c in status["components"] if c["role"] == role]
+
+
+def containers(engine, cluster: str) -> bytes:
+    return engine.docker("ps", "-aq", "--filter", f"label=io.x-k8s.kind.cluster={cluster}").stdout
+
+
+def web(image: str, replicas: int) -> dict:
+    """A Deployment of the preloaded workload image, available only once the program answers its probe."""
+    return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "default"},
         "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
                  "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
                      "tolerations": [{"operator": "Exists"}],
                      "containers": [{"name": "web", "image": image, "imagePullPolicy": "Never",
                                      "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080},
-                                                        "periodSeconds": 2}}]}}}})
+                                                        "periodSeconds": 2}}]}}}}
 
 
 def kine_peers(lab: kl.Lab) -> dict:
     """Replica endpoint -> the addresses connected to it (the apiservers' nodes, or their forwarders)."""
     peers = {}
     for replica in lab.status()["replicas"]:
-        host, port = replica["endpoint"].rsplit(":", 1)
+        port = int(replica["endpoint"].rsplit(":", 1)[1])
         conns = psutil.Process(replica["pid"]).net_connections("tcp")
         peers[replica["endpoint"]] = {c.raddr.ip for c in conns if c.status == psutil.CONN_ESTABLISHED
-                                      and c.laddr.port == int(port) and c.raddr}
+                                      and c.laddr.port == port and c.raddr}
     return peers
 
 
 def rows(capture: Path, sql: str) -> list:
-    con = kl.open_capture(capture)
-    try:
+    with kl.open_capture(capture) as con:
         return con.execute(sql).fetchall()
-    finally:
-        con.close()
+
+
+def nothing_left(engine, lab_dir: Path, name: str) -> None:
+    assert containers(engine, name) == b""
+    assert engine.docker("network", "inspect", f"kinelab-{name}", check=False).returncode != 0
+    assert all_gone(lab_pids(read_model(lab_dir)))
 
 
 @pytest.fixture(scope="module")
@@ -192,44 +232,50 @@ def shared_db_cluster(docker_engine, node_image, tmp_path_factory):
     """`kinelab up --backend kind`: two control planes, each apiserver on its own Kine, one worker."""
     lab_dir = tmp_path_factory.mktemp("kind") / "lab"
     started = time.monotonic()
-    result = run_cli("up", "--backend", "kind", "--name", "kl-test-shared", "--mode", "shared-db",
-                     "--control-planes", 2, "--workers", 1, "--replicas", 2, "--dir", lab_dir, "--json", timeout=1200)
+    result = run_cli("up", "--backend", "kind", "--name", "kl-test-shared", "--mode", "shared-db", "--apiservers", 2,
+                     "--workers", 1, "--replicas", 2, "--dir", lab_dir, "--json", timeout=1200)
     print(f"kinelab up --backend kind: {time.monotonic() - started:.0f}s")
     assert result.returncode == 0, result.stderr
     try:
         yield json.loads(result.stdout)
     finally:  # the down test stops and removes it; this is for a run that failed before
-        if (lab_dir / "lab.json").exists() and k.KindLab.attach(lab_dir).state != "stopped":
+        if (lab_dir / "lab.json").exists():
             run_cli("down", "--dir", lab_dir, timeout=600)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_a_cluster_on_kine_runs_pods_and_writes_what_a_cluster_writes(shared_db_cluster, node_image, tmp_path):
+    from kubernetes import client
+
     status = shared_db_cluster
-    lab = k.KindLab.attach(status["dir"])
-    print("timings", status["timings_s"])
-    assert status["state"] == "running" and status["mode"] == "shared-db"
-    nodes = {n["name"]: n["role"] for n in status["nodes"]}
+    lab = kl.Lab.attach(status["dir"])
+    cluster, = components(status, "cluster")
+    print("start times", {c.name: c.start_s for c in lab.model.components}, "kind", cluster)
+    assert status["state"] == "running" and status["mode"] == "shared-db" and status["backend"] == "kind"
+    assert all(c["alive"] for c in status["components"]), status["components"]
+    nodes = {n["name"]: n["kind_role"] for n in components(status, "node")}
     assert sorted(nodes.values()) == ["control-plane", "control-plane", "external-load-balancer", "worker"]
-    assert all(status["ready"].values()) and len(status["ready"]) == 3
+    assert [n["ready"] for n in components(status, "node") if n["kind_role"] != "external-load-balancer"] == \
+        [True] * 3
+    assert status["kubeconfig"] == cluster["kubeconfig"] and Path(status["kubeconfig"]).is_file()
 
     # shared-db: each apiserver (one per control-plane node) talks to its own Kine and to no other
-    addresses = {n["name"]: lab.engine.docker("inspect", "--format", "{{range .NetworkSettings.Networks}}"
-                                              "{{.IPAddress}}{{end}}", n["name"]).stdout.decode().strip()
-                 for n in status["nodes"]}
-    control_planes = sorted(a for name, a in addresses.items() if nodes[name] == "control-plane")
-    peers = kine_peers(lab.lab)
-    assert sorted(p for ps in peers.values() for p in ps) == control_planes, peers
-    assert all(len(ps) == 1 for ps in peers.values()), peers
+    apiservers = status["apiservers"]
+    assert [a["etcd_servers"] for a in apiservers] == [[f"http://{r['endpoint']}"] for r in status["replicas"]]
+    assert all(a["ready"] for a in apiservers) and [a["node"] for a in apiservers] == \
+        ["kl-test-shared-control-plane", "kl-test-shared-control-plane2"]
+    addresses = [a["url"].split("//")[1].split(":")[0] for a in apiservers]
+    peers = kine_peers(lab)
+    assert [peers[r["endpoint"]] for r in status["replicas"]] == [{a} for a in addresses], peers
 
-    # real pods: the preloaded workload image, ready only once the program answers its probe
-    cluster = lab.cluster
-    cluster.kubectl("apply", "-f", "-", input=workload(node_image.workload_image, 3))
-    wait_until(lambda: json.loads(cluster.kubectl("get", "deployment", "web", "-o", "json").stdout)["status"]
-               .get("availableReplicas") == 3, timeout_s=120, interval_s=1, what="3 available replicas")
-    pods = json.loads(cluster.kubectl("get", "pods", "-l", "app=web", "-o", "json").stdout)["items"]
-    assert {p["spec"]["nodeName"] for p in pods} <= set(nodes) and all(p["status"].get("podIP") for p in pods)
+    # real pods, through the lab's own client for apiserver 1: the preloaded workload image
+    apps = client.AppsV1Api(lab.kubernetes_client(1))
+    apps.create_namespaced_deployment("default", web(node_image.workload_image, 3))
+    wait_until(lambda: apps.read_namespaced_deployment("web", "default").status.available_replicas == 3,
+               timeout_s=120, interval_s=1, what="3 available replicas")
+    pods = client.CoreV1Api(lab.kubernetes_client(0)).list_namespaced_pod("default", label_selector="app=web").items
+    assert {p.spec.node_name for p in pods} <= set(nodes) and all(p.status.pod_ip for p in pods)
 
     # what the kubelets, controller-manager and scheduler wrote is in Kine's table
     capture = tmp_path / "kind.duckdb"
@@ -238,7 +284,7 @@ def test_a_cluster_on_kine_runs_pods_and_writes_what_a_cluster_writes(shared_db_
                        "namespace = 'kube-node-lease' GROUP BY 1")
 
     def renewed() -> bool:  # each node renews its Lease every 10 s
-        lab.capture(capture, incremental=True)
+        kl.capture(lab, capture, incremental=True)
         return all(count >= 3 for _, count in rows(capture, node_leases_sql))
 
     wait_until(renewed, timeout_s=60, interval_s=2, what="three writes of every node's Lease")
@@ -258,58 +304,110 @@ def test_a_cluster_on_kine_runs_pods_and_writes_what_a_cluster_writes(shared_db_
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_load_through_the_apiservers_of_a_kind_cluster(shared_db_cluster, tmp_path):
+    out = tmp_path / "load.duckdb"
+    result = run_cli("load", "--dir", shared_db_cluster["dir"], "--through", "apiservers", "--mix", "configmaps",
+                     "--ops", 40, "--workers", 2, "--out", out, "--json", timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["writes"] > 0
+    by_apiserver = dict(rows(out, "SELECT replica, count(*) FROM writes GROUP BY 1"))
+    assert set(by_apiserver) == {0, 1}, by_apiserver  # round-robin over both control planes
+    # every acknowledged write is the row the capture holds at that revision
+    assert rows(out, "SELECT count(*) FROM writes w LEFT JOIN kine_rows k ON k.id = w.revision AND k.name = w.key "
+                     "WHERE k.id IS NULL")[0][0] == 0
+    # deployments: the controller-manager, the scheduler and the real kubelets do the rest
+    out = tmp_path / "deployments.duckdb"
+    deployments = run_cli("load", "--dir", shared_db_cluster["dir"], "--through", "apiservers", "--mix",
+                          "deployments", "--ops", 12, "--out", out, "--json", timeout=600)
+    assert deployments.returncode == 0, deployments.stderr
+    lab = kl.Lab.attach(shared_db_cluster["dir"])
+
+    def pods_run() -> int:  # pods bound by the scheduler (an update), then their status written by a kubelet
+        kl.capture(lab, out, incremental=True)
+        return rows(out, "SELECT count(*) FROM (SELECT object_name FROM kine_ops WHERE resource = 'pods' AND op = "
+                         "'update' AND object_name LIKE 'deploy-%' GROUP BY 1 HAVING count(*) >= 2)")[0][0]
+
+    wait_until(pods_run, timeout_s=120, interval_s=3, what="a kubelet to write a deployment's pod status")
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_second_cluster_of_the_same_name_is_refused_and_harms_nothing(shared_db_cluster, tmp_path):
-    before = k.KindLab.attach(shared_db_cluster["dir"]).cluster.containers()
-    clash = k.KindLab("kl-test-shared", dir=tmp_path / "clash", replicas=1)
-    with pytest.raises(UsageError, match="a kind cluster named kl-test-shared already exists"):
-        clash.start(log=lambda _: None)
-    assert k.KindLab.attach(shared_db_cluster["dir"]).cluster.containers() == before
-    assert all(n["state"] == "running" for n in before)
-    assert json.loads((tmp_path / "clash" / "lab.json").read_text())["state"] == "stopped"
+def test_a_second_cluster_of_the_same_name_is_refused_and_harms_nothing(shared_db_cluster, docker_engine, tmp_path):
+    before = containers(docker_engine, "kl-test-shared")
+    clash = kl.Lab(backend="kind", cluster_name="kl-test-shared", replicas=1, dir=tmp_path / "clash")
+    with pytest.raises(UsageError) as info:
+        clash.start()
+    assert "a kind cluster named kl-test-shared already exists" in str(info.value)
+    assert containers(docker_engine, "kl-test-shared") == before
+    assert kl.Lab.attach(shared_db_cluster["dir"]).status()["state"] == "running"
+    assert not (tmp_path / "clash" / "lab.json").exists()  # refused before anything was planned or started
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_status_down_and_down_again(shared_db_cluster, docker_engine):
-    lab_dir = shared_db_cluster["dir"]
+    lab_dir = Path(shared_db_cluster["dir"])
     table = run_cli("status", "--dir", lab_dir)
     assert table.returncode == 0 and "kl-test-shared-control-plane2" in table.stdout and "Ready" in table.stdout
+    assert "kinelab-kl-test-shared" in table.stdout and "kube-apiserver-1" in table.stdout
     dsn = run_cli("dsn", "--dir", lab_dir)
     assert dsn.returncode == 0 and dsn.stdout.startswith("postgres://")
-    kine_pids = [r["pid"] for r in shared_db_cluster["host"]["replicas"]]
     result = run_cli("down", "--dir", lab_dir, timeout=600)
-    assert result.returncode == 0 and "stopped 4 container(s)" in result.stdout, result
-    assert docker_engine.docker("ps", "-aq", "--filter", "label=io.x-k8s.kind.cluster=kl-test-shared").stdout == b""
-    assert docker_engine.docker("network", "inspect", "kinelab-kl-test-shared", check=False).returncode != 0
-    assert not any(psutil.pid_exists(p) for p in kine_pids)
-    assert_one_line_error(run_cli("down", "--dir", lab_dir), "is already stopped", "--purge")
+    # 2 Kine, Postgres, 4 node containers (2 control planes, a worker, the load balancer), 2 apiservers
+    assert result.returncode == 0 and "stopped 9 process(es) and container(s)" in result.stdout, result
+    nothing_left(docker_engine, lab_dir, "kl-test-shared")
+    again = run_cli("down", "--dir", lab_dir)  # the same rule as on every backend: harmless, and says so
+    assert again.returncode == 0 and "was already stopped; nothing was running" in again.stdout, again
     purged = run_cli("down", "--dir", lab_dir, "--purge")
-    assert purged.returncode == 0 and not Path(lab_dir).exists()
+    assert purged.returncode == 0 and not lab_dir.exists()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_one_control_plane_in_hybrid_uses_every_kine_and_survives_losing_one(docker_engine, node_image, tmp_path):
-    with k.KindLab("kl-test-hybrid", replicas=2, mode="hybrid", dir=tmp_path / "lab") as lab:
-        print("timings", lab.timings_s)
-        assert lab.status()["ready"] == {"kl-test-hybrid-control-plane": True}
-        assert lab.cluster.etcd_endpoints == [f"http://{e}" for e in lab.lab.endpoints]
-        wait_until(lambda: all(kine_peers(lab.lab).values()), timeout_s=30, what="connections to every Kine")
-        host = lab.network.gateway
-        assert all(e.startswith(f"{host}:") for e in lab.lab.endpoints)  # Kine on the lab network's gateway
-        # the lab's faults work on kind: with Kine 0 killed the apiserver writes through Kine 1
-        lab.lab.kill(0)
-        wait_until(lambda: lab.cluster.kubectl("create", "configmap", "after-kill", check=False,
-                                               timeout=20).returncode == 0, timeout_s=60, interval_s=1,
-                   what="a write with Kine 0 down")
-        lab.lab.restart(0)
-        wait_until(lambda: kine_peers(lab.lab)[lab.lab.endpoints[0]], timeout_s=60, interval_s=1,
+def test_hybrid_uses_every_kine_and_the_faults_reach_kine_nodes_and_apiservers(docker_engine, node_image, tmp_path):
+    from kubernetes import client
+
+    lab = kl.Lab(backend="kind", cluster_name="kl-test-hybrid", replicas=2, mode="hybrid", workers=1,
+                 dir=tmp_path / "lab")
+    with lab:
+        status = lab.status()
+        (apiserver,) = status["apiservers"]
+        assert apiserver["etcd_servers"] == [f"http://{e}" for e in lab.endpoints] and apiserver["ready"]
+        wait_until(lambda: all(kine_peers(lab).values()), timeout_s=30, what="connections to every Kine")
+        (network,) = components(status, "network")
+        assert all(e.startswith(f"{network['gateway']}:") for e in lab.endpoints)  # Kine on the network's gateway
+        core = client.CoreV1Api(lab.kubernetes_client(0))
+
+        def configmap(name: str) -> bool:
+            try:
+                core.create_namespaced_config_map("default", client.V1ConfigMap(metadata=client.V1ObjectMeta(
+                    name=name)), _request_timeout=10)
+                return True
+            except Exception:
+                return False
+
+        # Kine 0 killed: the apiserver writes through Kine 1, and comes back to Kine 0 once it restarts
+        lab.kill(0)
+        wait_until(lambda: configmap("after-kill"), timeout_s=60, interval_s=1, what="a write with Kine 0 down")
+        lab.restart(0)
+        wait_until(lambda: kine_peers(lab)[lab.endpoints[0]], timeout_s=60, interval_s=1,
                    what="the apiserver back on the restarted Kine 0")
-        assert lab.cluster.kubectl("get", "configmap", "after-kill").returncode == 0
-    assert docker_engine.docker("ps", "-aq", "--filter", "label=io.x-k8s.kind.cluster=kl-test-hybrid").stdout == b""
+        # a worker node killed (docker kill) is a node gone; restarted (docker start), it is Ready again
+        lab.kill("kl-test-hybrid-worker")
+        worker = next(n for n in components(lab.status(), "node") if n["kind_role"] == "worker")
+        assert not worker["alive"] and worker["state"] == "exited"
+        lab.restart("kl-test-hybrid-worker")
+        assert next(n for n in components(lab.status(), "node") if n["kind_role"] == "worker")["ready"]
+        # the apiserver is a static pod: restarted in its node by the kubelet, and ready again
+        lab.restart("kube-apiserver-0")
+        assert lab.status()["apiservers"][0]["ready"] and configmap("after-restart")
+        with pytest.raises(UsageError, match="faults do not reach"):
+            lab.kill("kl-test-hybrid")
+        pids = lab_pids(lab.model)
+    assert containers(docker_engine, "kl-test-hybrid") == b"" and all_gone(pids)
     assert docker_engine.docker("network", "inspect", "kinelab-kl-test-hybrid", check=False).returncode != 0
-    assert lab.lab.status()["replicas"][0]["alive"] is False
+    assert not (tmp_path / "lab" / "lab.json").exists() or read_model(tmp_path / "lab").state == "stopped"
 
 
 @pytest.mark.slow
@@ -318,48 +416,39 @@ def test_a_cluster_that_never_becomes_ready_says_what_the_kubelet_said_and_leave
                                                                                          tmp_path):
     if Path("/sys/fs/cgroup/cgroup.controllers").exists():
         pytest.skip("breaks the kubelet the cgroup v1 way; this host is on cgroup v2")
-    lab = k.KindLab("kl-test-broken", replicas=1, dir=tmp_path / "lab", kubelet={"failCgroupV1": True})
+    lab = kl.Lab(backend="kind", cluster_name="kl-test-broken", replicas=1, dir=tmp_path / "lab",
+                 kubelet_config={"failCgroupV1": True})
     started = time.monotonic()
     with pytest.raises(ToolError) as info:
-        lab.start(log=lambda _: None)
+        lab.start()
     message = str(info.value)
     print(f"failed after {time.monotonic() - started:.0f}s: {message}")
     assert message.startswith("kind create cluster kl-test-broken failed: ") and "\n" not in message
     assert "kl-test-broken-control-plane kubelet: " in message and "cgroup v1" in message
     assert "; containerd: " in message and message.endswith(f"log {tmp_path}/lab/cluster/logs/kind-create.log")
     assert (tmp_path / "lab" / "cluster" / "logs" / "kl-test-broken-control-plane-kubelet.log").stat().st_size
-    assert docker_engine.docker("ps", "-aq", "--filter", "label=io.x-k8s.kind.cluster=kl-test-broken").stdout == b""
-    assert docker_engine.docker("network", "inspect", "kinelab-kl-test-broken", check=False).returncode != 0
-    assert json.loads((tmp_path / "lab" / "lab.json").read_text())["state"] == "stopped"
-    assert not any(r["alive"] for r in lab.lab.status()["replicas"])
+    assert read_model(tmp_path / "lab").state == "stopped"
+    nothing_left(docker_engine, tmp_path / "lab", "kl-test-broken")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_a_killed_owner_leaves_nothing_running(docker_engine, node_image, tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
     lab_dir = tmp_path / "lab"
-    script = ("from kinelab.provision.kind import KindLab\n"
-              f"lab = KindLab('kl-test-reaped', replicas=1, dir={str(lab_dir)!r}).start(log=lambda _: None)\n"
+    script = ("import kinelab as kl\n"
+              f"kl.Lab(backend='kind', cluster_name='kl-test-reaped', replicas=1, mode='single-kine', "
+              f"dir={str(lab_dir)!r}).start()\n"
               "print('up', flush=True)\n"
               "import time; time.sleep(900)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert proc.stdout.readline().strip() == "up"
-        kine_pid = json.loads((lab_dir / "host" / "lab.json").read_text())["replicas"][0]["process"]["pid"]
-        assert docker_engine.docker("ps", "-q", "--filter", "label=io.x-k8s.kind.cluster=kl-test-reaped").stdout
+        model = read_model(lab_dir)
+        assert model.component("kube-apiserver-0").details["etcd_servers"] == [f"http://{model.endpoints[0]}"]
+        assert containers(docker_engine, "kl-test-reaped")
     finally:
         proc.kill()  # as SIGKILL, a crash or a kernel restart would
         proc.wait()
-
-    def gone() -> bool:
-        return (json.loads((lab_dir / "lab.json").read_text())["state"] == "stopped" and not
-                docker_engine.docker("ps", "-aq", "--filter", "label=io.x-k8s.kind.cluster=kl-test-reaped").stdout)
-
-    wait_until(gone, timeout_s=120, interval_s=1, what="the reaper to delete the cluster")
-    assert docker_engine.docker("network", "inspect", "kinelab-kl-test-reaped", check=False).returncode != 0
-    assert not psutil.pid_exists(kine_pid) or psutil.Process(kine_pid).status() == psutil.STATUS_ZOMBIE
+    wait_until(lambda: read_model(lab_dir).state == "stopped" and not containers(docker_engine, "kl-test-reaped"),
+               timeout_s=180, interval_s=1, what="the reaper to delete the cluster")
+    nothing_left(docker_engine, lab_dir, "kl-test-reaped")

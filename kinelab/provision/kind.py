@@ -1,7 +1,9 @@
-"""The kind backend's machinery: a real kind cluster whose kube-apiserver stores everything in Kine.
+"""The kind backend: a real kind cluster whose kube-apiservers store everything in Kine.
 
-The datastore (embedded Postgres) and the Kine replicas are the lab's own host processes, as in the local
-backend (`kinelab.provision.lab.Lab`); only the Kubernetes nodes are containers. They meet on a docker network
+`KindBackend` is a backend of `Lab` like the local one (``Lab(backend="kind", replicas=R, mode=M,
+apiservers=N, workers=W)``, ``kinelab up --backend kind``): the same orchestration, manifest, reaper, status,
+faults and capture. The datastore (embedded Postgres) and the Kine replicas are the lab's own host processes,
+started by `LocalBackend`; only the Kubernetes nodes are containers. They meet on a docker network
 of the lab's own (`KindNetwork`: a /24 of 198.19.0.0/16, in the benchmarking range 198.18.0.0/15, a bridge
 between this host and the nodes only), and Kine listens on that network's gateway address, the one listener
 kinelab puts outside 127.0.0.1. kind joins the network through ``KIND_EXPERIMENTAL_DOCKER_NETWORK`` and
@@ -18,7 +20,8 @@ kubeadm's published types by `validate_kind_config`):
 * ``timeouts.kubeletHealthCheck: 40s``: a kubelet that cannot start fails in under a minute, not four;
 * ``failCgroupV1: false``: the 1.37 kubelet refuses cgroup v1 hosts otherwise.
 
-Several control-plane nodes (``control_planes=N``) need two things kind does not give an external etcd:
+Several control-plane nodes (``apiservers=N``: on kind every apiserver is a control-plane node's) need two
+things kind does not give an external etcd:
 
 * kind copies ``/etc/kubernetes/pki/etcd/ca.{crt,key}`` from the first control plane to the others, and an
   external etcd without TLS has none: the first node gets a placeholder CA (`placeholder_etcd_ca`, used by
@@ -40,11 +43,14 @@ Workers (``workers=W``) join as kind workers.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import os
 import re
 import shutil
+import signal as _signal
+import ssl
 import subprocess
 import threading
 import time
@@ -54,9 +60,25 @@ from typing import Dict, List, Optional, Sequence
 
 import yaml
 
-from ..errors import ToolError, UsageError
-from .docker import Engine, last_line, needs_runc_wrapper
-from .tools import KIND, KUBERNETES_MODULE, KUBERNETES_VERSION, build_gomod, cache_dir, ensure, kubernetes_tool
+from ..errors import ProcessError, ToolError, UsageError
+from .docker import Engine, PrivateEngine, engine_version, ensure_engine, find_engine, last_line, needs_runc_wrapper
+from .labdir import write_private
+from .model import MODES, STAGES, Component, LabModel, LabSpec, etcd_servers_for
+from .process import LOOPBACK
+from .tools import (
+    GO_HINT,
+    KIND,
+    KUBERNETES_MODULE,
+    KUBERNETES_VERSION,
+    build_gomod,
+    cache_dir,
+    ensure,
+    ensure_kubernetes,
+    find_go,
+    install_kine,
+    kubernetes_tool,
+)
+from .wait import Cancelled, WaitTimeout, answers, poll_until
 
 KIND_API = "kind.x-k8s.io/v1alpha4"
 KUBEADM_API = "kubeadm.k8s.io/v1beta4"
@@ -67,7 +89,6 @@ LABEL = "kinelab.lab"                                   # and pool start at 198.
 KIND_CLUSTER_LABEL = "io.x-k8s.kind.cluster"
 KIND_ROLE_LABEL = "io.x-k8s.kind.role"
 KUBELET_HEALTH_TIMEOUT = "40s"
-MODES = ("shared-db", "single-kine", "hybrid")
 NODE_FORWARD_PORT = 2379  # shared-db: each control plane's loopback port that leads to its own Kine
 NODE_KINE_FILE = "/kinelab/kine-endpoint"
 CHECKER_MODULE = "kinelab.local/kindcheck"
@@ -111,26 +132,35 @@ def used_subnets(engine: Engine) -> List[ipaddress.IPv4Network]:
     return found
 
 
-def create_network(engine: Engine, name: str, labels: Optional[Dict[str, str]] = None) -> KindNetwork:
-    """A new bridge network `name` on the first free /24 of 198.19.0.0/16 (never a private range)."""
+def free_subnet(engine: Engine) -> Optional[ipaddress.IPv4Network]:
+    """The first /24 of 198.19.0.0/16 no network of `engine` overlaps, or None when all are taken."""
+    used = used_subnets(engine)
+    return next((s for s in NETWORK_POOL.subnets(new_prefix=24) if not any(s.overlaps(u) for u in used)), None)
+
+
+def create_network(engine: Engine, name: str, labels: Optional[Dict[str, str]] = None,
+                   subnet: Optional[str] = None) -> KindNetwork:
+    """A new bridge network `name` on `subnet` (the one planned), else on the first free /24 of 198.19.0.0/16
+    (never a private range)."""
     existing = engine.docker("network", "inspect", name, check=False)
     if existing.returncode == 0:
         raise UsageError(f"a docker network named {name} already exists; remove it (`docker network rm {name}`) "
-                         "or choose another lab name")
+                         "or choose another cluster name")
+    wanted = ipaddress.ip_network(subnet) if subnet else None
     for attempt in range(3):  # another process may take the same subnet between the scan and the create
-        used = used_subnets(engine)
-        subnet = next((s for s in NETWORK_POOL.subnets(new_prefix=24) if not any(s.overlaps(u) for u in used)), None)
-        if subnet is None:
+        chosen = wanted or free_subnet(engine)
+        wanted = None
+        if chosen is None:
             raise ToolError(f"no free /24 left in {NETWORK_POOL} on this Docker engine; remove unused networks "
                             "(`docker network prune`)")
-        gateway = str(next(subnet.hosts()))
-        argv = ["network", "create", "--driver", "bridge", f"--subnet={subnet}", f"--gateway={gateway}",
+        gateway = str(next(chosen.hosts()))
+        argv = ["network", "create", "--driver", "bridge", f"--subnet={chosen}", f"--gateway={gateway}",
                 "--opt", "com.docker.network.bridge.enable_ip_masquerade=true"]
         for key, value in (labels or {}).items():
             argv += ["--label", f"{key}={value}"]
         result = engine.docker(*argv, name, check=False)
         if result.returncode == 0:
-            return KindNetwork(name, str(subnet), gateway)
+            return KindNetwork(name, str(chosen), gateway)
         if b"overlap" not in result.stderr:
             raise ToolError(f"`docker network create {name}` failed: {last_line(result.stderr)}")
     raise ToolError(f"could not find a free subnet for the docker network {name}; retry")
@@ -202,20 +232,25 @@ _Dumper.add_representer(str, lambda dumper, value: dumper.represent_scalar(
 
 def cluster_config(name: str, etcd_endpoints: Sequence[str], *, node_image: str, control_planes: int = 1,
                    workers: int = 0, etcd_ca_dir: Optional[os.PathLike] = None,
-                   kine_files: Optional[Sequence[os.PathLike]] = None, kubelet: Optional[dict] = None) -> dict:
+                   kine_files: Optional[Sequence[os.PathLike]] = None, kubelet: Optional[dict] = None,
+                   apiserver_args: Optional[dict] = None) -> dict:
     """kind's `Cluster` (kind.x-k8s.io/v1alpha4) with kubeadm v1beta4 and kubelet v1beta1 patches.
     `etcd_ca_dir`: the placeholder etcd CA several control planes need; `kine_files`: per control plane, a
-    host file naming its own Kine (shared-db); `kubelet`: more KubeletConfiguration fields (tests use it to
-    break the kubelet on purpose)."""
+    host file naming its own Kine (shared-db); `kubelet`: more KubeletConfiguration fields (a lesson's knob,
+    and how the tests break the kubelet on purpose); `apiserver_args`: kube-apiserver flags (kubeadm's
+    ``apiServer.extraArgs``), as ``--apiserver-arg`` gives them to the local backend's apiservers."""
     if control_planes < 1:
         raise UsageError("a kind cluster needs at least one control-plane node")
     if workers < 0:
         raise UsageError("--workers cannot be negative")
     if control_planes > 1 and etcd_ca_dir is None:
         raise UsageError("several control planes need the placeholder etcd CA (etcd_ca_dir)")
+    cluster: dict = {"etcd": {"external": {"endpoints": list(etcd_endpoints)}}, "dns": {"disabled": True}}
+    if apiserver_args:
+        cluster["apiServer"] = {"extraArgs": [{"name": key.lstrip("-"), "value": _flag_value(value)}
+                                              for key, value in apiserver_args.items()]}
     patches = [
-        _patch(KUBEADM_API, "ClusterConfiguration", {"etcd": {"external": {"endpoints": list(etcd_endpoints)}},
-                                                      "dns": {"disabled": True}}),
+        _patch(KUBEADM_API, "ClusterConfiguration", cluster),
         _patch(KUBEADM_API, "InitConfiguration", {"timeouts": {"kubeletHealthCheck": KUBELET_HEALTH_TIMEOUT}}),
         _patch(KUBEADM_API, "JoinConfiguration", {"timeouts": {"kubeletHealthCheck": KUBELET_HEALTH_TIMEOUT}}),
         _patch(KUBELET_API, "KubeletConfiguration", {"failCgroupV1": False, **(kubelet or {})}),
@@ -238,6 +273,10 @@ def cluster_config(name: str, etcd_endpoints: Sequence[str], *, node_image: str,
             "nodes": nodes, "kubeadmConfigPatches": patches}
 
 
+def _flag_value(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def config_yaml(config: dict) -> str:
     return yaml.dump(config, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
@@ -257,7 +296,7 @@ class KindCluster:
 
     name: str
     engine: Engine
-    network: KindNetwork
+    network: str                    # the docker network the nodes join
     node_image: str
     etcd_endpoints: List[str]       # the cluster-wide external etcd endpoints
     dir: Path
@@ -265,6 +304,7 @@ class KindCluster:
     workers: int = 0
     node_kine: Optional[List[str]] = None  # shared-db: control plane i's own Kine (host:port)
     kubelet: Optional[dict] = None
+    apiserver_args: Optional[dict] = None
     timings_s: Dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -290,7 +330,7 @@ class KindCluster:
         return cluster_config(self.name, self.etcd_endpoints, node_image=self.node_image,
                               control_planes=self.control_planes, workers=self.workers,
                               etcd_ca_dir=self.dir / "etcd-ca" if self.control_planes > 1 else None,
-                              kine_files=kine_files, kubelet=self.kubelet)
+                              kine_files=kine_files, kubelet=self.kubelet, apiserver_args=self.apiserver_args)
 
     def _write_node_files(self) -> None:
         """The files the config mounts into nodes: the placeholder etcd CA, each control plane's Kine."""
@@ -302,7 +342,7 @@ class KindCluster:
             path.write_text(endpoint + "\n")
 
     def kind_env(self) -> dict:
-        return {**self.engine.env(), "KIND_EXPERIMENTAL_DOCKER_NETWORK": self.network.name}
+        return {**self.engine.env(), "KIND_EXPERIMENTAL_DOCKER_NETWORK": self.network}
 
     def kind(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
         binary = ensure(KIND).path
@@ -353,9 +393,11 @@ class KindCluster:
         return ready
 
     # --- lifecycle ---------------------------------------------------------------------------------------
-    def create(self, *, ready_timeout_s: float = 180.0, log=print) -> "KindCluster":
+    def create(self, *, ready_timeout_s: float = 180.0, log=print,
+               cancel: Optional[threading.Event] = None) -> "KindCluster":
         """``kind create cluster``, then wait until every node is Ready. A failure leaves nothing behind and
-        says in one line what the node's kubelet and containerd said last."""
+        says in one line what the node's kubelet and containerd said last; `cancel` set (a stop racing this
+        start) ends it the same way."""
         if self.exists():
             raise UsageError(f"a kind cluster named {self.name} already exists on this Docker engine; choose "
                              f"another name, or delete it with `kind delete cluster --name {self.name}`")
@@ -367,9 +409,9 @@ class KindCluster:
         log(f"creating the kind cluster {self.name} ({self.control_planes} control plane(s), {self.workers} "
             f"worker(s), image {self.node_image})...")
         try:
-            self._kind_create()
+            self._kind_create(cancel)
             ready_started = time.monotonic()
-            self._wait_ready(ready_timeout_s)
+            self._wait_ready(ready_timeout_s, cancel)
             self.timings_s["nodes_ready"] = round(time.monotonic() - ready_started, 1)
         except BaseException:
             self.delete()
@@ -377,7 +419,7 @@ class KindCluster:
         self.timings_s["total"] = round(time.monotonic() - started, 1)
         return self
 
-    def _kind_create(self) -> None:
+    def _kind_create(self, cancel: Optional[threading.Event]) -> None:
         binary = ensure(KIND).path
         argv = [str(binary), "create", "cluster", "--name", self.name, "--config", str(self.config_path),
                 "--kubeconfig", str(self.kubeconfig), "--retain", "--wait=0s"]
@@ -388,6 +430,9 @@ class KindCluster:
                                     stderr=subprocess.STDOUT, text=True, env=self.kind_env())
             killer = threading.Timer(900, proc.kill)  # kind has its own timeouts; this is the last resort
             killer.start()
+            if cancel is not None:  # a stop racing this start: kind is killed, and the cluster deleted below
+                threading.Thread(target=lambda: cancel.wait() and proc.poll() is None and proc.kill(),
+                                 daemon=True).start()
             try:
                 for line in proc.stdout:
                     out.write(line)
@@ -402,26 +447,31 @@ class KindCluster:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"stopped while kind created the cluster {self.name}")
         if code != 0:
             said = [line.strip() for line in log_path.read_text().splitlines() if line.strip()]
             error = next((line for line in reversed(said) if line.startswith("ERROR:")), said[-1] if said else "")
             raise ToolError(f"kind create cluster {self.name} failed: {error[:300]}{self._diagnosis()}; "
                             f"log {log_path}")
 
-    def _wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
+    def _wait_ready(self, timeout_s: float, cancel: Optional[threading.Event] = None) -> None:
         expected = self.control_planes + self.workers
-        while True:
+
+        def waiting() -> str:
             ready = self.nodes_ready()
-            if len(ready) == expected and all(ready.values()):
-                return
-            if time.monotonic() > deadline:
-                waiting = sorted(n for n, ok in ready.items() if not ok)
-                if len(ready) < expected:
-                    waiting.append(f"{expected - len(ready)} node(s) never registered")
-                raise ToolError(f"the kind cluster {self.name} was not Ready after {timeout_s:.0f}s "
-                                f"(not Ready: {', '.join(waiting)}){self._diagnosis()}; logs in {self.log_dir}")
-            time.sleep(1)
+            names = sorted(n for n, ok in ready.items() if not ok)
+            if len(ready) < expected:
+                names.append(f"{expected - len(ready)} node(s) never registered")
+            return ", ".join(names)
+
+        try:
+            poll_until(lambda: (lambda ready: len(ready) == expected and all(ready.values()))(self.nodes_ready()),
+                       timeout_s=timeout_s, interval_s=1, what=f"the kind cluster {self.name} to be Ready",
+                       transient=(ToolError, OSError, subprocess.TimeoutExpired), cancel=cancel)
+        except WaitTimeout as exc:
+            raise ToolError(f"the kind cluster {self.name} was not Ready after {timeout_s:.0f}s "
+                            f"(not Ready: {waiting()}){self._diagnosis()}; logs in {self.log_dir}") from exc
 
     def _diagnosis(self) -> str:
         """'; <node> kubelet: <last line>; containerd: <last line>' for the first node, with the full
@@ -494,9 +544,9 @@ def install_checker(log=print) -> Path:
     target = checker_path()
     if target.is_file() and os.access(target, os.X_OK):
         return target
-    go = shutil.which("go")
+    go = find_go()
     if not go:
-        raise ToolError("validating kind configs needs Go 1.26+ (https://go.dev/dl) to build kinelab's checker")
+        raise ToolError(f"validating kind configs needs Go 1.26+ ({GO_HINT}) to build kinelab's checker")
     work = cache_dir() / "kindcheck-build"
     work.mkdir(parents=True, exist_ok=True)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -539,249 +589,322 @@ def validate_kind_config(yaml_text: str) -> list:
     return json.loads(result.stdout)
 
 
-# --- the lab: engine, images, network, Kine on the host, the cluster ------------------------------------------
-class KindLab:
-    """A kind cluster whose apiservers store everything in the Kine replicas of a host lab (`Lab`, with Kine on
-    the lab network's gateway). `start` brings up, in order: a Docker engine (`ensure_engine`: the one that
-    answers, else kinelab's private one), the images, the network, the datastore and Kine, and the cluster;
-    `stop` undoes them in reverse, and stops the private engine too if this lab started it and nothing else runs
-    in it. Use as a context manager.
+# --- the backend ------------------------------------------------------------------------------------------
+DEFAULT_NAME = "kinelab"
+READY_TIMEOUT_S = 180.0
+APISERVER_PORT = 6443  # each control-plane node's kube-apiserver, reached from the host on the node's address
+CLUSTER_STAGE = STAGES["apiserver"]  # once every Kine replica is ready
+MEMBER_STAGE = CLUSTER_STAGE + 1  # the nodes and apiservers, checked (and addressed) once the cluster is Ready
+FAULTS_HERE = ("Kine replicas and the datastore (host processes), kind nodes (docker kill, pause, unpause, "
+               "start) and apiservers (signals in their node)")
 
-    The lab directory: ``lab.json`` (``"backend": "kind"``: what `attach` and `down` need), ``host/`` (the host
-    lab: datastore, Kine, their logs and secrets), ``cluster/`` (kind config, kubeconfig, node logs).
 
-    `timings_s` says where the time went: engine, images, checks, network, kine (datastore and replicas), then
-    kind's phases (``kind_containers``, ``kind_kubeadm_init``, ``kind_kubeadm_join_*``...) and ``nodes_ready``."""
+def cluster_name(spec: LabSpec) -> str:
+    return check_name(spec.cluster_name or DEFAULT_NAME)
 
-    def __init__(self, name: str = "kinelab", *, replicas: int = 1, mode: str = "single-kine", control_planes: int = 1,
-                 workers: int = 0, datastore: str = "postgres", dir: Optional[os.PathLike] = None,
-                 kine_args: Optional[dict] = None, kubelet: Optional[dict] = None, ready_timeout_s: float = 180.0,
-                 keep: Optional[bool] = None):
-        self.name = check_name(name)
-        if replicas < 1:
-            raise UsageError("a kind lab needs at least one Kine replica")
-        kine_endpoints(mode, ["probe"])  # refuses an unknown mode before anything starts
-        cluster_config(name, [], node_image="", control_planes=control_planes, workers=workers,
-                       etcd_ca_dir="/")  # and impossible node counts
-        self.replicas, self.mode, self.datastore = replicas, mode, datastore
-        self.control_planes, self.workers = control_planes, workers
-        self.kine_args, self.kubelet, self.ready_timeout_s = kine_args, kubelet, ready_timeout_s
-        self.dir = Path(dir).expanduser().resolve() if dir else None
-        self.keep = keep if keep is not None else dir is not None
-        self.state = "new"
-        self.engine: Optional[Engine] = None
-        self.engine_started = False
-        self.network: Optional[KindNetwork] = None
-        self.lab = None
-        self.cluster: Optional[KindCluster] = None
-        self.image = None
-        self.timings_s: Dict[str, float] = {}
-        self._reaper = None
 
-    def __repr__(self) -> str:
-        return (f"KindLab({self.name!r}, mode={self.mode}, control_planes={self.control_planes}, "
-                f"workers={self.workers}, replicas={self.replicas}, state={self.state}, dir={self.dir})")
+def network_name(name: str) -> str:
+    return f"kinelab-{name}"
 
-    @property
-    def network_name(self) -> str:
-        return f"kinelab-{self.name}"
 
-    @property
-    def kubeconfig(self) -> Path:
-        return self.dir / "cluster" / "kubeconfig"
+def node_names(name: str, control_planes: int, workers: int) -> list:
+    """(container name, kind role) of every node, named as kind names them: ``<name>-control-plane``,
+    ``<name>-control-plane2``..., ``<name>-worker``..., and the load balancer in front of several control
+    planes."""
+    def numbered(role: str, count: int) -> list:
+        return [(f"{name}-{role}{index + 1 if index else ''}", role) for index in range(count)]
 
-    @property
-    def dsn(self):
-        return self.lab.dsn
+    balancer = [(f"{name}-external-load-balancer", "external-load-balancer")] if control_planes > 1 else []
+    return numbered("control-plane", control_planes) + numbered("worker", workers) + balancer
 
-    # --- the lab directory ----------------------------------------------------------------------------------
-    def _save(self, state: str) -> None:
-        from .lab import write_manifest
 
-        self.state = state
-        write_manifest(self.dir, {
-            "kinelab_lab": 1, "backend": "kind", "name": self.name, "dir": str(self.dir), "state": state,
-            "mode": self.mode, "control_planes": self.control_planes, "workers": self.workers,
-            "kine_replicas": self.replicas, "datastore_kind": self.datastore, "kine_args": self.kine_args,
-            "engine": {**self.engine.to_json(), "started_by_lab": self.engine_started} if self.engine else None,
-            "network": self.network.to_json() if self.network else {"name": self.network_name},
-            "node_image": self.image.to_json() if self.image else None,
-            "cluster_created": self.cluster is not None,  # only then is a cluster of this name ours to delete
-            "etcd_endpoints": self.cluster.etcd_endpoints if self.cluster else [],
-            "node_kine": self.cluster.node_kine if self.cluster else None,
-            "kubeconfig": str(self.kubeconfig), "timings_s": self.timings_s})
+def container_state(engine: Engine, name: str) -> Optional[str]:
+    """running, paused, exited...; None when there is no such container."""
+    result = engine.docker("inspect", "--format", "{{.State.Status}}", name, check=False, timeout=30)
+    return result.stdout.decode().strip() if result.returncode == 0 else None
 
-    @classmethod
-    def attach(cls, dir: os.PathLike) -> "KindLab":
-        """The kind lab recorded in `dir` (running or not), for status, capture and down."""
-        from .docker import find_engine
-        from .lab import Lab, read_manifest
 
-        path = Path(dir).expanduser().resolve()
-        manifest = read_manifest(path)
-        if manifest is None or manifest.get("backend") != "kind":
-            raise UsageError(f"no kind lab in {path}; start one with `kinelab up --backend kind --dir {dir}`")
-        lab = cls(manifest["name"], replicas=manifest["kine_replicas"], mode=manifest["mode"],
-                  control_planes=manifest["control_planes"], workers=manifest["workers"],
-                  datastore=manifest["datastore_kind"], kine_args=manifest.get("kine_args"), dir=path, keep=True)
-        lab.state, lab.timings_s = manifest["state"], manifest.get("timings_s", {})
-        lab.engine_started = bool((manifest.get("engine") or {}).get("started_by_lab"))
-        lab.engine = find_engine()
-        if (path / "host" / "lab.json").exists():
-            lab.lab = Lab.attach(path / "host")
-        net = manifest.get("network") or {}
-        if net.get("gateway"):
-            lab.network = KindNetwork(net["name"], net["subnet"], net["gateway"])
-        if manifest.get("cluster_created") and lab.engine and lab.network:
-            from .nodeimage import NodeImage
+def container_address(engine: Engine, name: str, network: str) -> str:
+    return engine.docker("inspect", "--format", f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}',
+                         name, timeout=30).stdout.decode().strip()
 
-            lab.image = NodeImage(**manifest["node_image"])
-            lab.cluster = KindCluster(lab.name, lab.engine, lab.network, lab.image.reference,
-                                      manifest["etcd_endpoints"], path / "cluster", control_planes=lab.control_planes,
-                                      workers=lab.workers, node_kine=manifest.get("node_kine"))
-        return lab
 
-    # --- lifecycle ----------------------------------------------------------------------------------------
-    def start(self, log=None, *, owned: bool = True) -> "KindLab":
-        """With `owned`, the host lab's reaper stops Kine and the datastore if this Python process dies (as
-        `Lab.start`); a lab that must outlive the process (`kinelab up`) passes owned=False."""
-        import tempfile
+def release_engine(engine: Engine) -> bool:
+    """Stop kinelab's private engine if it runs nothing: no container, no other lab's network. True if it did."""
+    busy = engine.docker("ps", "-aq", check=False).stdout.strip() or \
+        engine.docker("network", "ls", "-q", "--filter", f"label={LABEL}", check=False).stdout.strip()
+    if busy:
+        return False
+    PrivateEngine().stop()
+    return True
 
-        from .. import progress
-        from .docker import ensure_engine
-        from .lab import Lab, read_manifest
+
+class KindBackend:
+    """The kind backend: the datastore and the Kine replicas are host processes (`LocalBackend`'s), Kine on
+    the gateway of a docker network of the lab's own; the Kubernetes nodes are kind's containers on it. Its
+    components, beside the datastore's and Kine's:
+
+    * ``kinelab-<name>`` (role network, runtime kind-network, stage 0): the network; it records the Docker
+      engine, and whether this lab started kinelab's private one, which its teardown then stops once nothing
+      else runs in it;
+    * ``<name>`` (role cluster, runtime kind): ``kind create cluster`` once every Kine replica is ready;
+      teardown deletes it;
+    * each node container (role node, runtime kind-node) and each control-plane node's kube-apiserver (role
+      apiserver, runtime kind-apiserver, with a kubeconfig of its own on the node's address), checked once the
+      cluster is Ready.
+    """
+
+    name = "kind"
+    runtimes = ("kind-network", "kind", "kind-node", "kind-apiserver")
+    control_plane_included = True  # every control-plane node runs an apiserver, a controller-manager, a scheduler
+
+    def __init__(self):
+        from .backends import LocalBackend  # defined before the registry builds this backend
+
+        self.local = LocalBackend()
+
+    # --- before anything runs ----------------------------------------------------------------------------
+    def available(self) -> Optional[str]:
+        reason = self.local.available()
+        if reason:
+            return reason
+        why = PrivateEngine().why_not()
+        if why and find_engine() is None:
+            return f"no Docker engine answers `docker info`, and kinelab cannot start its own here ({why})"
+        return None
+
+    def check(self, spec: LabSpec) -> None:
+        if spec.mode not in MODES:
+            raise UsageError(f"unknown mode {spec.mode!r}: use {', '.join(MODES)}")
+        if spec.nodes:
+            raise UsageError("simulated nodes (--nodes) are the local backend's; a kind cluster has real nodes: use "
+                             "--workers")
+        if not spec.controllers:
+            raise UsageError("kind's control-plane nodes always run a controller-manager and a scheduler; leave "
+                             "controllers out")
+        cluster_name(spec)
+
+    def prepare(self, lab) -> dict:
         from .nodeimage import ensure_lb_image, ensure_node_image
 
-        log = log or progress.say
-        if self.dir is None:
-            self.dir = Path(tempfile.mkdtemp(prefix="kinelab-kind-"))
-        self.dir.mkdir(parents=True, exist_ok=True)
-        previous = read_manifest(self.dir)
-        if previous is not None and previous.get("state") != "stopped":
-            raise UsageError(f"a {previous.get('backend', 'local')} lab is recorded in {self.dir} (state "
-                             f"{previous.get('state')}); run `kinelab down --dir {self.dir}` first")
-        self._save("starting")  # before anything runs: `down` finds whatever a failed start leaves
-        if owned:  # if this Python process dies, the reaper deletes the cluster and stops the rest
-            from .reaper import start_reaper
-
-            self._reaper = start_reaper(self.dir)
-        try:
-            with self._timed("engine"):
-                self.engine, self.engine_started = ensure_engine(log=log)
-            self._save("starting")
-            with self._timed("images"):
-                self.image = ensure_node_image(self.engine, log=log)
-                if self.control_planes > 1:
-                    ensure_lb_image(self.engine, log=log)
-            with self._timed("checks"):
-                check_privileged(self.engine, self.image.workload_image)
-                probe = KindCluster(self.name, self.engine, KindNetwork(self.network_name, "", ""),
-                                    self.image.reference, [], self.dir / "cluster")
-                if probe.exists():
-                    raise UsageError(f"a kind cluster named {self.name} already exists on this Docker engine; "
-                                     f"choose another name, or delete it with `kind delete cluster --name {self.name}`")
-            with self._timed("network"):
-                self.network = create_network(self.engine, self.network_name, {LABEL: self.name})
-            self._save("starting")
-            with self._timed("kine"):
-                self.lab = Lab(replicas=self.replicas, datastore=self.datastore, dir=self.dir / "host",
-                               kine_args=self.kine_args, kine_host=self.network.gateway).start(owned=owned)
-            cluster_endpoints, node_kine = kine_endpoints(self.mode, self.lab.endpoints, self.control_planes)
-            self.cluster = KindCluster(self.name, self.engine, self.network, self.image.reference, cluster_endpoints,
-                                       self.dir / "cluster", control_planes=self.control_planes,
-                                       workers=self.workers, node_kine=node_kine, kubelet=self.kubelet)
-            self._save("starting")
-            self.cluster.create(ready_timeout_s=self.ready_timeout_s, log=log)
-            self.timings_s.update({f"kind_{k}" if k != "nodes_ready" else k: v
-                                   for k, v in self.cluster.timings_s.items() if k != "total"})
-            self._save("running")
+        tools = {"kine": install_kine(lab.kine_bin, log=lab.say), "kind": ensure(KIND, log=lab.say),
+                 **ensure_kubernetes(["kube-apiserver", "kubectl"], log=lab.say)}
+        engine, started = ensure_engine(log=lab.say)
+        try:  # everything that can refuse the lab, before any of it runs
+            image = ensure_node_image(engine, log=lab.say)
+            if lab.spec.apiservers > 1:
+                ensure_lb_image(engine, log=lab.say)
+            check_privileged(engine, image.workload_image)
+            name = cluster_name(lab.spec)
+            if KindCluster(name, engine, network_name(name), image.reference, [], lab.dir / "cluster").exists():
+                raise UsageError(f"a kind cluster named {name} already exists on this Docker engine; choose another "
+                                 f"name (--name), or delete it with `kind delete cluster --name {name}`")
         except BaseException:
-            self.stop()
+            if started:
+                release_engine(engine)
             raise
-        return self
+        lab.context.update(engine=engine, engine_started=started, node_image=image)
+        return tools
 
-    def _timed(self, name: str):
-        import contextlib
+    def plan(self, lab) -> list:
+        spec, engine = lab.spec, lab.context["engine"]
+        name = cluster_name(spec)
+        subnet = free_subnet(engine)  # only a plan: created (or another one) when the network starts
+        gateway = str(next(subnet.hosts())) if subnet else LOOPBACK
+        network = Component(network_name(name), "network", runtime="kind-network", stage=STAGES["datastore"],
+                            details={"engine": engine.to_json(), "engine_started": lab.context["engine_started"],
+                                     "subnet": str(subnet or ""), "gateway": gateway})
+        components = [network, *self.local.plan_store(lab, kine_host=gateway)]
+        endpoints = [c.endpoint for c in components if c.role == "kine"]
+        cluster_dir = lab.dir / "cluster"
+        components.append(Component(name, "cluster", runtime="kind", stage=CLUSTER_STAGE, details={
+            "node_image": lab.context["node_image"].reference, "control_planes": spec.apiservers,
+            "workers": spec.workers, "dir": str(cluster_dir), "kubeconfig": str(cluster_dir / "kubeconfig"),
+            "log": str(cluster_dir / "logs" / "kind-create.log")}))
+        nodes = node_names(name, spec.apiservers, spec.workers)
+        components += [Component(node, "node", index, runtime="kind-node", stage=MEMBER_STAGE,
+                                 details={"kind_role": role}) for index, (node, role) in enumerate(nodes)]
+        for index, (node, _) in enumerate(nodes[:spec.apiservers]):
+            components.append(Component(f"kube-apiserver-{index}", "apiserver", index, runtime="kind-apiserver",
+                                        stage=MEMBER_STAGE, details={
+                                            "node": node, "kubeconfig": str(cluster_dir / f"kubeconfig-{node}"),
+                                            "etcd_servers": [f"http://{e}" for e in
+                                                             etcd_servers_for(spec.mode, index, endpoints)]}))
+        return components
 
-        @contextlib.contextmanager
-        def timer():
-            started = time.monotonic()
-            yield
-            self.timings_s[name] = round(time.monotonic() - started, 1)
-        return timer()
+    # --- starting -------------------------------------------------------------------------------------------
+    def start(self, lab, component: Component, **start_options) -> None:
+        cancel = start_options.get("cancel")
+        if component.runtime == "kind-network":
+            network = create_network(_engine(lab.model), component.name, {LABEL: lab.id},
+                                     subnet=component.details["subnet"] or None)
+            component.details.update(subnet=network.subnet, gateway=network.gateway)
+        elif component.runtime == "kind":
+            self._create_cluster(lab, component, cancel)
+        elif component.runtime == "kind-node":
+            self._start_node(lab, component, cancel)
+        elif component.runtime == "kind-apiserver":
+            self._address_apiserver(lab, component)
+            poll_until(lambda: self._apiserver_ready(component), timeout_s=READY_TIMEOUT_S, interval_s=0.5,
+                       what=f"{component.name} in {component.details['node']} to be ready", cancel=cancel)
+        else:
+            if component.role == "kine":  # on the network's gateway, as created
+                port = component.endpoint.rsplit(":", 1)[1]
+                component.endpoint = f"{_network(lab.model).details['gateway']}:{port}"
+            self.local.start(lab, component, **start_options)
 
-    def stop(self) -> int:
-        """Delete the cluster, stop Kine and the datastore, remove the network (and the private engine if this
-        lab started it and it runs nothing else), record the lab stopped. Returns how many node containers
-        there were. Safe to repeat."""
-        from .docker import PrivateEngine
+    def _create_cluster(self, lab, component: Component, cancel) -> None:
+        spec = lab.spec
+        etcd_endpoints, node_kine = kine_endpoints(spec.mode, lab.endpoints, spec.apiservers)  # as started
+        component.details.update(etcd_endpoints=etcd_endpoints, node_kine=node_kine)
+        cluster = _cluster(lab.model, component)
+        cluster.create(ready_timeout_s=READY_TIMEOUT_S, log=lab.say, cancel=cancel)
+        component.details["timings_s"] = cluster.timings_s
 
-        removed = 0
-        if self.cluster is not None and self.engine is not None:  # never another lab's cluster of the same name
-            removed = self.cluster.delete()
-        if self.lab is not None:
-            if hasattr(self.lab, "datastore"):
-                self.lab.stop()
-            else:  # attached: stop what its manifest names
-                self.lab.down()
-        if self.engine is not None:
-            if self.network is not None:
-                remove_network(self.engine, self.network.name)
-            if self.engine_started and self.engine.private \
-                    and not self.engine.docker("ps", "-aq", check=False).stdout.strip():
-                PrivateEngine().stop()
-                self.engine_started = False
-        if self.dir is not None and self.dir.exists():
-            self._save("stopped")
-        if self._reaper is not None:
-            self._reaper.terminate()
-            self._reaper.wait()
-            self._reaper = None
-        if not self.keep and self.dir is not None and self.dir.exists():
-            shutil.rmtree(self.dir, ignore_errors=True)
-        return removed
+    def _start_node(self, lab, component: Component, cancel) -> None:
+        """Ready as kind left it, or (a restart) started again and Ready."""
+        engine = _engine(lab.model)
+        state = container_state(engine, component.name)
+        if state is None:
+            raise ProcessError(f"the kind node {component.name} is gone (`docker ps -a` does not list it); start the "
+                               "lab again")
+        if state == "paused":
+            engine.docker("unpause", component.name)
+        elif state != "running":
+            engine.docker("start", component.name)
+        if component.details["kind_role"] == "external-load-balancer":
+            return
+        cluster = _cluster(lab.model)
+        poll_until(lambda: cluster.nodes_ready().get(component.name), timeout_s=READY_TIMEOUT_S, interval_s=1,
+                   what=f"node {component.name} to be Ready", transient=(ToolError, OSError,
+                                                                          subprocess.TimeoutExpired), cancel=cancel)
+        for apiserver in lab.model.apiservers:  # a node started again may have another address
+            if apiserver.details["node"] == component.name and apiserver.url:
+                self._address_apiserver(lab, apiserver)
 
-    def down(self) -> int:
-        """`kinelab down`: stop everything of a recorded lab; a second `down` is refused in one line."""
-        if self.state == "stopped":
-            raise UsageError(f"the kind lab in {self.dir} is already stopped; remove its directory with "
-                             f"`kinelab down --dir {self.dir} --purge`")
-        if self.engine is None:
-            raise ToolError(f"cannot stop the kind lab in {self.dir}: no Docker engine answers `docker info`; start "
-                            f"it (`kinelab docker start` for kinelab's own), then run `kinelab down --dir {self.dir}` "
-                            "again")
-        return self.stop()
+    def _address_apiserver(self, lab, component: Component) -> None:
+        """The apiserver's address on the lab network, and a kubeconfig of the cluster's pointed at it."""
+        network = _network(lab.model)
+        address = container_address(_engine(lab.model), component.details["node"], network.name)
+        component.endpoint = f"{address}:{APISERVER_PORT}"
+        component.url = f"https://{component.endpoint}"
+        (cluster,) = lab.model.by_role("cluster")
+        config = yaml.safe_load(Path(cluster.details["kubeconfig"]).read_text())
+        for entry in config["clusters"]:
+            entry["cluster"]["server"] = component.url
+        write_private(Path(component.details["kubeconfig"]), yaml.safe_dump(config).encode())
+        ca = Path(cluster.details["dir"]) / "ca.crt"
+        write_private(ca, base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"]))
+        component.details["ca_file"] = str(ca)
 
-    def __enter__(self) -> "KindLab":
-        return self.start()
+    @staticmethod
+    def _apiserver_ready(component: Component) -> bool:
+        # kubeadm lets anyone read /readyz (system:public-info-viewer): the cluster's CA is all it takes
+        return answers(f"{component.url}/readyz", ssl.create_default_context(cafile=component.details["ca_file"]))
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    # --- faults -------------------------------------------------------------------------------------------------
+    def check_fault(self, component: Component, fault: str) -> None:
+        if component.runtime in ("kind-network", "kind"):
+            raise UsageError(f"{component.name} is the lab's {component.role}, which faults do not reach; they reach "
+                             f"{FAULTS_HERE}")
 
-    # --- what it is doing -----------------------------------------------------------------------------
-    def capture(self, out: os.PathLike, *, incremental: bool = False):
-        """Capture the lab's kine table (its datastore on the host) into the DuckDB file `out`."""
-        if self.lab is None:
-            raise UsageError(f"the kind lab in {self.dir} has no datastore (it never started)")
-        return self.lab.capture(out, incremental=incremental)
+    def signal(self, lab, component: Component, sig: int) -> None:
+        if component.runtime == "kind-node":  # the node's init, and so everything in it
+            if sig == _signal.SIGKILL:
+                self.teardown(lab.model, component)
+            else:
+                _engine(lab.model).docker({_signal.SIGSTOP: "pause", _signal.SIGCONT: "unpause"}[sig], component.name)
+        elif component.runtime == "kind-apiserver":  # a static pod: the kubelet starts it again after a kill
+            _engine(lab.model).docker("exec", component.details["node"], "pkill",
+                                      f"-{_signal.Signals(sig).name[3:]}", "-x", "kube-apiserver")
+        else:
+            self.local.signal(lab, component, sig)
 
-    def status(self) -> dict:
-        cluster = self.cluster
-        engine_ok = self.engine is not None
-        status = {"backend": "kind", "name": self.name, "state": self.state, "mode": self.mode, "dir": str(self.dir),
-                  "control_planes": self.control_planes, "workers": self.workers, "replicas": self.replicas,
-                  "engine": self.engine.to_json() if engine_ok else None,
-                  "network": self.network.to_json() if self.network else None,
-                  "node_image": self.image.reference if self.image else None,
-                  "kubeconfig": str(self.kubeconfig),
-                  "etcd_endpoints": cluster.etcd_endpoints if cluster else [],
-                  "node_kine": cluster.node_kine if cluster else None,
-                  "nodes": cluster.containers() if cluster and engine_ok else [],
-                  "ready": cluster.nodes_ready() if cluster and engine_ok and self.state == "running" else {},
-                  "host": self.lab.status() if self.lab else None, "timings_s": dict(self.timings_s)}
-        if not engine_ok:
-            status["error"] = "no Docker engine answers `docker info`: the lab's nodes cannot be seen"
-        elif self.state == "running" and (len(status["nodes"]) < self.control_planes + self.workers or
-                                          any(n["state"] != "running" for n in status["nodes"])):
-            status["state"] = "degraded"
-        return status
+    # --- what runs ----------------------------------------------------------------------------------------------
+    def alive(self, lab, component: Component) -> bool:
+        if component.runtime not in self.runtimes:
+            return self.local.alive(lab, component)
+        engine = _engine(lab.model)
+        if engine_version(engine.host) is None:
+            return False
+        if component.runtime == "kind-network":
+            return engine.docker("network", "inspect", component.name, check=False).returncode == 0
+        if component.runtime == "kind":
+            nodes = lab.model.by_role("node")
+            return bool(nodes) and all(container_state(engine, n.name) == "running" for n in nodes)
+        node = component.details["node"] if component.runtime == "kind-apiserver" else component.name
+        if container_state(engine, node) != "running":
+            return False
+        return component.runtime == "kind-node" or engine.docker(
+            "exec", node, "pgrep", "-x", "kube-apiserver", check=False, timeout=30).returncode == 0
+
+    def inspect(self, lab, component: Component) -> dict:
+        if component.runtime not in self.runtimes:
+            return self.local.inspect(lab, component)
+        details = component.details
+        if component.runtime == "kind-network":
+            return {"subnet": details["subnet"], "gateway": details["gateway"],
+                    "engine": Engine(**details["engine"]).describe()}
+        if component.runtime == "kind":
+            return {"kubeconfig": details["kubeconfig"], "node_image": details["node_image"],
+                    "etcd_endpoints": details.get("etcd_endpoints", [])}
+        if component.runtime == "kind-apiserver":
+            return {"url": component.url, "kubeconfig": details["kubeconfig"], "etcd_servers": details["etcd_servers"],
+                    "node": details["node"], "ready": bool(component.url) and self._apiserver_ready(component)}
+        entry = {"kind_role": details["kind_role"], "state": None, "ready": None}
+        try:
+            entry["state"] = container_state(_engine(lab.model), component.name)
+            if details["kind_role"] != "external-load-balancer" and entry["state"] == "running":
+                entry["ready"] = bool(_cluster(lab.model).nodes_ready().get(component.name))
+        except ToolError as exc:  # an engine or apiserver that does not answer is worth reporting, not fatal
+            entry["error"] = str(exc)
+        return entry
+
+    # --- stopping, from the manifest alone --------------------------------------------------------------------
+    def teardown(self, model: LabModel, component: Component) -> int:
+        engine = _engine(model)
+        if engine_version(engine.host) is None:
+            if engine.private and PrivateEngine().process() is None:
+                return 0  # kinelab's engine is not running, and nothing of the lab with it
+            raise ToolError(f"cannot stop {component.name}: the Docker engine {engine.describe()} does not answer; "
+                            f"start it (`kinelab docker start` for kinelab's own), then run `kinelab down` again")
+        if component.runtime == "kind-network":
+            remove_network(engine, component.name)
+            if component.details.get("engine_started"):
+                release_engine(engine)
+            return 0
+        if component.runtime == "kind":
+            _cluster(model, component).delete()
+            return 0
+        if component.runtime == "kind-node":
+            state = container_state(engine, component.name)
+            if state == "paused":  # docker kills no paused container
+                engine.docker("unpause", component.name, check=False)
+            elif state != "running":
+                return 0
+            engine.docker("kill", component.name)
+            return 1
+        if container_state(engine, component.details["node"]) != "running":
+            return 0
+        return int(engine.docker("exec", component.details["node"], "pkill", "-TERM", "-x", "kube-apiserver",
+                                 check=False, timeout=30).returncode == 0)
+
+
+def _network(model: LabModel) -> Component:
+    (network,) = model.by_role("network")
+    return network
+
+
+def _engine(model: LabModel) -> Engine:
+    return Engine(**_network(model).details["engine"])
+
+
+def _cluster(model: LabModel, component: Optional[Component] = None) -> KindCluster:
+    """The cluster as the manifest records it."""
+    component = component or model.by_role("cluster")[0]
+    details = component.details
+    return KindCluster(component.name, _engine(model), _network(model).name, details["node_image"],
+                       details.get("etcd_endpoints", []), Path(details["dir"]),
+                       control_planes=details["control_planes"], workers=details["workers"],
+                       node_kine=details.get("node_kine"), kubelet=model.spec.kubelet_config,
+                       apiserver_args=model.spec.apiserver_args)

