@@ -111,9 +111,6 @@ class KindNetwork:
     subnet: str
     gateway: str
 
-    def to_json(self) -> dict:
-        return {"name": self.name, "subnet": self.subnet, "gateway": self.gateway}
-
 
 def used_subnets(engine: Engine) -> List[ipaddress.IPv4Network]:
     ids = engine.docker("network", "ls", "-q").stdout.decode().split()
