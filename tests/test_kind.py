@@ -400,9 +400,13 @@ def test_hybrid_uses_every_kine_and_the_faults_reach_kine_nodes_and_apiservers(d
         assert not worker["alive"] and worker["state"] == "exited"
         lab.restart("kl-test-hybrid-worker")
         assert next(n for n in components(lab.status(), "node") if n["kind_role"] == "worker")["ready"]
-        # the apiserver is a static pod: restarted in its node by the kubelet, and ready again
+        # the apiserver is a static pod: restarted in its node, and killed, the kubelet starts it again
         lab.restart("kube-apiserver-0")
         assert lab.status()["apiservers"][0]["ready"] and configmap("after-restart")
+        lab.kill("kube-apiserver-0")
+        wait_until(lambda: configmap("after-apiserver-kill"), timeout_s=120, interval_s=1,
+                   what="the kubelet to start the killed apiserver again")
+        assert lab.status()["apiservers"][0]["ready"]
         with pytest.raises(UsageError, match="faults do not reach"):
             lab.kill("kl-test-hybrid")
         pids = lab_pids(lab.model)
