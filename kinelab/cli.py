@@ -140,7 +140,7 @@ def _status_table(status: dict) -> Table:
             state = {True: "Ready", False: "[red]not Ready[/]", None: c["state"] or "[red]gone[/]"}[c["ready"]]
             note = f"kind {c['kind_role']}" + (f"; {c['error']}" if c.get("error") else "")
         elif c["role"] == "network":
-            state, note = c["subnet"], f"gateway {c['gateway']}; {c['engine']}"
+            state, note = c["subnet"], f"gateway {c['gateway']}"
         elif c["role"] == "cluster":
             state, note = "", f"kubeconfig {c['kubeconfig']}"
         else:

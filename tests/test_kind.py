@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 import kinelab as kl
-from conftest import REPO, all_gone, lab_pids, read_model, run_cli, wait_until
+from conftest import REPO, all_gone, assert_one_line_error, lab_pids, read_model, run_cli, wait_until
 from kinelab.errors import ToolError, UsageError
 from kinelab.provision import kind as k
 from kinelab.provision import nodeimage
@@ -360,6 +360,11 @@ def test_status_down_and_down_again(shared_db_cluster, docker_engine):
     nothing_left(docker_engine, lab_dir, "kl-test-shared")
     again = run_cli("down", "--dir", lab_dir)  # the same rule as on every backend: harmless, and says so
     assert again.returncode == 0 and "was already stopped; nothing was running" in again.stdout, again
+    # a new cluster cannot start on the old one's datastore (kubeadm finds its Ready nodes): refused, data kept
+    before = (lab_dir / "lab.json").read_text()
+    assert_one_line_error(run_cli("up", "--backend", "kind", "--name", "kl-test-shared", "--dir", lab_dir),
+                          "holds the datastore of an earlier cluster", "--purge")
+    assert (lab_dir / "lab.json").read_text() == before
     purged = run_cli("down", "--dir", lab_dir, "--purge")
     assert purged.returncode == 0 and not lab_dir.exists()
 
@@ -394,7 +399,12 @@ def test_hybrid_uses_every_kine_and_the_faults_reach_kine_nodes_and_apiservers(d
         lab.restart(0)
         wait_until(lambda: kine_peers(lab)[lab.endpoints[0]], timeout_s=60, interval_s=1,
                    what="the apiserver back on the restarted Kine 0")
-        # a worker node killed (docker kill) is a node gone; restarted (docker start), it is Ready again
+        # a worker node paused is frozen, not gone; killed (docker kill) it is gone; restarted (docker start), its
+        # kubelet renews its Lease and the node is Ready again
+        lab.pause("kl-test-hybrid-worker")
+        worker = next(n for n in components(lab.status(), "node") if n["kind_role"] == "worker")
+        assert worker["alive"] and worker["state"] == "paused"
+        lab.resume("kl-test-hybrid-worker")
         lab.kill("kl-test-hybrid-worker")
         worker = next(n for n in components(lab.status(), "node") if n["kind_role"] == "worker")
         assert not worker["alive"] and worker["state"] == "exited"

@@ -55,6 +55,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -389,6 +390,13 @@ class KindCluster:
             ready[item["metadata"]["name"]] = conditions.get("Ready") == "True"
         return ready
 
+    def lease_renewed(self, node: str) -> Optional[datetime]:
+        """When `node`'s kubelet last renewed its Lease (every 10 s while it runs), or None if unknown."""
+        result = self.kubectl("get", "lease", "-n", "kube-node-lease", node, "-o", "jsonpath={.spec.renewTime}",
+                              check=False, timeout=20)
+        text = result.stdout.strip()
+        return datetime.fromisoformat(text.replace("Z", "+00:00")) if result.returncode == 0 and text else None
+
     # --- lifecycle ---------------------------------------------------------------------------------------
     def create(self, *, ready_timeout_s: float = 180.0, log=print,
                cancel: Optional[threading.Event] = None) -> "KindCluster":
@@ -684,6 +692,11 @@ class KindBackend:
     def prepare(self, lab) -> dict:
         from .nodeimage import ensure_lb_image, ensure_node_image
 
+        previous = lab.labdir.read_if_current()
+        if previous is not None and previous.id == lab.id and previous.apiservers:  # its data would be reused
+            raise UsageError(f"{lab.dir} holds the datastore of an earlier cluster, and a new kind cluster cannot "
+                             "start on it (kubeadm finds the old cluster's nodes); remove it with `kinelab down --dir "
+                             f"{lab.dir} --purge`, or choose another --dir")
         tools = {"kine": install_kine(lab.kine_bin, log=lab.say), "kind": ensure(KIND, log=lab.say),
                  **ensure_kubernetes(["kube-apiserver", "kubectl"], log=lab.say)}
         engine, started = ensure_engine(log=lab.say)
@@ -759,25 +772,35 @@ class KindBackend:
         component.details["timings_s"] = cluster.timings_s
 
     def _start_node(self, lab, component: Component, cancel) -> None:
-        """Ready as kind left it, or (a restart) started again and Ready."""
+        """Ready as kind left it; or (a restart) started again, its kubelet heard from since, Ready, and its
+        apiserver (a control plane's) ready on the node's address."""
         engine = _engine(lab.model)
         state = container_state(engine, component.name)
         if state is None:
             raise ProcessError(f"the kind node {component.name} is gone (`docker ps -a` does not list it); start the "
                                "lab again")
+        started = datetime.now(timezone.utc)
         if state == "paused":
             engine.docker("unpause", component.name)
         elif state != "running":
             engine.docker("start", component.name)
+        else:
+            started = datetime.min.replace(tzinfo=timezone.utc)  # as kind left it: Ready is news enough
         if component.details["kind_role"] == "external-load-balancer":
             return
         cluster = _cluster(lab.model)
-        poll_until(lambda: cluster.nodes_ready().get(component.name), timeout_s=READY_TIMEOUT_S, interval_s=1,
-                   what=f"node {component.name} to be Ready", transient=(ToolError, OSError,
-                                                                          subprocess.TimeoutExpired), cancel=cancel)
+
+        def back() -> bool:  # the Node object says Ready for a while after its kubelet died: ask for news
+            renewed = cluster.lease_renewed(component.name)
+            return bool(renewed and renewed > started and cluster.nodes_ready().get(component.name))
+
+        poll_until(back, timeout_s=READY_TIMEOUT_S, interval_s=1, what=f"node {component.name} to be Ready",
+                   transient=(ToolError, OSError, subprocess.TimeoutExpired), cancel=cancel)
         for apiserver in lab.model.apiservers:  # a node started again may have another address
             if apiserver.details["node"] == component.name and apiserver.url:
                 self._address_apiserver(lab, apiserver)
+                poll_until(lambda: self._apiserver_ready(apiserver), timeout_s=READY_TIMEOUT_S, interval_s=0.5,
+                           what=f"{apiserver.name} in {component.name} to be ready", cancel=cancel)
 
     def _address_apiserver(self, lab, component: Component) -> None:
         """The apiserver's address on the lab network, and a kubeconfig of the cluster's pointed at it."""
@@ -829,10 +852,10 @@ class KindBackend:
         if component.runtime == "kind":
             nodes = lab.model.by_role("node")
             return bool(nodes) and all(container_state(engine, n.name) == "running" for n in nodes)
-        node = component.details["node"] if component.runtime == "kind-apiserver" else component.name
-        if container_state(engine, node) != "running":
-            return False
-        return component.runtime == "kind-node" or engine.docker(
+        if component.runtime == "kind-node":  # a paused node is alive, as a stopped process is
+            return container_state(engine, component.name) in ("running", "paused")
+        node = component.details["node"]
+        return container_state(engine, node) == "running" and engine.docker(
             "exec", node, "pgrep", "-x", "kube-apiserver", check=False, timeout=30).returncode == 0
 
     def inspect(self, lab, component: Component) -> dict:
@@ -841,7 +864,7 @@ class KindBackend:
         details = component.details
         if component.runtime == "kind-network":
             return {"subnet": details["subnet"], "gateway": details["gateway"],
-                    "engine": Engine(**details["engine"]).describe()}
+                    "engine": Engine(**details["engine"]).describe()}  # the table leaves it to --json
         if component.runtime == "kind":
             return {"kubeconfig": details["kubeconfig"], "node_image": details["node_image"],
                     "etcd_endpoints": details.get("etcd_endpoints", [])}
