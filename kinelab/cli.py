@@ -201,7 +201,7 @@ def cmd_down(args) -> int:
     what = "process(es) and container(s)" if model and model.by_role("node") else "process(es)"
     said = f"stopped {stopped} {what} of the lab in {labdir.path}" if stopped or was != "stopped" else \
         f"the lab in {labdir.path} was already stopped; nothing was running"
-    out.print(said + ("; removed it" if args.purge else ""))
+    out.print(said + ("; removed it" if args.purge else ""), soft_wrap=True)  # one line, for scripts to read
     return 0
 
 

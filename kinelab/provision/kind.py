@@ -737,7 +737,8 @@ class KindBackend:
         for index, (node, _) in enumerate(nodes[:spec.apiservers]):
             components.append(Component(f"kube-apiserver-{index}", "apiserver", index, runtime="kind-apiserver",
                                         stage=MEMBER_STAGE, details={
-                                            "node": node, "kubeconfig": str(cluster_dir / f"kubeconfig-{node}"),
+                                            "node": node,
+                                            "kubeconfig": str(cluster_dir / f"kubeconfig-kube-apiserver-{index}.yaml"),
                                             "etcd_servers": [f"http://{e}" for e in
                                                              etcd_servers_for(spec.mode, index, endpoints)]}))
         return components
@@ -784,15 +785,16 @@ class KindBackend:
             engine.docker("unpause", component.name)
         elif state != "running":
             engine.docker("start", component.name)
-        else:
-            started = datetime.min.replace(tzinfo=timezone.utc)  # as kind left it: Ready is news enough
         if component.details["kind_role"] == "external-load-balancer":
             return
         cluster = _cluster(lab.model)
 
         def back() -> bool:  # the Node object says Ready for a while after its kubelet died: ask for news
-            renewed = cluster.lease_renewed(component.name)
-            return bool(renewed and renewed > started and cluster.nodes_ready().get(component.name))
+            if state != "running":
+                renewed = cluster.lease_renewed(component.name)
+                if not renewed or renewed <= started:
+                    return False
+            return bool(cluster.nodes_ready().get(component.name))
 
         poll_until(back, timeout_s=READY_TIMEOUT_S, interval_s=1, what=f"node {component.name} to be Ready",
                    transient=(ToolError, OSError, subprocess.TimeoutExpired), cancel=cancel)
