@@ -72,8 +72,9 @@ def etcd_cluster(engine, image, name: str, workdir: Path) -> dict:
     return timings
 
 
-def kine_cluster(name: str, workdir: Path) -> dict:
-    with kl.Lab(backend="kind", cluster_name=name, replicas=1, mode="single-kine", dir=workdir / "lab") as lab:
+def kine_cluster(name: str) -> dict:
+    # a temporary lab (no dir): its directory and its Postgres data go when it stops
+    with kl.Lab(backend="kind", cluster_name=name, replicas=1, mode="single-kine") as lab:
         started = {c.role: c for c in lab.model.components}
         return {"network_and_datastore": max(started["network"].start_s, started["datastore"].start_s),
                 "kine": started["kine"].start_s, **kind_phases(started["cluster"].details["timings_s"])}
@@ -87,7 +88,7 @@ def time_to_ready(engine, image, rounds: int) -> dict:
             with tempfile.TemporaryDirectory(prefix="kinelab-bench-kind-") as tmp:
                 started = time.monotonic()
                 name = f"kl-bench-{r}-{'kine' if side.startswith('Kine') else 'etcd'}"
-                timings = kine_cluster(name, Path(tmp)) if side.startswith("Kine") else \
+                timings = kine_cluster(name) if side.startswith("Kine") else \
                     etcd_cluster(engine, image, name, Path(tmp))
                 timings["wall_with_teardown"] = round(time.monotonic() - started, 1)
             to_ready = sum(timings.get(p, 0) for p in PHASES)
@@ -114,8 +115,7 @@ def write_rates(image, rest_s: float, scale_to: int) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="kinelab-bench-kind-") as tmp:
         capture = Path(tmp) / "rates.duckdb"
-        with kl.Lab(backend="kind", cluster_name="kl-bench-rates", replicas=1, mode="single-kine", workers=1,
-                    dir=Path(tmp) / "lab") as lab:
+        with kl.Lab(backend="kind", cluster_name="kl-bench-rates", replicas=1, mode="single-kine", workers=1) as lab:
             apps, core = client.AppsV1Api(lab.kubernetes_client(0)), client.CoreV1Api(lab.kubernetes_client(0))
             deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
                           "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}},
