@@ -40,6 +40,7 @@ bench: kine
 	$(BIN)/python benchmarks/etcd_baseline.py
 	$(BIN)/python benchmarks/faults.py
 	$(BIN)/python benchmarks/kind.py
+	$(BIN)/python benchmarks/ha.py
 
 clean:
 	rm -rf $(VENV) kinelab-demo.duckdb

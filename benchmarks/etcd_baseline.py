@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -38,7 +37,7 @@ import kinelab as kl  # noqa: E402
 from kinelab.clock import Clock  # noqa: E402
 from kinelab.drive.workload import run_load  # noqa: E402
 from kinelab.observe.watchlag import WatchProbe  # noqa: E402
-from kinelab.provision.etcd_server import EtcdCluster, find_etcd  # noqa: E402
+from kinelab.provision.etcd_server import find_etcd  # noqa: E402
 
 TARGETS = ("etcd-1", "etcd-3", "kine-sqlite", "kine-pg-3")
 PAIRS = (("kine-sqlite", "etcd-1"), ("kine-pg-3", "etcd-3"))
@@ -48,8 +47,8 @@ WORKERS = 8
 
 def start_targets(stack: ExitStack) -> dict:
     """Every target's endpoints; the stack stops them all, also on error or Ctrl-C."""
-    return {"etcd-1": stack.enter_context(EtcdCluster(members=1)).endpoints,
-            "etcd-3": stack.enter_context(EtcdCluster(members=3)).endpoints,
+    return {"etcd-1": stack.enter_context(kl.Lab(replicas=1, datastore="etcd")).endpoints,
+            "etcd-3": stack.enter_context(kl.Lab(replicas=3, datastore="etcd")).endpoints,
             "kine-sqlite": stack.enter_context(kl.Lab(replicas=1, datastore="sqlite")).endpoints,
             "kine-pg-3": stack.enter_context(kl.Lab(replicas=3, datastore="postgres")).endpoints}
 
@@ -252,8 +251,7 @@ def main() -> int:
     params = {"rounds": 1, "phase_s": 1.5, "rate": 100.0, "settle_s": 3.0} if args.quick else \
         {"rounds": 3, "phase_s": 4.0, "rate": 100.0, "settle_s": 3.0}
     started, load_at_start = time.time(), os.getloadavg()[0]
-    etcd_version = subprocess.run([find_etcd(), "--version"], capture_output=True, text=True,
-                                  check=True).stdout.splitlines()[0].split(":")[-1].strip()  # "etcd Version: 3.4.23"
+    etcd_version = find_etcd().version.lstrip("v")
     with ExitStack() as stack:
         print("starting etcd 1 and 3 members, Kine on SQLite, 3 Kine replicas on Postgres...", flush=True)
         targets = start_targets(stack)

@@ -21,6 +21,7 @@ from .drive.faults import ISOLATION_LEVELS
 from .dsn import Dsn, mask_text
 from .errors import KinelabError, UsageError
 from .provision.backends import BACKENDS
+from .provision.tools import KINE_VERSION
 
 out = Console(highlight=False)
 
@@ -59,7 +60,7 @@ def cmd_install(args) -> int:
     from . import progress
     from .provision.tools import install_kine
 
-    kine = install_kine(args.kine_bin, log=progress.say)
+    kine = install_kine(args.kine_bin, log=progress.say, version=args.kine_version)
     if not args.kind_images:
         if args.json:
             _print_json(kine.to_json())
@@ -127,9 +128,11 @@ def _status_table(status: dict) -> Table:
                   title=f"lab {status['dir']} ({status['state']}, {status['backend']}) on "
                         f"{status['datastore'].get('dsn', '?')}, Kine {status.get('kine_version')}")
     for c in status["components"]:
-        if c["role"] == "kine":
+        if c["role"] in ("kine", "etcd"):
             state, note = str(c.get("revision", "")), c.get("last_log_line", "") or c.get("error", "")
             state = f"revision {state}" if state else ""
+            if c.get("kine_version") not in (None, status.get("kine_version")):  # a replica on another release
+                state = f"{state} (Kine {c['kine_version']})".strip()
         elif c["role"] == "apiserver":
             state, note = "ready" if c["ready"] else "[red]not ready[/]", f"etcd: {', '.join(c['etcd_servers'])}"
         elif c["role"] == "control-plane":
@@ -143,6 +146,11 @@ def _status_table(status: dict) -> Table:
             state, note = c["subnet"], f"gateway {c['gateway']}"
         elif c["role"] == "cluster":
             state, note = "", f"kubeconfig {c['kubeconfig']}"
+        elif "member" in c:
+            state, note = c["member"], ""
+        elif "servers" in c or "error" in c:  # a proxy: where it sends connections
+            state, note = "", c.get("error") or ", ".join(f"{name} {s['status']} ({s['connections']} open)"
+                                                        for name, s in c["servers"].items())
         else:
             state, note = "", ""
         endpoint = c.get("url") or c.get("endpoint") or ""
@@ -158,7 +166,9 @@ def cmd_up(args) -> int:
               kine_args=_kv(args.kine_arg, "--kine-arg"), replica_args=_replica_args(args.replica_arg, args.replicas),
               allow_shared_sqlite=args.allow_shared_sqlite, base_port=args.base_port, apiservers=args.apiservers,
               mode=args.mode, apiserver_args=_kv(args.apiserver_arg, "--apiserver-arg"), nodes=args.nodes,
-              controllers=args.controllers or None, workers=args.workers, cluster_name=args.name or "")
+              controllers=args.controllers or None, kine_version=args.kine_version, replication=args.replication,
+              db_proxy=_kv(args.db_proxy_setting, "--db-proxy-setting") if args.db_proxy or args.db_proxy_setting
+              else None, balancer=args.balancer, workers=args.workers, cluster_name=args.name or "")
     lab.start(owned=False)
     status = lab.status()
     if args.json:
@@ -382,13 +392,20 @@ def cmd_fault(args) -> int:
         raise UsageError(f"`fault {args.action}` " + ("needs --replica INDEX or --component NAME"
                                                       if args.action in REPLICA_FAULTS
                                                       else "acts on the database; drop --replica/--component"))
+    if (args.action == "db-proxy-maxconn") != (args.maxconn is not None):
+        raise UsageError("`fault db-proxy-maxconn` needs --maxconn" if args.action == "db-proxy-maxconn"
+                         else f"--maxconn applies to `fault db-proxy-maxconn` only, not {args.action}")
     if (args.action == "isolation") != (args.level is not None):
         raise UsageError("`fault isolation` needs --level" if args.action == "isolation"
                          else f"--level applies to `fault isolation` only, not {args.action}")
+    if args.kine_version and args.action != "restart":
+        raise UsageError(f"--kine-version applies to `fault restart` only, not {args.action}")
     injector = FaultInjector(_lab(args))
-    options = {"replica": target} if args.action in REPLICA_FAULTS else \
+    options = {"replica": target, **({"kine_version": args.kine_version} if args.kine_version else {})} \
+        if args.action in REPLICA_FAULTS else \
         {"level": args.level} if args.action == "isolation" else \
-        {"hold_ms": args.hold_ms, "period_ms": args.period_ms} if args.action == "slow" else {}
+        {"hold_ms": args.hold_ms, "period_ms": args.period_ms} if args.action == "slow" else \
+        {"maxconn": args.maxconn} if args.action == "db-proxy-maxconn" else {}
     detail = injector.inject(args.action, **options)
     try:
         if args.action == "slow":  # the lock lives in this process: hold it for --seconds, or until Ctrl-C
@@ -403,17 +420,29 @@ def cmd_fault(args) -> int:
 
 def cmd_scenario(args) -> int:
     from .observe.scenario import Scenario, run_scenario
+    from .observe.versions import install_versions, parse_versions, run_versions
     from .provision.lab import Lab
 
     scenario = Scenario.from_file(args.file)
+    versions = parse_versions(args.kine_versions) if args.kine_versions is not None else None
+    if versions:
+        install_versions(versions)  # an unknown release or a failed build stops here, before any lab starts
+
+    def run(lab) -> list:
+        return run_versions(lab, args.out, scenario, versions) if versions else [run_scenario(lab, args.out, scenario)]
+
     if args.dir:
-        summary = run_scenario(_lab(args), args.out, scenario)
+        summaries = run(_lab(args))
     else:
-        with Lab(**scenario.lab) as lab:  # a lab of the scenario's own, gone when the run ends
-            summary = run_scenario(lab, args.out, scenario)
+        with Lab(**{**scenario.lab, **({"kine_version": versions[0]} if versions else {})}) as lab:
+            summaries = run(lab)  # a lab of the scenario's own, gone when the run ends
+    failed = [f"{s.get('kine_version', '')} {f}".strip() for s in summaries for f in s["failed"]]
+    if versions:
+        return _print_versions(args, scenario, summaries, failed)
+    (summary,) = summaries
     if args.json:
         _print_json(summary)
-        return 1 if summary["failed"] else 0
+        return 1 if failed else 0
     table = Table("check", "value", "verdict", box=None,
                   title=f"scenario {scenario.name}: run {summary['run_id']}, {summary['writes']} writes, "
                         f"{summary['errors']} errors -> {args.out}")
@@ -423,9 +452,36 @@ def cmd_scenario(args) -> int:
     out.print(table)
     out.print("faults: " + ("; ".join(f"{t} s {fault} {target}" + ("" if ok else " (failed)")
                                       for t, fault, target, ok in summary["faults"]) or "none"))
-    if summary["failed"]:
-        out.print(f"[red]expectations not met: {'; '.join(summary['failed'])}[/] (tables scenario_checks, "
-                  f"fault_recovery, error_kinds in {args.out})")
+    if failed:
+        out.print(f"[red]expectations not met: {'; '.join(failed)}[/] (tables scenario_checks, "
+                  f"fault_recovery, error_kinds, write_anomalies in {args.out})")
+        return 1
+    return 0
+
+
+def _print_versions(args, scenario, summaries: list, failed: list) -> int:
+    from .analyse.versions import by_version
+    from .observe.capture import open_capture
+
+    con = open_capture(args.out)
+    try:
+        runs = {s["run_id"] for s in summaries}
+        rows = [r for r in by_version(con) if r["run_id"] in runs]
+    finally:
+        con.close()
+    if args.json:
+        _print_json({"versions": rows, "runs": summaries, "failed": failed})
+        return 1 if failed else 0
+    table = Table("Kine", "run", "writes", "errors", "acknowledged but missing", "reported failed but written",
+                  box=None, title=f"scenario {scenario.name} on {len(summaries)} Kine releases -> {args.out}")
+    for row in rows:
+        table.add_row(row["kine_version"], str(row["run_id"]), str(row["writes"]), str(row["errors"]),
+                      *[f"[red]{n}[/]" if n else "0" for n in (row["acknowledged_but_missing"],
+                                                              row["reported_failed_but_written"])])
+    out.print(table)
+    if failed:
+        out.print(f"[red]expectations not met: {'; '.join(failed)}[/] (views write_anomalies and "
+                  f"anomalies_by_version in {args.out})")
         return 1
     return 0
 
@@ -463,8 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     def lab_dir(p):
         p.add_argument("--dir", help="lab directory (default: ~/.kinelab/labs/default, or $KINELAB_HOME/labs/default)")
 
-    p = add("install", cmd_install, "build the pinned Kine into the tool cache (or check --kine-bin)")
+    p = add("install", cmd_install, "build the pinned Kine, or any release, into the tool cache (or check --kine-bin)")
     p.add_argument("--kine-bin", help="use this Kine binary instead (also KINELAB_KINE_BIN)")
+    p.add_argument("--kine-version", help=f"a Kine release other than the pinned {KINE_VERSION}, e.g. v0.17.2 "
+                   "(checked against the Go module proxy's list)")
     p.add_argument("--kind-images", action="store_true",
                    help="also build kind and the kind backend's offline images (needs a Docker engine or root)")
     p.add_argument("--json", action="store_true")
@@ -478,8 +536,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("up", cmd_up, "start Kine replicas on a shared datastore; they run until `kinelab down`")
     p.add_argument("--replicas", type=int, default=3)
-    p.add_argument("--datastore", default="postgres", help="postgres (embedded, default), sqlite, mysql, or a DSN")
+    p.add_argument("--datastore", default="postgres", help="postgres (embedded, default), postgres-ha (a primary and "
+                   "a streaming standby), sqlite, mysql, or a DSN")
     lab_dir(p)
+    p.add_argument("--replication", choices=["sync", "async"],
+                   help="postgres-ha: the standby confirms every commit (sync, default) or trails it (async)")
+    p.add_argument("--db-proxy", action="store_true", help="HAProxy between Kine and the database (postgres-ha: "
+                   "repointed at a failover; default: Kine's multi-host DSN)")
+    p.add_argument("--db-proxy-setting", action="append", metavar="KEY=VALUE",
+                   help="a circuit-breaker setting of the database proxy (implies --db-proxy): maxconn, "
+                   "queue_timeout_ms, connect_timeout_ms, error_limit")
+    p.add_argument("--balancer", action="store_true",
+                   help="HAProxy in front of the Kine pool; in hybrid mode the apiservers reach Kine through it")
     p.add_argument("--kine-arg", action="append", metavar="KEY=VALUE", help="a Kine flag for every replica")
     p.add_argument("--replica-arg", action="append", metavar="INDEX:KEY=VALUE", help="a Kine flag for one replica")
     p.add_argument("--datastore-setting", action="append", metavar="KEY=VALUE",
@@ -488,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-shared-sqlite", action="store_true",
                    help="allow several replicas on one SQLite file (unsupported, k3s-io/kine#499; for the lesson)")
     p.add_argument("--kine-bin", help="use this Kine binary (also KINELAB_KINE_BIN)")
+    p.add_argument("--kine-version", help=f"run this Kine release instead of the pinned {KINE_VERSION} (built the "
+                   "first time); one replica's own: --replica-arg 1:kine-version=v0.17.2")
     p.add_argument("--backend", default="local", choices=list(BACKENDS),
                    help="local: processes on loopback (default); kind: containers, needs a Docker engine")
     p.add_argument("--apiservers", type=int, default=0, help="real kube-apiservers in front of the replicas (kind: "
@@ -573,14 +643,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("fault", cmd_fault, "inject a fault: kill (SIGKILL), pause (SIGSTOP), resume or restart a replica; "
             "stop, start or restart the database; terminate Kine's database sessions; slow the database; set "
-            "its default isolation level")
+            "its default isolation level; fail over to the standby, or pause and resume WAL shipping to it "
+            "(postgres-ha)")
     p.add_argument("action", choices=[*REPLICA_FAULTS, "db-stop", "db-start", "db-restart", "terminate", "slow",
-                                      "isolation"])
+                                      "isolation", "failover", "replication-pause", "replication-resume",
+                                      "db-proxy-maxconn"])
     p.add_argument("--replica", type=int, help="the Kine replica, for kill, pause, resume and restart")
     p.add_argument("--component", help="or any component by name (kube-apiserver-0, postgres, ...), as `kinelab "
                    "status` lists them")
     p.add_argument("--level", choices=ISOLATION_LEVELS,
                    help="for isolation: the database's new default level")
+    p.add_argument("--kine-version", help="for restart: start the replica on this Kine release (a rolling upgrade)")
+    p.add_argument("--maxconn", type=int, help="for db-proxy-maxconn: connections per database server (0: no cap)")
     p.add_argument("--seconds", type=float, default=30, help="for slow: how long (default 30)")
     p.add_argument("--hold-ms", type=float, default=200, help="for slow: writes blocked this long ...")
     p.add_argument("--period-ms", type=float, default=250, help="... of every period (default 200 of 250 ms)")
@@ -591,6 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="a scenario YAML file, e.g. scenarios/kill-one-of-three.yaml")
     p.add_argument("--dir", help="run against this running lab (default: start the scenario's own lab)")
     p.add_argument("--out", default="kinelab-scenario.duckdb", help="results file (default kinelab-scenario.duckdb)")
+    p.add_argument("--kine-versions", metavar="V1,V2,...", help="run the scenario once per Kine release, oldest first "
+                   "(every replica restarted on each in turn), all into --out, and print releases x anomalies")
     p.add_argument("--json", action="store_true")
 
     p = add("demo", cmd_demo, "3 replicas on embedded Postgres, a seeded burst of writes, a capture, a summary")

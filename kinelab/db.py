@@ -22,9 +22,11 @@ def connect_postgres(dsn: Dsn, *, database: str | None = None, read_only: bool =
     import psycopg
 
     try:
-        conn = psycopg.connect(host=dsn.host, port=dsn.port, user=dsn.user, password=dsn.password,
-                               dbname=database or dsn.database, connect_timeout=timeout_s,
-                               application_name="kinelab")
+        pairs = [(dsn.host, dsn.port), *dsn.fallbacks]  # a multi-host DSN: libpq tries each in turn
+        extra = {k: v for k, v in dsn.params.items() if k == "target_session_attrs"}
+        conn = psycopg.connect(host=",".join(h for h, _ in pairs), port=",".join(str(p) for _, p in pairs),
+                               user=dsn.user, password=dsn.password, dbname=database or dsn.database,
+                               connect_timeout=timeout_s, application_name="kinelab", **extra)
     except psycopg.OperationalError as exc:
         reason = mask_text(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
         raise DatastoreError(f"cannot connect to Postgres {dsn.masked}: {reason}; {_hint(dsn)}") from exc

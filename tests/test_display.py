@@ -57,12 +57,12 @@ def test_auto_mode_is_live_only_where_a_lab_can_start(monkeypatch, tmp_path, cap
     with pytest.raises(UsageError, match="mode must be one of auto, live, replay, not 'life'"):
         replay.choose_mode("life")
     assert replay.choose_mode("auto") == "live"
-    assert capsys.readouterr().out == "mode auto -> live: Kine found here\n"
+    assert capsys.readouterr().out == "mode auto -> live: everything this notebook runs is installed here\n"
 
     monkeypatch.setenv("KINELAB_CACHE", str(tmp_path))  # an empty tool cache: no Kine
     monkeypatch.delenv("KINELAB_KINE_BIN", raising=False)
     assert replay.choose_mode("auto") == "replay"
-    assert capsys.readouterr().out.startswith(f"mode auto -> replay: Kine {KINE_VERSION} is not installed here; ")
+    assert capsys.readouterr().out.startswith(f"mode auto -> replay: Kine {KINE_VERSION} not installed here; ")
 
     monkeypatch.setenv("KINELAB_KINE_BIN", str(tmp_path / "no-such-kine"))  # a wrong setting is the reason given
     assert replay.choose_mode("auto") == "replay"
@@ -72,6 +72,10 @@ def test_auto_mode_is_live_only_where_a_lab_can_start(monkeypatch, tmp_path, cap
     monkeypatch.delenv("KINELAB_KUBE_APISERVER_BIN", raising=False)
     assert replay.choose_mode("auto", apiservers=True) == "replay"
     assert "kube-apiserver v1.37.2 is not built here" in capsys.readouterr().out
+
+    monkeypatch.setenv("KINELAB_KWOK_BIN", str(tmp_path / "no-such-kwok"))  # notebook 11 needs kwok too
+    assert replay.choose_mode("auto", nodes=True) == "replay"
+    assert "KINELAB_KWOK_BIN=" in capsys.readouterr().out
 
 
 def test_a_finished_progress_bar_leaves_an_empty_output(tmp_path, monkeypatch):

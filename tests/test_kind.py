@@ -92,6 +92,9 @@ def test_nodes_are_named_as_kind_names_them():
     ({"replicas": 0}, "at least one Kine replica"),
     ({"nodes": 3}, "simulated nodes (--nodes) are the local backend's"),
     ({"controllers": False}, "always run a controller-manager and a scheduler"),
+    ({"datastore": "etcd"}, "a lab of etcd members runs on the local backend only"),
+    ({"datastore": "postgres-ha"}, "run on the local backend only"),
+    ({"balancer": True, "mode": "hybrid"}, "run on the local backend only"),
 ])
 def test_what_kind_cannot_do_is_refused_before_anything_starts(tmp_path, kwargs, says):
     with pytest.raises(UsageError) as info:
@@ -450,9 +453,10 @@ def test_a_cluster_that_never_becomes_ready_says_what_the_kubelet_said_and_leave
 @pytest.mark.timeout(1200)
 def test_a_killed_owner_leaves_nothing_running(docker_engine, node_image, tmp_path):
     lab_dir = tmp_path / "lab"
+    # the replica on another Kine release: a host process like any lab's (kind's nodes do not care)
     script = ("import kinelab as kl\n"
               f"kl.Lab(backend='kind', cluster_name='kl-test-reaped', replicas=1, mode='single-kine', "
-              f"dir={str(lab_dir)!r}).start()\n"
+              f"kine_version='v0.17.2', dir={str(lab_dir)!r}).start()\n"
               "print('up', flush=True)\n"
               "import time; time.sleep(900)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO)
@@ -460,6 +464,7 @@ def test_a_killed_owner_leaves_nothing_running(docker_engine, node_image, tmp_pa
         assert proc.stdout.readline().strip() == "up"
         model = read_model(lab_dir)
         assert model.component("kube-apiserver-0").details["etcd_servers"] == [f"http://{model.endpoints[0]}"]
+        assert model.kine_versions == ["v0.17.2"]
         assert containers(docker_engine, "kl-test-reaped")
     finally:
         proc.kill()  # as SIGKILL, a crash or a kernel restart would

@@ -7,7 +7,8 @@ Events carry a TTL lease (Kine's lease id is the TTL in seconds), renewed once a
 apiserver's lease manager.
 
 Mixes:
-  configmaps  Kine's own load test: 20% create, 50% update, 20% delete, 10% list
+  configmaps  Kine's own load test: 20% create, 50% update, 20% delete, 10% list (values of 0.5-2 KB, or
+              `value_bytes`)
   heartbeat   N nodes renewing their Lease in kube-node-lease every 10 s, as kubelets do
   events      an event storm: 80% new events with TTL leases, 20% updates of recent ones
   creates     unique keys, creates only, 1 KiB values: raw write throughput (the `benchmark put` shape)
@@ -15,6 +16,7 @@ Mixes:
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import random
 import secrets
@@ -54,7 +56,12 @@ class LoadError:
     op: str
     key: str
     error: str
-    code: str
+    code: str  # the gRPC status, or KEY_EXISTS / CONFLICT for a refused create or update (see Writer)
+    value_sha256: Optional[str] = None  # of the value the failed create or update sent: was it written anyway?
+
+
+def sha256(value: bytes) -> str:
+    return hashlib.sha256(value).hexdigest()
 
 
 @dataclass
@@ -88,8 +95,12 @@ class Writer:
         self.writes.append(write)
         return write
 
-    def _failed(self, replica, op, key, exc: EtcdError) -> None:
-        self.errors.append(LoadError(self.clock.now(), replica, op, key, str(exc), exc.code))
+    def _failed(self, replica, op, key, exc: EtcdError, value: Optional[bytes] = None) -> None:
+        self._refused(replica, op, key, str(exc), exc.code, value)
+
+    def _refused(self, replica, op, key, error: str, code: str, value: Optional[bytes] = None) -> None:
+        self.errors.append(LoadError(self.clock.now(), replica, op, key, error, code,
+                                     sha256(value) if value is not None else None))
 
     @staticmethod
     def _current(client: Etcd, key: str) -> tuple:
@@ -97,13 +108,20 @@ class Writer:
         current = client.get(key)
         return (current.mod_revision, current.lease) if current else (0, 0)
 
-    def create(self, replica: int, key: str, value: bytes, *, lease: int = 0) -> Optional[Write]:
+    def create(self, replica: int, key: str, value: bytes, *, lease: int = 0, new: bool = False) -> Optional[Write]:
+        """Create `key` if absent. With `new` (a name nobody wrote before), a refused create is an error too: the
+        apiserver would answer 409 AlreadyExists for a key that cannot exist."""
         t0 = time.perf_counter()
         try:
             result = self.clients[replica].create(key, value, lease=lease)
         except EtcdError as exc:
-            return self._failed(replica, "create", key, exc)
-        return self._ack(key, "create", result.revision, replica, t0) if result.succeeded else None
+            return self._failed(replica, "create", key, exc, value)
+        if result.succeeded:
+            return self._ack(key, "create", result.revision, replica, t0)
+        if new:
+            self._refused(replica, "create", key, "create refused: the key exists (compare MOD == 0 failed)",
+                          "KEY_EXISTS", value)
+        return None
 
     def update(self, replica: int, key: str, make_value: Callable[[], bytes], *, known_revision: int = 0,
                lease: int = 0, max_conflicts: int = 10) -> Optional[Write]:
@@ -115,15 +133,20 @@ class Writer:
             revision, lease = (known_revision, lease) if known_revision else self._current(client, key)
             if not revision:
                 return None
+            value = None
             for conflicts in range(max_conflicts + 1):
-                result = client.update(key, make_value(), mod_revision=revision, lease=lease)
+                value = make_value()
+                result = client.update(key, value, mod_revision=revision, lease=lease)
                 if result.succeeded:
                     return self._ack(key, "update", result.revision, replica, t0, conflicts)
                 if result.current is None:
                     return None  # deleted meanwhile
+                if result.current.value == value:  # refused, yet the key holds this very value: a reported failure
+                    self._refused(replica, "update", key, "update refused (compare failed), yet the key holds its "
+                                  f"value at revision {result.current.mod_revision}", "CONFLICT", value)
                 revision, lease = result.current.mod_revision, result.current.lease
         except EtcdError as exc:
-            return self._failed(replica, "update", key, exc)
+            return self._failed(replica, "update", key, exc, value)
         return None
 
     def delete(self, replica: int, key: str, *, known_revision: int = 0) -> Optional[Write]:
@@ -169,20 +192,21 @@ class ConfigMapMix(Mix):
     name = "configmaps"
     namespaces = ("default", "kube-system", "team-a")
 
-    def __init__(self, rng, worker, workers, **options):
+    def __init__(self, rng, worker, workers, value_bytes: Optional[int] = None, **options):
         super().__init__(rng, worker, workers)
         self.live: dict = {}  # key -> mod revision this worker last saw
         self.serial = itertools.count()
+        self.sizes = (value_bytes, value_bytes) if value_bytes else (500, 2000)  # small values, small recordings
 
     def _new_value(self) -> bytes:
-        return self.value("v1", "ConfigMap", 500, 2000)
+        return self.value("v1", "ConfigMap", *self.sizes)
 
     def step(self, writer, replica):
         roll = self.rng.random()
         if roll < 0.2 or not self.live:
             ns = self.rng.choice(self.namespaces)
             key = f"/registry/configmaps/{ns}/load-{self.token}-w{self.worker}-{next(self.serial):06d}"
-            done = writer.create(replica, key, self._new_value())
+            done = writer.create(replica, key, self._new_value(), new=True)
             if done:
                 self.live[key] = done.revision
         elif roll < 0.7:
@@ -249,7 +273,7 @@ class EventStormMix(Mix):
         ns = self.rng.choice(self.namespaces)
         pod = f"pod-{self.rng.randrange(1000):03d}"
         key = f"/registry/events/{ns}/{pod}.{self.token}w{self.worker}e{next(self.serial):07d}"
-        done = writer.create(replica, key, self.value("v1", "Event", 300, 700), lease=self.lease)
+        done = writer.create(replica, key, self.value("v1", "Event", 300, 700), lease=self.lease, new=True)
         if done:
             self.recent = (self.recent + [(key, done.revision, self.lease)])[-50:]
 
@@ -264,7 +288,7 @@ class CreateMix(Mix):
 
     def step(self, writer, replica):
         writer.create(replica, f"/registry/configmaps/bench/{self.token}-w{self.worker}-{next(self.serial):09d}",
-                      self.payload)
+                      self.payload, new=True)
 
 
 MIXES = {mix.name: mix for mix in (ConfigMapMix, HeartbeatMix, EventStormMix, CreateMix)}

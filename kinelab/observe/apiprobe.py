@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..clock import Clock
 from ..drive.pool import Background, run_paced
@@ -160,3 +161,40 @@ def availability(lab, *, duration_s: float = 10.0, interval_s: float = 0.25, nam
                 during(time.monotonic() - started)
         attempts_loop.result()
     return sorted(attempts, key=lambda a: a.t)
+
+
+def etcd_connections(lab) -> dict:
+    """{apiserver index: {Kine replica name: open TCP connections}}: where each kube-apiserver's etcd clients
+    are connected. Through the Kine balancer, HAProxy's `show sess` names the replica behind each client
+    connection; with the endpoint list, the apiserver connects to the replicas itself. A kube-apiserver opens many
+    etcd clients (one per resource's storage, plus leases and health checks), each with its own HTTP/2 connection,
+    and every call and watch of that client stays on that connection."""
+    import psutil
+
+    from ..provision.haproxy import runtime
+
+    replicas = {int(c.port): c.name for c in lab.model.replicas}
+    balancer = lab.model.balancer
+    behind = {}  # a client's source port -> the replica HAProxy connected it to
+    if balancer is not None:
+        for line in runtime(Path(balancer.details["admin_socket"]), "show sess").splitlines():
+            fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+            if fields.get("be") == "kine" and "src" in fields and "srv" in fields:
+                behind[int(fields["src"].rsplit(":", 1)[1])] = fields["srv"]
+    spread = {}
+    for component in lab.model.apiservers:
+        counts = {name: 0 for name in replicas.values()}
+        for record in component.records:
+            try:
+                connections = psutil.Process(record.pid).net_connections(kind="tcp")
+            except psutil.Error:
+                continue
+            for conn in connections:
+                if not conn.raddr or conn.status != psutil.CONN_ESTABLISHED:
+                    continue
+                replica = behind.get(conn.laddr.port) if balancer is not None and conn.raddr.port == \
+                    balancer.port else replicas.get(conn.raddr.port)
+                if replica is not None:
+                    counts[replica] += 1
+        spread[component.index] = counts
+    return spread

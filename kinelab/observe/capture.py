@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -131,8 +131,7 @@ def _snapshot_connection(dsn: Dsn):
     import adbc_driver_manager
     import adbc_driver_postgresql.dbapi as adbc_pg
 
-    uri = Dsn("postgres", dsn.host, dsn.port, dsn.user, dsn.password, dsn.database,
-              params={**dsn.params, "connect_timeout": "5", "application_name": "kinelab"}).url
+    uri = replace(dsn, params={**dsn.params, "connect_timeout": "5", "application_name": "kinelab"}).url
     try:
         conn = adbc_pg.connect(uri.replace("postgres://", "postgresql://", 1))
     except adbc_driver_manager.Error as exc:

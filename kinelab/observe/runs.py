@@ -30,7 +30,7 @@ from .store import finish_run, insert_rows, new_run, open_store
 from .watchlag import WatchProbe
 
 WRITE_COLUMNS = ["run_id", "key", "op", "revision", "replica", "t_commit", "latency_ms", "conflicts", "worker"]
-ERROR_COLUMNS = ["run_id", "t", "replica", "op", "key", "error", "code"]
+ERROR_COLUMNS = ["run_id", "t", "replica", "op", "key", "error", "code", "value_sha256"]
 METRIC_COLUMNS = ["run_id", "t", "replica", "metric", "labels", "value"]
 
 
@@ -39,12 +39,20 @@ def store_load(con, run_id: int, result: LoadResult) -> None:
     insert_rows(con, "load_errors", ERROR_COLUMNS, [(run_id, *asdict(e).values()) for e in result.errors])
 
 
+def store_replicas(con, run_id: int, lab) -> None:
+    """Which Kine release each replica ran during the run (a rolling upgrade runs two)."""
+    insert_rows(con, "run_replicas", ["run_id", "replica", "component", "endpoint", "kine_version"],
+                [(run_id, c.index, c.name, c.endpoint, version)
+                 for c, version in zip(lab.model.replicas, lab.model.kine_versions)])
+
+
 def store_metrics(con, run_id: int, sampler: MetricsSampler) -> None:
     insert_rows(con, "kine_metrics", METRIC_COLUMNS, [(run_id, *row) for row in sampler.rows])
 
 
 def store_watch(con, run_id: int, probe: WatchProbe) -> None:
-    """The probe's observers and events; each event joined with the write that caused it (stored first)."""
+    """The probe's observers and events; each event joined with the write that caused it (stored first): same
+    revision and key, since after a failover a revision can be acknowledged for two keys."""
     insert_rows(con, "watch_observers",
                 ["run_id", "observer", "endpoint", "prefix", "start_revision", "last_revision", "events",
                  "progress_notifies", "cancelled", "cancel_reason", "compact_revision"],
@@ -58,7 +66,8 @@ def store_watch(con, run_id: int, probe: WatchProbe) -> None:
     con.execute("""INSERT INTO watch_events
                    SELECT r.run_id, r.observer, w.replica, r.revision, r.key, r.type, w.t_commit, r.t_observed,
                           (r.t_observed - w.t_commit) * 1000
-                   FROM watch_raw r LEFT JOIN writes w ON w.run_id = r.run_id AND w.revision = r.revision""")
+                   FROM watch_raw r LEFT JOIN writes w
+                        ON w.run_id = r.run_id AND w.revision = r.revision AND w.key = r.key""")
     con.execute("DROP TABLE watch_raw")
 
 
@@ -69,13 +78,16 @@ def load_summary(result: LoadResult) -> dict:
 
 
 @contextmanager
-def measured_run(lab, out, kind: str, params: dict, timeout_s: float = 10.0):
-    """Clients on every replica, the results file (checked to belong to this lab), one clock, a run id."""
-    clients = [Etcd(ep, timeout_s=timeout_s) for ep in lab.endpoints]
+def measured_run(lab, out, kind: str, params: dict, timeout_s: float = 10.0, endpoints: Optional[list] = None):
+    """Clients on every replica (or on `endpoints`), the results file (checked to belong to this lab), one clock,
+    a run id."""
+    clients = [Etcd(ep, timeout_s=timeout_s) for ep in endpoints or lab.endpoints]
     try:
         con = open_store(out, lab.dsn.identity)
         try:
-            yield clients, con, Clock(), new_run(con, kind, params)
+            run_id = new_run(con, kind, params)
+            store_replicas(con, run_id, lab)
+            yield clients, con, Clock(), run_id
         finally:
             con.close()
     finally:

@@ -19,7 +19,11 @@ Measurements (one `runs` row per load, watch-lag or compaction run; times are ep
 single clock):
   runs(run_id, kind, started_at, duration_s, params, summary)           params and summary are JSON
   writes(run_id, key, op, revision, replica, t_commit, latency_ms, conflicts, worker)   acknowledged writes
-  load_errors(run_id, t, replica, op, key, error, code)
+  load_errors(run_id, t, replica, op, key, error, code, value_sha256)
+      failed operations, and creates or updates the store refused (code KEY_EXISTS: a create of a name nobody
+      wrote before; CONFLICT: a compare that failed although the key holds the value sent); value_sha256 is
+      that of the value a failed create or update sent
+  run_replicas(run_id, replica, component, endpoint, kine_version)   the Kine release each replica ran
   watch_observers(run_id, observer, endpoint, prefix, start_revision, last_revision, events, progress_notifies,
                   cancelled, cancel_reason, compact_revision)
   watch_events(run_id, observer, writer, revision, key, type, t_commit, t_observed, lag_ms)
@@ -33,12 +37,20 @@ single clock):
   compaction_checks(run_id, t, check_name, revision, ok, detail)
   fault_events(run_id, t, fault, target, detail, ok)                    t: seconds since the run's load began
   scenario_checks(run_id, check_name, value, ok, detail)                the reconciliation after a scenario
+  revision_samples(run_id, t, replica, revision, error)                 each replica's reported revision, sampled
+                                                                        through a scenario (NULL revision: the error)
   watch_lag_summary      p50/p90/p99/max lag per run, observer and locality (same-replica / other-replica)
   availability           per run, replica and second since the load began: successful writes and errors
   error_kinds            errors per run and replica, sorted into kinds (replica unreachable, timeout,
                          database connection lost, too many connections, serialization failure, other)
   fault_recovery         per fault: errors on its target until the next fault, and recovery_s, the time from the
                          fault to the first success after its last error (for a restart: to the first success)
+  write_anomalies        one row per write the table contradicts: anomaly 'acknowledged but missing' (an
+                         acknowledged write whose row is not in the newest snapshot) or 'reported failed but
+                         written' (a create or update whose client saw an error or a refusal, yet a snapshot holds
+                         a row of that key with that value), with replica, op, key, revision, error_kind, error, t
+  anomalies_by_version   per run and Kine release: writes, errors, acknowledged_but_missing,
+                         reported_failed_but_written (summed over the replicas that ran that release)
   watch_missed           acknowledged writes under an observer's prefix that its watch never delivered
   apiserver_watch_rows   apiserver_watch_events joined to the Kine row each resource_version names (the
                          resourceVersion is the Kine revision = kine_rows.id): row_name (= key), created,
@@ -92,6 +104,11 @@ CREATE TABLE IF NOT EXISTS fault_events (
     run_id INTEGER, t DOUBLE, fault VARCHAR, target VARCHAR, detail VARCHAR, ok BOOLEAN);
 CREATE TABLE IF NOT EXISTS scenario_checks (
     run_id INTEGER, check_name VARCHAR, value DOUBLE, ok BOOLEAN, detail VARCHAR);
+CREATE TABLE IF NOT EXISTS run_replicas (
+    run_id INTEGER, replica INTEGER, component VARCHAR, endpoint VARCHAR, kine_version VARCHAR);
+ALTER TABLE load_errors ADD COLUMN IF NOT EXISTS value_sha256 VARCHAR;
+CREATE TABLE IF NOT EXISTS revision_samples (
+    run_id INTEGER, t DOUBLE, replica INTEGER, revision BIGINT, error VARCHAR);
 """
 
 # Key layout of kube-apiserver: /registry/<resource>[/<namespace>]/<name>, with a few historical
@@ -187,17 +204,22 @@ CREATE OR REPLACE VIEW availability AS
     FROM outcomes o JOIN clock c USING (run_id) WHERE c.t0 IS NOT NULL
     GROUP BY ALL ORDER BY ALL;
 
+CREATE OR REPLACE MACRO error_kind(error, code) AS
+    CASE WHEN code = 'KEY_EXISTS' THEN 'create refused: key exists'
+         WHEN code = 'CONFLICT' THEN 'update refused: conflict'
+         WHEN regexp_matches(lower(error), 'too many (clients|connections)|remaining connection slots|53300')
+              THEN 'too many connections'
+         WHEN code = 'UNAVAILABLE' THEN 'replica unreachable'
+         WHEN regexp_matches(code, '^5[0-9][0-9]$') THEN 'apiserver error ' || code
+         WHEN code = 'DEADLINE_EXCEEDED' THEN 'timeout'
+         WHEN error ILIKE '%serializ%' OR error ILIKE '%deadlock%' THEN 'serialization failure'
+         WHEN regexp_matches(lower(error),
+                             'connection refused|terminat|broken pipe|bad connection|eof|reset by peer|shutting down')
+              THEN 'database connection lost'
+         ELSE 'other' END;
+
 CREATE OR REPLACE VIEW error_kinds AS
-    SELECT run_id, replica,
-           CASE WHEN regexp_matches(lower(error), 'too many (clients|connections)|remaining connection slots|53300')
-                     THEN 'too many connections'
-                WHEN code = 'UNAVAILABLE' THEN 'replica unreachable'
-                WHEN regexp_matches(code, '^5[0-9][0-9]$') THEN 'apiserver error ' || code
-                WHEN code = 'DEADLINE_EXCEEDED' THEN 'timeout'
-                WHEN error ILIKE '%serializ%' OR error ILIKE '%deadlock%' THEN 'serialization failure'
-                WHEN regexp_matches(lower(error), 'connection refused|terminat|broken pipe|bad connection|eof|reset by peer|shutting down')
-                     THEN 'database connection lost'
-                ELSE 'other' END AS kind,
+    SELECT run_id, replica, error_kind(error, code) AS kind,
            count(*) AS errors, min(t) AS first_t, max(t) AS last_t, any_value(error) AS example
     FROM load_errors GROUP BY ALL ORDER BY run_id, replica, errors DESC;
 
@@ -206,7 +228,8 @@ CREATE OR REPLACE VIEW fault_recovery AS
     f AS (SELECT e.run_id, e.t, e.fault, e.target, c.t0,
                  row_number() OVER (PARTITION BY e.run_id ORDER BY e.t) AS n,
                  lead(e.t) OVER (PARTITION BY e.run_id ORDER BY e.t) AS next_t,
-                 CASE WHEN starts_with(e.target, 'replica=') THEN CAST(split_part(e.target, '=', 2) AS INTEGER)
+                 -- a component's name (replica=postgres-1) is no replica index: NULL, every replica's errors
+                 CASE WHEN starts_with(e.target, 'replica=') THEN TRY_CAST(split_part(e.target, '=', 2) AS INTEGER)
                  END AS replica
           FROM fault_events e JOIN clock c USING (run_id)),
     errs AS (SELECT f.run_id, f.n, count(x.t) AS errors, max(x.t) - f.t0 AS last_error
@@ -223,8 +246,9 @@ CREATE OR REPLACE VIEW watch_missed AS
     SELECT o.run_id, o.observer, w.revision, w.key, w.op, w.replica AS writer
     FROM watch_observers o JOIN writes w ON w.run_id = o.run_id
     WHERE w.revision >= o.start_revision AND starts_with(w.key, o.prefix)
-      AND NOT EXISTS (SELECT 1 FROM watch_events e
-                      WHERE e.run_id = o.run_id AND e.observer = o.observer AND e.revision = w.revision);
+      AND NOT EXISTS (SELECT 1 FROM watch_events e  -- revision and key: a failover can reuse a revision
+                      WHERE e.run_id = o.run_id AND e.observer = o.observer AND e.revision = w.revision
+                        AND e.key = w.key);
 
 -- resourceVersion is the Kine revision, i.e. the id of the row the write made. Kine never rewrites a row, so
 -- any snapshot's copy of an id is that row (the newest is taken), even after compaction removed it.
@@ -237,6 +261,39 @@ CREATE OR REPLACE VIEW apiserver_watch_rows AS
     FROM apiserver_watch_events e
     LEFT JOIN stored s ON s.id = e.resource_version
     LEFT JOIN kine_decoded d ON d.snapshot_id = s.snapshot_id AND d.id = s.id;
+
+-- What the table contradicts. Acknowledged but missing: the same test as the reconciliation's writes_lost. Reported
+-- failed but written: the value a failed create or update sent is a row of its key in some snapshot (Kine never
+-- rewrites a row, so any snapshot's copy counts, even one compaction removed later).
+CREATE OR REPLACE VIEW write_anomalies AS
+    SELECT w.run_id, w.replica, 'acknowledged but missing' AS anomaly, w.op, w.key, w.revision,
+           NULL::VARCHAR AS error_kind, NULL::VARCHAR AS error, w.t_commit AS t
+    FROM writes w
+    WHERE NOT EXISTS (SELECT 1 FROM kine_latest k WHERE k.id = w.revision AND k.name = w.key)
+    UNION ALL
+    SELECT e.run_id, e.replica, 'reported failed but written', e.op, e.key, k.revision, error_kind(e.error, e.code),
+           e.error, e.t
+    FROM load_errors e
+    JOIN (SELECT name, sha256(value) AS value_sha256, min(id) AS revision FROM kine_rows
+          WHERE name IN (SELECT key FROM load_errors WHERE value_sha256 IS NOT NULL) GROUP BY ALL) k
+      ON k.name = e.key AND k.value_sha256 = e.value_sha256;
+
+CREATE OR REPLACE VIEW anomalies_by_version AS
+    WITH per_replica AS (
+        SELECT r.run_id, r.replica, r.kine_version,
+               (SELECT count(*) FROM writes w WHERE w.run_id = r.run_id AND w.replica = r.replica) AS writes,
+               (SELECT count(*) FROM load_errors e WHERE e.run_id = r.run_id AND e.replica = r.replica) AS errors,
+               (SELECT count(*) FROM write_anomalies a WHERE a.run_id = r.run_id AND a.replica = r.replica
+                  AND a.anomaly = 'acknowledged but missing') AS acknowledged_but_missing,
+               (SELECT count(*) FROM write_anomalies a WHERE a.run_id = r.run_id AND a.replica = r.replica
+                  AND a.anomaly = 'reported failed but written') AS reported_failed_but_written
+        FROM run_replicas r)
+    SELECT p.run_id, json_extract_string(runs.params, '$.scenario') AS scenario, p.kine_version,
+           sum(p.writes)::BIGINT AS writes, sum(p.errors)::BIGINT AS errors,
+           sum(p.acknowledged_but_missing)::BIGINT AS acknowledged_but_missing,
+           sum(p.reported_failed_but_written)::BIGINT AS reported_failed_but_written
+    FROM per_replica p JOIN runs USING (run_id)
+    GROUP BY ALL ORDER BY p.run_id, p.kine_version;
 """
 
 

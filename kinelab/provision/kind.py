@@ -76,7 +76,6 @@ from .tools import (
     ensure,
     ensure_kubernetes,
     find_go,
-    install_kine,
     kubernetes_tool,
 )
 from .wait import Cancelled, WaitTimeout, answers, poll_until
@@ -684,6 +683,9 @@ class KindBackend:
         if spec.nodes:
             raise UsageError("simulated nodes (--nodes) are the local backend's; a kind cluster has real nodes: use "
                              "--workers")
+        if not spec.kine:
+            raise UsageError("a lab of etcd members runs on the local backend only; a kind cluster's store is Kine "
+                             "(benchmarks/kind.py compares it with etcd)")
         if not spec.controllers:
             raise UsageError("kind's control-plane nodes always run a controller-manager and a scheduler; leave "
                              "controllers out")
@@ -697,8 +699,8 @@ class KindBackend:
             raise UsageError(f"{lab.dir} holds the datastore of an earlier cluster, and a new kind cluster cannot "
                              "start on it (kubeadm finds the old cluster's nodes); remove it with `kinelab down --dir "
                              f"{lab.dir} --purge`, or choose another --dir")
-        tools = {"kine": install_kine(lab.kine_bin, log=lab.say), "kind": ensure(KIND, log=lab.say),
-                 **ensure_kubernetes(["kube-apiserver", "kubectl"], log=lab.say)}
+        tools = self.local.prepare(lab)  # Kine (every release the replicas run) and the control plane's commands
+        tools.update(kind=ensure(KIND, log=lab.say), **ensure_kubernetes(["kubectl"], log=lab.say))
         engine, started = ensure_engine(log=lab.say)
         try:  # everything that can refuse the lab, before any of it runs
             image = ensure_node_image(engine, log=lab.say)
@@ -715,6 +717,9 @@ class KindBackend:
             raise
         lab.context.update(engine=engine, engine_started=started, node_image=image)
         return tools
+
+    def add_kine_version(self, lab, version: str, tools: dict) -> str:
+        return self.local.add_kine_version(lab, version, tools)  # the replicas are host processes here too
 
     def plan(self, lab) -> list:
         spec, engine = lab.spec, lab.context["engine"]

@@ -13,6 +13,7 @@ from .tools import KineBinary
 from .wait import NETWORK_ERRORS, Probe
 
 RESERVED_FLAGS = {"listen-address", "endpoint", "metrics-bind-address"}
+KINELAB_OPTIONS = {"kine-version"}  # per-replica options kinelab reads itself (LabSpec.kine_version_of), not flags
 
 
 def kine_flags(args: dict) -> list:
@@ -20,6 +21,8 @@ def kine_flags(args: dict) -> list:
     flags = []
     for key, value in (args or {}).items():
         name = key.lstrip("-").replace("_", "-")
+        if name in KINELAB_OPTIONS:
+            continue
         if name in RESERVED_FLAGS:
             raise UsageError(f"--{name} is set by kinelab for each replica; remove it from the Kine arguments")
         if value is True:

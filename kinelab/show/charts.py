@@ -9,8 +9,12 @@ DuckDB, and returns an Altair chart (it never displays one) carrying at most MAX
   watch_lag_timeline  each watch event's lag over the run's time, per observer, with the writes that failed
   apiserver_availability  writes accepted or refused per kube-apiserver over time; it takes the attempts of
                       kinelab.observe.apiprobe.availability, which no table holds
+  failover_revisions  a failover scenario's acknowledged writes at their revisions, kept / lost / reissued, with
+                      each replica's reported revision
   ops_by_resource     rows by resource, namespace and op (click a resource to see its namespaces)
   sql_latency         Kine's SQL latency per query and replica from its Prometheus histograms
+  write_anomalies     per Kine release and scenario: errors the clients saw, writes acknowledged but missing,
+                      and writes reported failed but written
   save                write a chart to .png, .svg or .html (self-contained) with vl-convert, offline
   mimebundle          what a chart shows as in a notebook (see "How charts display" below)
 
@@ -497,6 +501,47 @@ def scenario_availability(source, run_id: Optional[int] = None, *, label: Option
                    ["dashed: the faults, at the time each was injected"])
 
 
+FATES = ["kept", "lost", "reissued"]
+FATE_COLORS = ["#4c9f4c", "#d62728", "#ff7f0e"]
+
+
+def failover_revisions(source, run_id: Optional[int] = None, *, label: Optional[str] = None):
+    """A failover scenario's revisions over time: every acknowledged write at its revision, coloured by its fate
+    against the table afterwards (kept; lost; reissued: kept at a revision an earlier write of another key had
+    been acknowledged with), each replica's reported revision as a line, and the faults as rules. After an
+    asynchronous failover the lines drop and the orange points repeat revisions the red ones had."""
+    from ..analyse.failover import FATES_SQL, failover_times
+
+    with _connected(source) as con:
+        run_id = _run_id(con, run_id, "scenario_checks", "scenario run", "run scenarios/failover-async.yaml")
+        t0 = failover_times(con, run_id)["t0"]
+        writes = _table(con, FATES_SQL, [run_id, t0], order_by="seconds", limit=MAX_ROWS * 3 // 4)
+        samples = _table(con, """SELECT t - $2 AS seconds, 'replica ' || replica AS replica, revision
+                                 FROM revision_samples WHERE run_id = $1 AND revision IS NOT NULL""",
+                         [run_id, t0], order_by="seconds", limit=MAX_ROWS // 5)
+        faults = con.execute("SELECT round(t, 1), fault FROM fault_events WHERE run_id = ? ORDER BY t",
+                             [run_id]).fetchall()
+        counts = dict(con.execute(f"SELECT fate, count(*) FROM ({FATES_SQL}) GROUP BY 1", [run_id, t0]).fetchall())
+    zoom = _zoom()
+    x = alt.X("seconds:Q", title="seconds since the load began")
+    points = alt.Chart(writes).mark_point(size=14, filled=True).encode(
+        x=x, y=alt.Y("revision:Q", title="revision (row id)", scale=alt.Scale(zero=False)),
+        color=alt.Color("fate:N", title="acknowledged write", scale=alt.Scale(domain=FATES, range=FATE_COLORS)),
+        tooltip=["seconds:Q", "revision:Q", "fate:N", "op:N", "key:N", "replica:N"]).add_params(zoom)
+    lines = alt.Chart(samples).mark_line(interpolate="step-after", strokeWidth=1).encode(
+        x=x, y="revision:Q", detail="replica:N", color=alt.value("black"), tooltip=["replica:N", "revision:Q"])
+    layers = [points, lines]
+    if faults:
+        marks = alt.Chart(alt.Data(values=[{"t": t, "fault": f} for t, f in faults]))
+        layers += [marks.mark_rule(strokeDash=[4, 3], color="black").encode(x="t:Q"),
+                   marks.mark_text(align="left", dx=3, baseline="top", fontSize=10).encode(
+                       x="t:Q", y=alt.value(0), text="fault:N")]
+    chart = alt.layer(*layers).properties(width=640, height=300)
+    return _finish(chart, f"revisions acknowledged and reported, failover run {run_id}", label,
+                   [", ".join(f"{counts.get(f, 0)} {f}" for f in FATES) + "; black: each replica's reported "
+                    "revision"])
+
+
 def ops_by_resource(source, *, top_namespaces: int = 15, label: Optional[str] = None):
     """Rows of the newest snapshot by resource and op (left) and by namespace (right: the `top_namespaces`
     busiest of each resource, the rest together). Click a resource bar to see only its namespaces; click
@@ -527,6 +572,18 @@ def ops_by_resource(source, *, top_namespaces: int = 15, label: Optional[str] = 
                         namespaces.properties(width=320, height=alt.Step(16),
                                               title="by namespace (of the clicked resource)"))
     return _finish(chart, "kine table rows by resource, namespace and op (newest snapshot)", label)
+
+
+def write_rates(rows: Sequence[dict], *, x: str, color: str, title: str, label: Optional[str] = None):
+    """Stacked bars of `rows_per_s` (`kinelab.analyse.cluster`'s tables): one bar per value of `x` (a node count,
+    a writer), split by `color` (a resource)."""
+    data = pa.Table.from_pylist([{x: str(r[x]), color: r[color], "rows_per_s": r["rows_per_s"]} for r in rows])
+    order = sorted({str(r[x]) for r in rows}, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else v))
+    chart = alt.Chart(data).mark_bar().encode(
+        x=alt.X(f"{x}:N", sort=order, title=x), y=alt.Y("sum(rows_per_s):Q", title="rows per second"),
+        color=alt.Color(f"{color}:N", title=color), tooltip=[f"{x}:N", f"{color}:N",
+                                                               alt.Tooltip("sum(rows_per_s):Q", format=".2f")])
+    return _finish(chart.properties(width=420, height=260), title, label)
 
 
 def sql_latency(source, run_id: Optional[int] = None, *, cumulative: bool = False, label: Optional[str] = None):
@@ -639,6 +696,47 @@ def use_offline_renderer() -> None:
 # --- export ----------------------------------------------------------------------------------------------
 
 SAVE_FORMATS = {".png": "png", ".svg": "svg", ".html": "html"}
+
+
+ANOMALIES = ["errors the clients saw", "acknowledged but missing", "reported failed but written"]
+ANOMALY_COLORS = ["#9e9e9e", "#d62728", "#ff7f0e"]
+
+
+def write_anomalies(*sources, label: Union[str, Sequence[str], None] = None):
+    """What each Kine release did under the same scenario (runs of `kinelab scenario --kine-versions`): per
+    release, the errors its clients saw next to the writes the table contradicts (view anomalies_by_version),
+    one panel per scenario. Several results files (one per scenario) are drawn one below the other, each with
+    its own `label` when a list is given. Hover for the run and the counts."""
+    labels = list(label) if isinstance(label, (list, tuple)) else [label] * len(sources)
+    drawn = [_write_anomalies(source, text) for source, text in zip(sources, labels)]
+    return drawn[0] if len(drawn) == 1 else alt.vconcat(*drawn)
+
+
+def _write_anomalies(source, label: Optional[str]):
+    with _connected(source) as con:
+        rows = con.execute("""SELECT scenario, kine_version, run_id, errors, acknowledged_but_missing,
+                                     reported_failed_but_written FROM anomalies_by_version""").fetchall()
+    if not rows:
+        raise UsageError("this file has no scenario runs with their Kine releases; run one with "
+                         "`kinelab scenario FILE --kine-versions V1,V2`")
+    versions = sorted({r[1] for r in rows}, key=lambda v: tuple(int(x) for x in v.lstrip("v").split(".")[:3])
+                      if v.lstrip("v").replace(".", "").isdigit() else (math.inf,))
+    data = [{"scenario": scenario or "scenario", "kine_version": version, "run": run_id, "measure": measure,
+             "writes": int(n)}
+            for scenario, version, run_id, *counts in rows for measure, n in zip(ANOMALIES, counts)]
+    base = alt.Chart().encode(
+        x=alt.X("kine_version:N", title="Kine release", sort=versions, axis=alt.Axis(labelAngle=0)),
+        xOffset=alt.XOffset("measure:N", sort=ANOMALIES),
+        y=alt.Y("writes:Q", title="operations"),
+        color=alt.Color("measure:N", title=None, scale=alt.Scale(domain=ANOMALIES, range=ANOMALY_COLORS),
+                        legend=alt.Legend(orient="top")),
+        tooltip=["scenario:N", "kine_version:N", "run:Q", "measure:N", "writes:Q"])
+    chart = alt.layer(base.mark_bar(), base.mark_text(dy=-4, baseline="bottom", fontSize=10).encode(
+        text="writes:Q")).properties(width=max(160, 70 * len(versions)), height=220).facet(
+        column=alt.Column("scenario:N", title=None), data=alt.Data(values=data))
+    return _finish(chart, "what each Kine release did under the same scenario", label,
+                   ["acknowledged but missing: the client was told the write succeeded, and no row holds it",
+                    "reported failed but written: the client saw an error or a refusal, and the row is there"])
 
 
 def save(chart, path, *, scale: float = 2.0) -> Path:

