@@ -37,7 +37,7 @@ import kinelab as kl  # noqa: E402
 from kinelab.clock import Clock  # noqa: E402
 from kinelab.drive.workload import run_load  # noqa: E402
 from kinelab.observe.watchlag import WatchProbe  # noqa: E402
-from kinelab.provision.etcd_server import find_etcd  # noqa: E402
+from kinelab.provision.tools import ETCD, ensure  # noqa: E402
 
 TARGETS = ("etcd-1", "etcd-3", "kine-sqlite", "kine-pg-3")
 PAIRS = (("kine-sqlite", "etcd-1"), ("kine-pg-3", "etcd-3"))
@@ -251,7 +251,7 @@ def main() -> int:
     params = {"rounds": 1, "phase_s": 1.5, "rate": 100.0, "settle_s": 3.0} if args.quick else \
         {"rounds": 3, "phase_s": 4.0, "rate": 100.0, "settle_s": 3.0}
     started, load_at_start = time.time(), os.getloadavg()[0]
-    etcd_version = find_etcd().version.lstrip("v")
+    etcd_version = ensure(ETCD).version.lstrip("v")
     with ExitStack() as stack:
         print("starting etcd 1 and 3 members, Kine on SQLite, 3 Kine replicas on Postgres...", flush=True)
         targets = start_targets(stack)

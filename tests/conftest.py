@@ -39,6 +39,18 @@ def remove_root_postgres_data():
                 shutil.rmtree(leftover, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def no_lab_left_behind(tmp_path):
+    """A test that fails before its `kinelab down` would leave a `kinelab up` lab running (it has no owner to
+    outlive): after every test, stop whatever the labs in its directory still run."""
+    yield
+    from kinelab.provision.labdir import LabDir
+
+    for manifest in tmp_path.rglob("lab.json"):
+        labdir = LabDir(manifest.parent)
+        labdir.sweep(labdir.read_if_current())
+
+
 @pytest.fixture(scope="session")
 def kine():
     return kl.install_kine()

@@ -221,3 +221,22 @@ def test_kinelab_labs_lists_and_prunes_what_a_dead_owner_left(kine, tmp_path):
     finally:
         LabDir(lab_dir).sweep(model)
         LabDir(lab_dir).purge(lab_id)
+
+
+def test_a_lab_whose_directory_was_removed_is_still_found_and_stopped(kine, tmp_path):
+    """`rm -rf` of a running `kinelab up` lab: no manifest, no pid files, yet its processes run on. The index
+    still names the lab, and `kinelab labs --prune` finds its processes by their command lines and environment."""
+    import shutil
+
+    env, lab_dir = {"KINELAB_HOME": str(tmp_path / "home")}, tmp_path / "doomed"
+    assert run_cli("up", "--replicas", 1, "--dir", lab_dir, env=env).returncode == 0
+    model = read_model(lab_dir)
+    shutil.rmtree(lab_dir)
+    try:
+        (entry,) = [e for e in json.loads(run_cli("labs", "--json", env=env).stdout) if e["id"] == model.id]
+        assert entry["state"] == "gone, still running" and all(psutil.pid_exists(p) for p in lab_pids(model))
+        assert run_cli("labs", "--prune", env=env).returncode == 0
+        assert all_gone(lab_pids(model)) and not _leftovers_of(lab_dir, model.id)
+    finally:
+        for record in model.records:
+            record.stop()

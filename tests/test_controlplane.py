@@ -96,15 +96,18 @@ def test_killing_the_leading_controller_manager_hands_over_to_the_other(cluster)
 def test_cli_up_with_nodes_status_and_down(kine, tmp_path):
     lab_dir = tmp_path / "lab"
     up = run_cli("up", "--replicas", 1, "--nodes", 3, "--dir", lab_dir, "--json", timeout=600)
-    assert up.returncode == 0, up.stderr
-    described = json.loads(up.stdout)
-    (nodes,) = [c for c in described["components"] if c["role"] == "nodes"]
-    assert nodes["ready_nodes"] == 3 and described["apiservers"][0]["ready"]
-    table = run_cli("status", "--dir", lab_dir).stdout
-    assert "3/3 nodes Ready" in table and "kube-controller-manager-0" in table
-    pids = lab_pids(read_model(lab_dir))
-    assert run_cli("down", "--dir", lab_dir, "--purge").returncode == 0
-    assert all_gone(pids)
+    try:
+        assert up.returncode == 0, up.stderr
+        described = json.loads(up.stdout)
+        (nodes,) = [c for c in described["components"] if c["role"] == "nodes"]
+        assert nodes["ready_nodes"] == 3 and described["apiservers"][0]["ready"]
+        table = run_cli("status", "--dir", lab_dir).stdout
+        assert "3/3 nodes Ready" in table and "kube-controller-manager-0" in table
+        pids = lab_pids(read_model(lab_dir))
+        assert run_cli("down", "--dir", lab_dir, "--purge").returncode == 0
+        assert all_gone(pids)
+    finally:  # a `kinelab up` lab outlives a failed assertion: stop it whatever happened
+        run_cli("down", "--dir", lab_dir, "--purge")
 
 
 # --- bad input ------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""Real etcd, the anchor of the etcd baseline: a lab of three etcd members on loopback agrees on every member,
-every member's watch sees a write, and nothing stays running after `with`, a member that fails, or Ctrl-C."""
+"""Real etcd (built from its module), the anchor of the etcd baseline: three etcd members on loopback agree on
+every member, every member's watch sees a write, and nothing stays running after `with`, a member that fails, or
+Ctrl-C."""
 
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,11 +15,7 @@ from kinelab.errors import ProcessError, ToolError, UsageError
 from kinelab.etcd import Etcd
 from kinelab.observe.watchlag import WatchProbe
 
-needs_etcd = pytest.mark.skipif(shutil.which("etcd") is None,
-                                reason="etcd is not installed (.ci/run installs etcd-server)")
 
-
-@needs_etcd
 def test_a_write_through_member_0_is_read_and_watched_on_every_member(tmp_path):
     key = "/registry/configmaps/default/anchor"
     with kl.Lab(replicas=3, datastore="etcd", dir=tmp_path) as cluster:
@@ -41,7 +37,6 @@ def test_a_write_through_member_0_is_read_and_watched_on_every_member(tmp_path):
     assert all_gone(pids)
 
 
-@needs_etcd
 def test_a_member_that_cannot_start_reports_its_log_and_leaves_nothing(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "etcd-2").write_text("")  # a file where member 2's data directory belongs
@@ -60,7 +55,6 @@ OWNER = textwrap.dedent("""
 """)
 
 
-@needs_etcd
 def test_ctrl_c_in_the_owning_python_process_stops_the_cluster(tmp_path):
     owner = subprocess.Popen([sys.executable, "-c", OWNER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
                              cwd=REPO)
@@ -71,13 +65,13 @@ def test_ctrl_c_in_the_owning_python_process_stops_the_cluster(tmp_path):
     assert all_gone(pids)
 
 
-def test_a_missing_etcd_says_how_to_install_it(tmp_path, monkeypatch):
+def test_without_etcd_or_go_the_error_says_what_to_install_or_set(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(ToolError, match="apt-get install etcd-server"):
+    monkeypatch.setenv("KINELAB_CACHE", str(tmp_path / "cache"))  # no etcd built yet
+    with pytest.raises(ToolError, match="etcd is not installed and Go is missing: .* or set KINELAB_ETCD_BIN"):
         kl.Lab(replicas=1, datastore="etcd").start()
 
 
-@needs_etcd
 def test_an_etcd_lab_refuses_what_needs_a_kine_table_in_one_line(tmp_path):
     with kl.Lab(replicas=1, datastore="etcd", dir=tmp_path / "lab") as cluster:
         with pytest.raises(UsageError, match="keeps its data in etcd, not in a kine table"):

@@ -43,12 +43,12 @@ from .controlplane import (
     register_nodes,
     wait_nodes_ready,
 )
-from .etcd_server import EtcdMember, find_etcd
+from .etcd_server import EtcdMember
 from .haproxy import HAProxy, Server, breaker_settings, find_haproxy, haproxy_version, server_stats
 from .kine import KineReplica
 from .model import MODES, STAGES, Component, LabModel, LabSpec, etcd_servers_for
 from .process import LOOPBACK, ProcessRecord, free_port, require_free_port, tail
-from .tools import KWOK, Binary, ensure, ensure_kubernetes, find_kine, install_kine
+from .tools import ETCD, KWOK, Binary, ensure, ensure_kubernetes, find_kine, install_kine
 from .wait import answers
 
 
@@ -123,7 +123,7 @@ class LocalBackend:
     def prepare(self, lab) -> dict:
         # Before anything runs: no Go or a failed build stops the lab here.
         if not lab.spec.kine:
-            tools = {"etcd": find_etcd()}
+            tools = {"etcd": ensure(ETCD, log=lab.say)}
         else:
             tools = {"kine": install_kine(lab.kine_bin, log=lab.say, version=lab.spec.kine_version or None)}
             for index in range(lab.spec.replicas):  # replicas of another version (a rolling upgrade)

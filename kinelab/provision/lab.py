@@ -648,7 +648,7 @@ def stale_labs(include_running: bool = True) -> list:
         seen.add(labdir.path)
         entry = {"id": lab_id, "path": str(labdir.path), "keep": True, "bytes": 0, "what": "lab"}
         if not labdir.manifest_path.exists():
-            entry["state"] = "gone"
+            entry["state"] = "gone, still running" if labdir.strays(lab_id) else "gone"
         else:
             model = labdir.read_if_current()
             alive = labdir.alive(model)
@@ -686,8 +686,11 @@ def prune_labs(labs: list) -> list:
         state = entry["state"]
         if state == "unused data":
             shutil.rmtree(entry["path"], ignore_errors=True)
-        elif state == "gone":
-            LabDir(entry["path"]).purge(entry["id"])
+        elif state.startswith("gone"):
+            labdir = LabDir(entry["path"])
+            for proc in labdir.strays(entry["id"]):  # a process group each, as the lab started them
+                ProcessRecord(proc.name(), proc.pid, proc.create_time(), "", []).stop()
+            labdir.purge(entry["id"])
         elif state == "orphaned" and entry["keep"]:  # a named lab keeps its data: it is stopped, not removed
             labdir = LabDir(entry["path"])
             model = labdir.read_if_current()

@@ -154,6 +154,23 @@ class LabDir:
             raise failure
         return stopped
 
+    def strays(self, lab_id: Optional[str]) -> list:
+        """Processes of this lab found without its records (its directory was removed under it): those whose
+        command line names the directory or the lab's data, or whose environment carries the lab's id."""
+        import psutil
+
+        marks = [str(self.path)] + ([str(ROOT_PG_HOME / lab_id)] if lab_id else [])
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                cmdline = " ".join(proc.info["cmdline"] or [])
+                if any(mark in cmdline for mark in marks) or \
+                        (lab_id and proc.environ().get("KINELAB_LAB_ID") == lab_id):
+                    found.append(proc)
+            except psutil.Error:  # gone meanwhile, or not ours to read
+                pass
+        return found
+
     def alive(self, model: Optional[LabModel]) -> list:
         """The lab's live processes, each once, found by the manifest or the pid files."""
         unique = {(r.pid, r.create_time): r for r in (model.records if model else []) + self.pid_records()}

