@@ -32,10 +32,11 @@ NODE_LABELS = {"type": "kwok", "kubernetes.io/os": "linux", "kubernetes.io/arch"
 NODE_PREFIX = "kinelab-node-"
 POD_CIDR = "10.64.0.0/12"  # room for many thousand simulated pods
 NODE_LEASE_DURATION_S = 40  # renewed every 10 s, like a kubelet's default
-# Measured at 1000 idle nodes (benchmarks/results/nodes.md): what every component together needs per node, and
-# what a lab with a control plane needs before the first node. `check_node_memory` refuses what will not fit.
-MIB_PER_NODE = 1.6
-MIB_BASE = 700
+# From benchmarks/results/nodes.md (100 to 3000 idle nodes, one Kine on Postgres: 1.1 to 2.4 GiB), rounded up:
+# what every component together needs per node, and before the first node. `check_node_memory` refuses what
+# will not fit.
+MIB_PER_NODE = 0.6
+MIB_BASE = 1200
 
 
 def insecure_local() -> ssl.SSLContext:
