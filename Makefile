@@ -39,6 +39,7 @@ bench: kine
 	$(BIN)/python benchmarks/apiserver.py
 	$(BIN)/python benchmarks/etcd_baseline.py
 	$(BIN)/python benchmarks/faults.py
+	$(BIN)/python benchmarks/kind.py
 	$(BIN)/python benchmarks/ha.py
 
 clean:

@@ -61,10 +61,49 @@ def cmd_install(args) -> int:
     from .provision.tools import install_kine
 
     kine = install_kine(args.kine_bin, log=progress.say, version=args.kine_version)
+    if not args.kind_images:
+        if args.json:
+            _print_json(kine.to_json())
+        else:
+            out.print(f"kine {kine.version}: {kine.path}")
+        return 0
+    from .provision.docker import ensure_engine
+    from .provision.nodeimage import ensure_lb_image, ensure_node_image
+    from .provision.tools import KIND, ensure
+
+    kind = ensure(KIND, log=progress.say)
+    engine, _ = ensure_engine(log=progress.say)
+    image = ensure_node_image(engine, log=progress.say)
+    lb_image = ensure_lb_image(engine, log=progress.say)
     if args.json:
-        _print_json(kine.to_json())
+        _print_json({"kine": kine.to_json(), "kind": kind.to_json(), "engine": engine.to_json(),
+                     "node_image": image.to_json(), "lb_image": lb_image})
     else:
         out.print(f"kine {kine.version}: {kine.path}")
+        out.print(f"kind {kind.version}: {kind.path}")
+        out.print(f"node image {image.reference} ({image.size_mb:.0f} MB; preloaded: {', '.join(image.preloaded)}) "
+                  f"in {engine.describe()}")
+    return 0
+
+
+def cmd_docker(args) -> int:
+    from .provision.docker import PrivateEngine, find_engine
+
+    private = PrivateEngine()
+    if args.action == "start":
+        engine = private.start(log=out.print)
+        out.print(f"{engine.describe()} is running; point docker at it with: export DOCKER_HOST={engine.host}")
+    elif args.action == "stop":
+        removed = private.stop()
+        out.print(f"stopped kinelab's private Docker engine: removed {removed['containers']} container(s), "
+                  f"{removed['networks']} network(s), {removed['volumes']} volume(s)" if removed["daemon"]
+                  else "kinelab's private Docker engine was not running")
+    elif args.json:
+        engine = find_engine(private)
+        _print_json(engine.to_json() if engine else None)
+    else:
+        engine = find_engine(private)
+        out.print(engine.describe() if engine else "no Docker engine answers `docker info`")
     return 0
 
 
@@ -100,6 +139,13 @@ def _status_table(status: dict) -> Table:
             state, note = "ready" if c["ready"] else "[red]not ready[/]", ""
         elif c["role"] == "nodes":
             state, note = f"{c['ready_nodes']}/{c['nodes']} nodes Ready", c.get("error", "")
+        elif c["role"] == "node":  # a kind node container
+            state = {True: "Ready", False: "[red]not Ready[/]", None: c["state"] or "[red]gone[/]"}[c["ready"]]
+            note = f"kind {c['kind_role']}" + (f"; {c['error']}" if c.get("error") else "")
+        elif c["role"] == "network":
+            state, note = c["subnet"], f"gateway {c['gateway']}"
+        elif c["role"] == "cluster":
+            state, note = "", f"kubeconfig {c['kubeconfig']}"
         elif "member" in c:
             state, note = c["member"], ""
         elif "servers" in c or "error" in c:  # a proxy: where it sends connections
@@ -122,7 +168,7 @@ def cmd_up(args) -> int:
               mode=args.mode, apiserver_args=_kv(args.apiserver_arg, "--apiserver-arg"), nodes=args.nodes,
               controllers=args.controllers or None, kine_version=args.kine_version, replication=args.replication,
               db_proxy=_kv(args.db_proxy_setting, "--db-proxy-setting") if args.db_proxy or args.db_proxy_setting
-              else None, balancer=args.balancer)
+              else None, balancer=args.balancer, workers=args.workers, cluster_name=args.name or "")
     lab.start(owned=False)
     status = lab.status()
     if args.json:
@@ -153,12 +199,19 @@ def cmd_down(args) -> int:
         raise UsageError(f"no lab in {labdir.path}: nothing to stop (already removed?)")
     if not labdir.is_kinelab():
         labdir.read()  # refuses, in one line, a file that is not a kinelab manifest
+    model = labdir.read_if_current()
+    # Safe to repeat, on every backend (like `kind delete cluster`): a stopped lab is swept again for anything
+    # left running, and that is not an error.
+    was = model.state if model else None
     if not args.purge:
         stopped = Lab.attach(labdir.path).down()
     else:  # with --purge, also a manifest this version cannot read: its pid files still name its processes
-        stopped = labdir.sweep(labdir.read_if_current())
+        stopped = labdir.sweep(model)
         labdir.purge()
-    out.print(f"stopped {stopped} process(es) of the lab in {labdir.path}" + ("; removed it" if args.purge else ""))
+    what = "process(es) and container(s)" if model and model.by_role("node") else "process(es)"
+    said = f"stopped {stopped} {what} of the lab in {labdir.path}" if stopped or was != "stopped" else \
+        f"the lab in {labdir.path} was already stopped; nothing was running"
+    out.print(said + ("; removed it" if args.purge else ""), soft_wrap=True)  # one line, for scripts to read
     return 0
 
 
@@ -470,6 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kine-bin", help="use this Kine binary instead (also KINELAB_KINE_BIN)")
     p.add_argument("--kine-version", help=f"a Kine release other than the pinned {KINE_VERSION}, e.g. v0.17.2 "
                    "(checked against the Go module proxy's list)")
+    p.add_argument("--kind-images", action="store_true",
+                   help="also build kind and the kind backend's offline images (needs a Docker engine or root)")
+    p.add_argument("--json", action="store_true")
+
+    p = add("docker", cmd_docker, "start, stop or show kinelab's private Docker engine (root, Debian's docker.io)")
+    p.add_argument("action", choices=["start", "stop", "status"])
     p.add_argument("--json", action="store_true")
 
     p = add("doctor", cmd_doctor, "list the tools kinelab can use here, and how to get the missing ones")
@@ -501,7 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "first time); one replica's own: --replica-arg 1:kine-version=v0.17.2")
     p.add_argument("--backend", default="local", choices=list(BACKENDS),
                    help="local: processes on loopback (default); kind: containers, needs a Docker engine")
-    p.add_argument("--apiservers", type=int, default=0, help="real kube-apiservers in front of the replicas")
+    p.add_argument("--apiservers", type=int, default=0, help="real kube-apiservers in front of the replicas (kind: "
+                   "control-plane nodes, one unless told more)")
+    p.add_argument("--workers", type=int, default=0, help="kind: worker nodes")
+    p.add_argument("--name", help="kind: the cluster's name, unique on its Docker engine (default kinelab)")
     p.add_argument("--mode", default="shared-db", choices=["shared-db", "single-kine", "hybrid"],
                    help="shared-db: apiserver i on replica i; single-kine: all on replica 0; hybrid: all on all")
     p.add_argument("--apiserver-arg", action="append", metavar="KEY=VALUE",

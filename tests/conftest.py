@@ -63,6 +63,48 @@ def pg_lab(kine, tmp_path_factory):
         yield lab
 
 
+@pytest.fixture(scope="session")
+def docker_engine():
+    """The Docker engine of the kind tests: the one that answers `docker info`, else kinelab's private dockerd,
+    started here and stopped, with every container, network and mount it made, when the session ends. The
+    docker and kind commands the tests run reach it through DOCKER_HOST."""
+    from kinelab.provision.docker import PrivateEngine, ensure_engine, mounts_below
+
+    why = PrivateEngine().why_not()
+    try:
+        engine, started = ensure_engine(log=print)
+    except kl.KinelabError as exc:
+        if why:  # a machine that can neither reach nor start an engine (not root, no docker CLI): nothing to test
+            pytest.skip(str(exc))
+        raise
+    previous = os.environ.get("DOCKER_HOST")
+    if engine.host:
+        os.environ["DOCKER_HOST"] = engine.host
+    yield engine
+    if previous is None:
+        os.environ.pop("DOCKER_HOST", None)
+    else:
+        os.environ["DOCKER_HOST"] = previous
+    left = engine.docker("ps", "-a", "--format", "{{.Names}}", check=False).stdout.decode().split()
+    assert not [name for name in left if name.startswith("kl-test-")], f"the kind tests left {left}"
+    if started and not left:  # a concurrent session's clusters keep the engine they share
+        private = PrivateEngine()
+        removed = private.stop()
+        print(f"stopped kinelab's private Docker engine: {removed}")
+        assert private.process() is None and mounts_below([private.data_root, private.run_dir]) == []
+
+
+@pytest.fixture(scope="session")
+def node_image(docker_engine):
+    """kinelab's offline kind node image (built the first time: minutes; then reused from the engine)."""
+    from kinelab.provision.nodeimage import ensure_node_image
+
+    started = time.monotonic()
+    image = ensure_node_image(docker_engine, log=print)
+    print(f"node image {image.reference} ready in {time.monotonic() - started:.0f}s: {image.timings_s}")
+    return image
+
+
 @pytest.fixture
 def prefix():
     """A key prefix of this test's own, so tests sharing a lab never see each other's keys."""

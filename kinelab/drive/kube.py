@@ -3,7 +3,8 @@
 Mixes: `configmaps` (20% create, 50% update, 20% delete, 10% list, as in Kine's own load test), `leases`
 (N node Leases in kube-node-lease renewed in turn, as kubelets do), `events` (new core/v1 Events),
 `deployments` (Deployments created, scaled, rolled out and deleted, so that the controller-manager, the
-scheduler and the simulated kubelets do the rest: ReplicaSets, Pods, bindings, pod status, events) and `idle`
+scheduler and the kubelets, simulated or kind's real ones, do the rest: ReplicaSets, Pods, bindings, pod status,
+events) and `idle`
 (no calls: what the cluster writes by itself).
 Every call is recorded with its latency; every acknowledged write with the resourceVersion the apiserver
 returned, which is the Kine revision of its row.
@@ -27,7 +28,8 @@ from .workload import LoadError, LoadResult, Write
 KUBE_MIXES = ("configmaps", "leases", "events", "deployments", "idle")
 NAMESPACES = {"configmaps": "default", "leases": "kube-node-lease", "events": "default", "deployments": "default"}
 DEPLOYMENTS_PER_WORKER = 4  # kept alive by each worker of the `deployments` mix
-POD_IMAGE = "registry.k8s.io/pause:3.10.2"  # never pulled: simulated nodes only pretend to run it
+# never pulled: simulated nodes only pretend to run it, and kind's nodes (kinelab's node image) have it preloaded
+POD_IMAGE = "registry.k8s.io/pause:3.10.2"
 REQUEST_TIMEOUT_S = 5  # an apiserver whose etcd is gone may hang a call; the load must go on
 
 
@@ -60,6 +62,7 @@ class _Shapes:
         api = lab.kubernetes_client(apiserver, retries=False)  # a failure must show as one, not as a retry loop
         self.core, self.coordination = client.CoreV1Api(api), client.CoordinationV1Api(api)
         self.apps = client.AppsV1Api(api)
+        self.simulated = bool(lab.model.by_role("nodes"))  # kwok's nodes; else kind's real ones
         self.live: list = []
         self.nodes = [f"kinelab-node-{run}-{n:03d}" for n in range(nodes)]
         self.turn = 0
@@ -108,8 +111,9 @@ class _Shapes:
         if len(self.live) < DEPLOYMENTS_PER_WORKER:
             name = self._name("deploy")
             self.live.append(name)
+            deployment = _deployment(k8s, name, self.rng.randint(1, 5), self.simulated)
             return "create", "deployments", name, self.apps.create_namespaced_deployment(
-                "default", _deployment(k8s, name, self.rng.randint(1, 5)), _request_timeout=REQUEST_TIMEOUT_S)
+                "default", deployment, _request_timeout=REQUEST_TIMEOUT_S)
         name = self.rng.choice(self.live)
         if roll < 0.4:
             return "update", "deployments", name, self.apps.patch_namespaced_deployment_scale(
@@ -139,16 +143,21 @@ def check_kube_load(lab, mix: str) -> None:
         raise UsageError(f"through apiservers the mix is one of {', '.join(KUBE_MIXES)}, not {mix!r}")
     if not lab.apiserver_count:
         raise UsageError("this lab has no apiservers; start it with apiservers=N (kinelab up --apiservers N)")
-    if mix == "deployments" and not lab.model.by_role("nodes"):
-        raise UsageError("the deployments mix needs nodes for its pods: start the lab with --nodes N")
+    if mix == "deployments" and not (lab.model.by_role("nodes") or lab.model.by_role("node")):
+        raise UsageError("the deployments mix needs nodes for its pods: start the lab with --nodes N (or on "
+                         "--backend kind)")
 
 
-def _deployment(k8s, name: str, replicas: int):
-    """A Deployment whose pods go to the simulated nodes only (their label, and a toleration of their taint)."""
+def _deployment(k8s, name: str, replicas: int, simulated: bool):
+    """A Deployment of pause pods: on the simulated nodes only (their label, and a toleration of their taint), or
+    on any node of a kind cluster (a control plane's taint tolerated too)."""
     labels = {"app": name}
-    pod = k8s.V1PodSpec(containers=[k8s.V1Container(name="app", image=POD_IMAGE)], node_selector={"type": "kwok"},
-                        tolerations=[k8s.V1Toleration(key="kwok.x-k8s.io/node", operator="Exists",
-                                                      effect="NoSchedule")])
+    if simulated:
+        placement = dict(node_selector={"type": "kwok"}, tolerations=[
+            k8s.V1Toleration(key="kwok.x-k8s.io/node", operator="Exists", effect="NoSchedule")])
+    else:
+        placement = dict(tolerations=[k8s.V1Toleration(operator="Exists")])
+    pod = k8s.V1PodSpec(containers=[k8s.V1Container(name="app", image=POD_IMAGE)], **placement)
     return k8s.V1Deployment(metadata=k8s.V1ObjectMeta(name=name, labels=labels), spec=k8s.V1DeploymentSpec(
         replicas=replicas, selector=k8s.V1LabelSelector(match_labels=labels),
         template=k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=labels), spec=pod)))

@@ -8,7 +8,12 @@ stop, reaping, faults. A backend answers only what differs:
 * `prepare(lab)`: find or build every binary and image it needs (the slow, fallible part, done first);
 * `plan(lab)`: the components, with their ports and addresses, before any of them starts;
 * `start(lab, component, **start_options)`: launch one component and wait until it is ready;
-* `signal(lab, component, sig)`: the faults (SIGKILL, SIGSTOP, SIGCONT) on one component.
+* `check_fault(component, fault)` and `signal(lab, component, sig)`: the faults (kill, pause, resume, restart;
+  SIGKILL, SIGSTOP, SIGCONT) on one component, refused in one line where they cannot apply;
+* `alive(lab, component)` and `inspect(lab, component)`: whether it runs, and what `status` shows of it;
+* `teardown(model, component)`: stop one component of a runtime the backend owns (`runtimes`), from the
+  manifest alone: `teardown` here dispatches on `component.runtime`, and `labdir.sweep` calls it, so stop,
+  `down`, the reaper and `kinelab labs --prune` reach every runtime (kind's network, cluster and nodes too).
 
 `BACKENDS` is the registry; `get_backend(name)` refuses unknown names with the list.
 """
@@ -25,26 +30,34 @@ from urllib.parse import urlsplit
 import psutil
 
 from .. import progress
-from ..errors import ToolError, UsageError
+from ..errors import KinelabError, ToolError, UsageError
+from ..etcd import Etcd
 from .apiserver import ApiServer, Pki, generate_pki
 from .controlplane import (
     ControllerManager,
     NodeSimulator,
     Scheduler,
     check_node_memory,
+    insecure_local,
+    ready_nodes,
     register_nodes,
     wait_nodes_ready,
 )
 from .etcd_server import EtcdMember
-from .haproxy import HAProxy, Server, breaker_settings, find_haproxy, haproxy_version
+from .haproxy import HAProxy, Server, breaker_settings, find_haproxy, haproxy_version, server_stats
 from .kine import KineReplica
-from .model import MODES, Component, LabSpec, etcd_servers_for
-from .process import LOOPBACK, ProcessRecord, free_port, require_free_port
+from .model import MODES, STAGES, Component, LabModel, LabSpec, etcd_servers_for
+from .process import LOOPBACK, ProcessRecord, free_port, require_free_port, tail
 from .tools import ETCD, KWOK, Binary, ensure, ensure_kubernetes, find_kine, install_kine
+from .wait import answers
 
 
 class Backend(Protocol):
     name: str
+    runtimes: tuple  # the component runtimes whose teardown this backend owns
+    # True where every apiserver comes with its controller-manager and scheduler, and there is always at least
+    # one (kind's control-plane nodes): the lab then has one apiserver and `controllers` unless told otherwise
+    control_plane_included: bool
 
     def available(self) -> Optional[str]:
         """None when this machine can run the backend, else why not and what to do."""
@@ -61,20 +74,28 @@ class Backend(Protocol):
     def start(self, lab, component: Component, **start_options) -> None:
         """Launch `component`, record its processes through `start_options["on_started"]`, wait until ready."""
 
+    def check_fault(self, component: Component, fault: str) -> None:
+        """Raise UsageError if `fault` (kill, pause, resume, restart) cannot apply to `component`."""
+
     def signal(self, lab, component: Component, sig: int) -> None:
         """Deliver `sig` to every process of `component`."""
 
+    def alive(self, lab, component: Component) -> bool:
+        """Whether `component` runs (a component with nothing to run counts as alive)."""
 
-# Start order by role; a role's components start together once the roles before them are ready.
-STAGES = {"datastore": 0, "db-proxy": 5, "kine": 10, "balancer": 15, "apiserver": 20, "control-plane": 30,
-          "nodes": 40}
+    def inspect(self, lab, component: Component) -> dict:
+        """What `status` shows of a component beyond its name, role, index, pid and liveness."""
+
+    def teardown(self, model: LabModel, component: Component) -> int:
+        """Stop `component` (one of `runtimes`) from what the manifest records; how many things were running."""
 
 
 class LocalBackend:
     """Every component is a process on this machine, bound to 127.0.0.1 (the embedded default)."""
 
     name = "local"
-    kine_host = LOOPBACK
+    runtimes = ("process", "none")
+    control_plane_included = False
 
     def available(self) -> Optional[str]:
         try:
@@ -95,6 +116,9 @@ class LocalBackend:
             check_node_memory(spec.nodes)
         if not spec.kine and (spec.kine_args or any(spec.replica_args) or spec.kine_version):
             raise UsageError("Kine flags apply to Kine replicas; this lab's replicas are etcd members")
+        if spec.cluster_name or spec.kubelet_config:
+            raise UsageError("a cluster name and kubelet settings are kind's (--backend kind); the local backend has "
+                             "no cluster")
 
     def prepare(self, lab) -> dict:
         # Before anything runs: no Go or a failed build stops the lab here.
@@ -127,29 +151,7 @@ class LocalBackend:
     def plan(self, lab) -> list:
         spec = lab.spec
         ports = _ports(spec.base_port)
-        components = []
-        if not spec.kine:
-            components += _etcd_members(spec.replicas, ports)
-        elif lab.datastore.serves and lab.datastore.members > 1:  # a primary, then its standbys (copied from it)
-            for index in range(lab.datastore.members):
-                components.append(Component(f"postgres-{index}", "datastore", index,
-                                            endpoint=f"{LOOPBACK}:{_port(next(ports))}",
-                                            stage=STAGES["datastore"] + index,
-                                            details={"member": "standby" if index else "primary"}))
-        elif lab.datastore.serves:
-            components.append(Component("postgres" if lab.datastore.kind == "postgres" else "mariadb", "datastore",
-                                        endpoint=f"{LOOPBACK}:{_port(next(ports))}", stage=STAGES["datastore"]))
-        else:
-            components.append(Component("datastore", "datastore", runtime="none", stage=STAGES["datastore"]))
-        for index in range(spec.replicas if spec.kine else 0):
-            port, metrics = _port(next(ports), self.kine_host), _port(next(ports))
-            # Replica 0 first: replicas starting at once on an empty database race to create Kine's schema, and
-            # the losers exit (Postgres: duplicate key in pg_type_typname_nsp_index).
-            tool = self.add_kine_version(lab, spec.kine_version_of(index), lab.tools)
-            components.append(Component(f"kine-{index}", "kine", index, endpoint=f"{self.kine_host}:{port}",
-                                        metrics_url=f"http://{LOOPBACK}:{metrics}/metrics",
-                                        stage=STAGES["kine"] + (index > 0),
-                                        details=kine_details(tool, lab.tools[tool])))
+        components = self.plan_store(lab, ports)
         endpoints = [c.endpoint for c in components if c.role in ("kine", "etcd")]
         if spec.db_proxy is not None:
             components.append(Component("db-proxy", "db-proxy", endpoint=f"{LOOPBACK}:{_port(next(ports))}",
@@ -181,6 +183,37 @@ class LocalBackend:
             port = free_port()
             components.append(Component("kwok", "nodes", endpoint=f"{LOOPBACK}:{port}", url=f"http://{LOOPBACK}:{port}",
                                         stage=STAGES["nodes"], details={"nodes": spec.nodes}))
+        return components
+
+    def plan_store(self, lab, ports=None, kine_host: str = LOOPBACK) -> list:
+        """The datastore and the Kine replicas (or etcd members), which every backend runs as processes on this
+        machine. Kine listens on `kine_host` (kind: its network's gateway, which exists only once the network
+        does: the port is picked free on loopback here, and again on `kine_host` when the replica starts if it is
+        taken meanwhile)."""
+        ports = ports or _ports(lab.spec.base_port)
+        components = []
+        if not lab.spec.kine:
+            components += _etcd_members(lab.spec.replicas, ports)
+        elif lab.datastore.serves and lab.datastore.members > 1:  # a primary, then its standbys (copied from it)
+            for index in range(lab.datastore.members):
+                components.append(Component(f"postgres-{index}", "datastore", index,
+                                            endpoint=f"{LOOPBACK}:{_port(next(ports))}",
+                                            stage=STAGES["datastore"] + index,
+                                            details={"member": "standby" if index else "primary"}))
+        elif lab.datastore.serves:
+            components.append(Component("postgres" if lab.datastore.kind == "postgres" else "mariadb", "datastore",
+                                        endpoint=f"{LOOPBACK}:{_port(next(ports))}", stage=STAGES["datastore"]))
+        else:
+            components.append(Component("datastore", "datastore", runtime="none", stage=STAGES["datastore"]))
+        for index in range(lab.spec.replicas if lab.spec.kine else 0):
+            port, metrics = _port(next(ports)), _port(next(ports))
+            # Replica 0 first: replicas starting at once on an empty database race to create Kine's schema, and
+            # the losers exit (Postgres: duplicate key in pg_type_typname_nsp_index).
+            tool = self.add_kine_version(lab, lab.spec.kine_version_of(index), lab.tools)
+            components.append(Component(f"kine-{index}", "kine", index, endpoint=f"{kine_host}:{port}",
+                                        metrics_url=f"http://{LOOPBACK}:{metrics}/metrics",
+                                        stage=STAGES["kine"] + (index > 0),
+                                        details=kine_details(tool, lab.tools[tool])))
         return components
 
     def start(self, lab, component: Component, **start_options) -> None:
@@ -258,6 +291,9 @@ class LocalBackend:
                                  servers=[s.name for s in servers])
         proxy.start(**start_options)
 
+    def check_fault(self, component: Component, fault: str) -> None:
+        pass  # every component here is a process
+
     def signal(self, lab, component: Component, sig: int) -> None:
         for record in component.records:
             process = record.process()
@@ -273,6 +309,59 @@ class LocalBackend:
                     pass
             if sig == _signal.SIGKILL:
                 _reap(record)
+
+    def alive(self, lab, component: Component) -> bool:
+        return component.runtime == "none" or component.alive
+
+    def inspect(self, lab, component: Component) -> dict:
+        alive = self.alive(lab, component)
+        records = component.records
+        entry: dict = {}
+        if component.role in ("kine", "etcd"):
+            entry.update(endpoint=component.endpoint, metrics_url=component.metrics_url)
+            if component.role == "kine":
+                entry["kine_version"] = lab.model.kine_versions[component.index]
+            if alive:
+                try:
+                    with Etcd(component.endpoint, timeout_s=2) as client:
+                        entry["revision"] = client.revision()
+                except Exception as exc:  # a live process that does not answer is worth reporting, not fatal
+                    entry["revision"], entry["error"] = None, str(exc)
+            else:
+                entry["last_log_line"] = tail(Path(records[0].log), 1) if records else ""
+        elif component.role == "apiserver":
+            entry.update(url=component.url, kubeconfig=component.details["kubeconfig"],
+                         etcd_servers=component.details["etcd_servers"],
+                         ready=alive and answers(f"{component.url}/readyz", Pki(lab.dir / "pki").ssl_context()))
+        elif component.role == "control-plane":
+            entry.update(url=component.url, ready=alive and answers(f"{component.url}/healthz", insecure_local()))
+        elif component.role == "nodes":
+            entry.update(url=component.url, nodes=component.details["nodes"], ready_nodes=None)
+            if alive:
+                try:
+                    entry["ready_nodes"] = ready_nodes(lab.kubernetes_client(0, retries=False))
+                except Exception as exc:  # an apiserver that does not answer is worth reporting, not fatal
+                    entry["error"] = str(exc).splitlines()[0]
+        elif component.role == "datastore" and "member" in component.details:
+            entry.update(endpoint=component.endpoint, member=component.details["member"])
+        elif component.role in ("db-proxy", "balancer"):
+            entry["endpoint"] = component.endpoint
+            if alive:
+                try:  # which servers HAProxy sends connections to, and how many it holds to each
+                    entry["servers"] = {name: {"status": row["status"], "connections": int(row["scur"] or 0)}
+                                        for name, row in server_stats(Path(component.details["admin_socket"]),
+                                                                      component.details["proxy"]).items()}
+                except KinelabError as exc:
+                    entry["error"] = str(exc)
+        return entry
+
+    def teardown(self, model: LabModel, component: Component) -> int:
+        stopped = 0
+        for record in reversed(component.records):
+            if record.alive:
+                stopped += 1
+                record.stop()
+        return stopped
 
 
 def kine_tool_name(version: str) -> str:
@@ -339,10 +428,26 @@ def _port(wanted: Optional[int], host: str = LOOPBACK) -> int:
     return require_free_port(wanted, host) if wanted else free_port(host)
 
 
-BACKENDS: dict = {"local": LocalBackend()}
+def _registry() -> dict:
+    from .kind import KindBackend  # kind.py builds on LocalBackend, defined above
+
+    return {"local": LocalBackend(), "kind": KindBackend()}
+
+
+BACKENDS: dict = _registry()
 
 
 def get_backend(name: str) -> Backend:
     if name not in BACKENDS:
         raise UsageError(f"unknown backend {name!r}: use {', '.join(BACKENDS)}")
     return BACKENDS[name]
+
+
+def teardown(model: LabModel, component: Component) -> int:
+    """Stop one component however it runs (its `runtime`), from the manifest alone; how many things were still
+    running. A runtime no backend here owns is from another kinelab: refused with what to do."""
+    for backend in BACKENDS.values():
+        if component.runtime in backend.runtimes:
+            return backend.teardown(model, component)
+    raise UsageError(f"{component.name} runs on {component.runtime!r}, which this kinelab does not know; stop it "
+                     "with the kinelab that started the lab")

@@ -28,19 +28,17 @@ import psutil
 
 from .. import progress
 from ..dsn import Dsn
-from ..errors import KinelabError, UsageError
+from ..errors import UsageError
 from ..etcd import Etcd
-from .apiserver import Pki
-from .backends import get_backend, kine_details
-from .controlplane import insecure_local, ready_nodes
+from .backends import get_backend, kine_details, teardown
 from .datastores import Datastore, ExternalStore, SqliteStore, make_datastore
-from .haproxy import breaker_settings, route_to, server_stats, set_maxconn
+from .haproxy import breaker_settings, route_to, set_maxconn
 from .kine import kine_flags
 from .labdir import LabDir, register
 from .model import MODES, Component, LabModel, LabSpec
 from .process import LOOPBACK, ProcessRecord, tail
 from .tools import normalise_kine_version
-from .wait import Cancelled, http_probe
+from .wait import Cancelled
 
 Target = Union[int, str]  # a Kine replica's index, or a component's name
 
@@ -63,7 +61,8 @@ class Lab:
                  mode: str = "shared-db", apiserver_args: Optional[dict] = None,
                  datastore_settings: Optional[dict] = None, controllers: Optional[bool] = None, nodes: int = 0,
                  workers: int = 0, kine_version: Optional[str] = None, replication: Optional[str] = None,
-                 db_proxy: Optional[dict] = None, balancer: bool = False):
+                 db_proxy: Optional[dict] = None, balancer: bool = False, cluster_name: str = "",
+                 kubelet_config: Optional[dict] = None):
         if replicas < 1:
             raise UsageError("a lab needs at least one Kine replica")
         if mode not in MODES:
@@ -85,9 +84,11 @@ class Lab:
         if shared_sqlite and replicas > 1 and not allow_shared_sqlite:
             raise UsageError("several Kine replicas on one SQLite file are unsupported (k3s-io/kine#499): use "
                              "--datastore postgres, or --allow-shared-sqlite to see why as a lesson")
-        if nodes and not apiservers:
-            apiservers = 1  # simulated nodes need a control plane to register with
-        controllers = bool(nodes) if controllers is None else controllers
+        self.backend = get_backend(backend)
+        included = self.backend.control_plane_included  # kind: apiservers are control-plane nodes
+        if (nodes or included) and not apiservers:
+            apiservers = 1  # nodes need a control plane to register with
+        controllers = bool(nodes) or included if controllers is None else controllers
         if controllers and not apiservers:
             raise UsageError("a controller-manager and a scheduler need an apiserver: add --apiservers 1 or more")
         if db_proxy is not None and shared_sqlite:
@@ -104,7 +105,8 @@ class Lab:
                             replica_args=[dict(a or {}) for a in (replica_args or [{}] * replicas)],
                             datastore_settings=dict(datastore_settings or {}), apiservers=apiservers, mode=mode,
                             apiserver_args=dict(apiserver_args or {}), controllers=controllers, nodes=nodes,
-                            workers=workers, base_port=base_port, allow_shared_sqlite=allow_shared_sqlite,
+                            workers=workers, cluster_name=cluster_name, kubelet_config=dict(kubelet_config or {}),
+                            base_port=base_port, allow_shared_sqlite=allow_shared_sqlite,
                             kine_version=normalise_kine_version(kine_version) if kine_version else "",
                             replication=getattr(self.datastore, "replication", ""),
                             db_proxy=None if db_proxy is None else breaker_settings(db_proxy), balancer=bool(balancer))
@@ -113,7 +115,6 @@ class Lab:
         for args in [self.spec.kine_args, *self.spec.replica_args]:  # "0.17.2" -> "v0.17.2"; "latest" is refused
             for key in [k for k in args if k.lstrip("-").replace("_", "-") == "kine-version"]:
                 args["kine-version"] = normalise_kine_version(args.pop(key))
-        self.backend = get_backend(backend)
         self.backend.check(self.spec)
         if not hasattr(self.backend, "add_kine_version") and any(
                 self.spec.kine_version_of(i) for i in range(replicas)):
@@ -124,6 +125,9 @@ class Lab:
         self.id = _secrets.token_hex(4)
         self.model: Optional[LabModel] = None
         self.tools: dict = {}
+        # what the backend's prepare() found for its plan and starts (kind: the Docker engine, the node image);
+        # not kept: whatever teardown needs is in the components' details
+        self.context: dict = {}
         self._dsn: Optional[Dsn] = None
         self._reaper: Optional[subprocess.Popen] = None
         self._clients: dict = {}
@@ -195,12 +199,14 @@ class Lab:
             if self._stopping.is_set():  # a stop raced this start: the process just launched goes too
                 raise Cancelled(f"the lab is stopping; {component.name} was stopped")
 
+        started = time.monotonic()
         self.backend.start(self, component, on_started=on_started, cancel=self._stopping)
-        if component.role == "datastore":
-            with self._lock:
+        with self._lock:  # with what the start learnt (an address, a network's subnet, a cluster's timings)
+            component.start_s = round(time.monotonic() - started, 2)
+            if component.role == "datastore":
                 self.model.datastore_dsn = self.datastore.dsn.masked
                 self._save_secrets()
-                self._save()
+            self._save()
 
     def stop(self) -> None:
         """Stop every process, safe to repeat and from any thread. A temporary lab is removed with it."""
@@ -246,7 +252,7 @@ class Lab:
         lab = cls.__new__(cls)
         lab.labdir, lab.dir, lab.model, lab.spec = labdir, labdir.path, model, model.spec
         lab.backend, lab.keep, lab.id, lab.kine_bin = get_backend(model.backend), True, model.id, None
-        lab.tools = {}
+        lab.tools, lab.context = {}, {}
         lab._reaper, lab._clients, lab._dsn = None, {}, None
         lab._stopping, lab._lock, lab._starting = threading.Event(), threading.RLock(), threading.RLock()
         secrets = labdir.read_secrets()
@@ -331,8 +337,12 @@ class Lab:
         return client.ApiClient(configuration)
 
     def logs(self, target: Target, lines: int = 20) -> str:
-        """The last `lines` of a component's log (masked)."""
-        return "\n".join(tail(Path(r.log), lines) for r in self._component(target).records)
+        """The last `lines` of a component's log (masked): its processes', or the one a backend keeps (kind's
+        `kind create cluster` output)."""
+        component = self._component(target)
+        logs = [r.log for r in component.records] or ([component.details["log"]] if "log" in component.details
+                                                       else [])
+        return "\n".join(tail(Path(log), lines) for log in logs)
 
     # --- faults: what a component failure looks like, on demand -------------------------------------------
     def _component(self, target: Target) -> Component:
@@ -347,19 +357,24 @@ class Lab:
 
     def kill(self, target: Target) -> None:
         """SIGKILL a Kine replica (by index) or any component (by name), as a crash would."""
-        self.backend.signal(self, self._component(target), signal.SIGKILL)
+        self.backend.signal(self, self._faulted(target, "kill"), signal.SIGKILL)
         self._forget_client(target)
 
     def pause(self, target: Target) -> None:
         """SIGSTOP: alive but silent, like a stalled VM."""
-        self.backend.signal(self, self._alive(target), signal.SIGSTOP)
+        self.backend.signal(self, self._alive(target, "pause"), signal.SIGSTOP)
 
     def resume(self, target: Target) -> None:
-        self.backend.signal(self, self._alive(target), signal.SIGCONT)
+        self.backend.signal(self, self._alive(target, "resume"), signal.SIGCONT)
 
-    def _alive(self, target: Target) -> Component:
+    def _faulted(self, target: Target, fault: str) -> Component:
         component = self._component(target)
-        if not component.alive:
+        self.backend.check_fault(component, fault)
+        return component
+
+    def _alive(self, target: Target, fault: str) -> Component:
+        component = self._faulted(target, fault)
+        if not self.backend.alive(self, component):
             raise UsageError(f"{component.name} is not running; `restart` it first")
         return component
 
@@ -368,7 +383,7 @@ class Lab:
         on another Kine release when `kine_version` is given (one step of a rolling upgrade or downgrade). A
         member of a replicated datastore restarts as a standby of the primary (rewound first if it had been a
         primary)."""
-        component = self._component(target)
+        component = self._faulted(target, "restart")
         if kine_version is not None:
             self._change_kine_version(component, kine_version)  # built first: a failed build stops nothing
         if component.role == "datastore" and len(self.model.by_role("datastore")) > 1:
@@ -378,8 +393,7 @@ class Lab:
                                  "whole database with `kinelab fault db-restart`")
         elif component.role == "datastore":
             return self.restart_datastore()
-        for record in component.records:
-            record.stop()
+        teardown(self.model, component)
         self._relaunch(component)
         self._forget_client(target)
 
@@ -535,58 +549,16 @@ class Lab:
             status.update(apiservers=[{k: v for k, v in by_name[c.name].items() if k not in ("name", "role")}
                                       for c in model.apiservers], mode=model.mode,
                           apiserver_version=model.versions.get("kube-apiserver"))
+        for cluster in model.by_role("cluster"):  # kind: what kubectl needs
+            status["kubeconfig"] = cluster.details["kubeconfig"]
         return status
 
     def _inspect(self, component: Component) -> dict:
         records = component.records
-        alive = component.alive if component.runtime != "none" else True
         entry = {"name": component.name, "role": component.role, "index": component.index,
-                 "pid": records[0].pid if records else None, "alive": alive}
-        if component.role in ("kine", "etcd"):
-            entry.update(endpoint=component.endpoint, metrics_url=component.metrics_url)
-            if component.role == "kine":
-                entry["kine_version"] = self.model.kine_versions[component.index]
-            if alive:
-                try:
-                    with Etcd(component.endpoint, timeout_s=2) as client:
-                        entry["revision"] = client.revision()
-                except Exception as exc:  # a live process that does not answer is worth reporting, not fatal
-                    entry["revision"], entry["error"] = None, str(exc)
-            else:
-                entry["last_log_line"] = tail(Path(records[0].log), 1) if records else ""
-        elif component.role == "apiserver":
-            entry.update(url=component.url, kubeconfig=component.details["kubeconfig"],
-                         etcd_servers=component.details["etcd_servers"],
-                         ready=alive and self._answers(f"{component.url}/readyz", Pki(self.dir / "pki").ssl_context()))
-        elif component.role == "control-plane":
-            entry.update(url=component.url, ready=alive and self._answers(f"{component.url}/healthz",
-                                                                          insecure_local()))
-        elif component.role == "nodes":
-            entry.update(url=component.url, nodes=component.details["nodes"], ready_nodes=None)
-            if alive:
-                try:
-                    entry["ready_nodes"] = ready_nodes(self.kubernetes_client(0, retries=False))
-                except Exception as exc:  # an apiserver that does not answer is worth reporting, not fatal
-                    entry["error"] = str(exc).splitlines()[0]
-        elif component.role == "datastore" and "member" in component.details:
-            entry.update(endpoint=component.endpoint, member=component.details["member"])
-        elif component.role in ("db-proxy", "balancer"):
-            entry["endpoint"] = component.endpoint
-            if alive:
-                try:  # which servers HAProxy sends connections to, and how many it holds to each
-                    entry["servers"] = {name: {"status": row["status"], "connections": int(row["scur"] or 0)}
-                                        for name, row in server_stats(Path(component.details["admin_socket"]),
-                                                                      component.details["proxy"]).items()}
-                except KinelabError as exc:
-                    entry["error"] = str(exc)
+                 "pid": records[0].pid if records else None, "alive": self.backend.alive(self, component)}
+        entry.update(self.backend.inspect(self, component))
         return entry
-
-    @staticmethod
-    def _answers(url: str, context) -> bool:
-        try:
-            return http_probe(url, context=context, expect=b"ok")()
-        except OSError:
-            return False
 
     def __repr__(self) -> str:
         state = self.model.state if self.model else "new"

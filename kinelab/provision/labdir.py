@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator, Optional
 
-from ..errors import ProcessError, UsageError
+from ..errors import KinelabError, ProcessError, UsageError
 from .model import SCHEMA, LabModel
 from .process import ProcessRecord
 
@@ -134,19 +134,25 @@ class LabDir:
         return records
 
     def sweep(self, model: Optional[LabModel]) -> int:
-        """Stop every process of the lab, newest first: the manifest's records, then any pid file's. Returns
-        how many were still running."""
-        stopped = 0
+        """Stop everything of the lab, newest stage first: each component as its runtime is stopped (a process
+        by its records; kind's cluster, nodes and network by the backend that owns them), then any process a
+        pid file names. Returns how many were still running. A component that cannot be reached (a Docker
+        engine that does not answer) does not keep the others running: its error is raised at the end."""
+        from .backends import teardown  # the backends build on this module
+
+        stopped, failure = 0, None
         if model is not None:
             for component in [c for stage in reversed(model.stages()) for c in stage]:
-                for record in reversed(component.records):
-                    if record.alive:
-                        stopped += 1
-                        record.stop()
+                try:
+                    stopped += teardown(model, component)
+                except KinelabError as exc:
+                    failure = failure or exc
         for record in self.pid_records():
             if record.alive:
                 stopped += 1
                 record.stop()
+        if failure is not None:
+            raise failure
         return stopped
 
     def strays(self, lab_id: Optional[str]) -> list:

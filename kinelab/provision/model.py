@@ -18,7 +18,13 @@ SCHEMA = 2  # the manifest's "kinelab_lab" value; 1 was the untyped manifest of 
 # How the article behind kinelab deploys apiservers on Kine: each on its own replica of one database (k3s HA),
 # all on one Kine, or all on the whole pool (the etcd client balances over --etcd-servers).
 MODES = ("shared-db", "single-kine", "hybrid")
-ROLES = ("datastore", "kine", "etcd", "apiserver", "control-plane", "nodes", "db-proxy", "balancer")
+# Start order by role; a role's components start together once the roles before them are ready.
+STAGES = {"datastore": 0, "db-proxy": 5, "kine": 10, "balancer": 15, "apiserver": 20, "control-plane": 30,
+          "nodes": 40}
+# "nodes" is kwok's one component for all its simulated nodes; "network", "cluster" and "node" are kind's: the
+# lab's docker network, the kind cluster, and each of its node containers.
+ROLES = ("datastore", "kine", "etcd", "apiserver", "control-plane", "nodes", "db-proxy", "balancer", "network",
+         "cluster", "node")
 
 
 def etcd_servers_for(mode: str, index: int, endpoints: list, balancer: str = "") -> list:
@@ -46,6 +52,8 @@ class LabSpec:
     controllers: bool = False  # a kube-controller-manager and a kube-scheduler per apiserver
     nodes: int = 0  # simulated nodes (kwok)
     workers: int = 0  # kind worker nodes
+    cluster_name: str = ""  # kind: the cluster's name, unique on its Docker engine ("" for the default)
+    kubelet_config: dict = field(default_factory=dict)  # kind: more KubeletConfiguration fields for every node
     base_port: Optional[int] = None
     allow_shared_sqlite: bool = False
     kine_version: str = ""  # the Kine release every replica runs ("": the pinned one, or the binary given)
@@ -82,8 +90,10 @@ class Component:
     metrics_url: str = ""
     details: dict = field(default_factory=dict)  # role-specific facts: etcd servers, kubeconfig, masked DSN...
     processes: list = field(default_factory=list)  # ProcessRecords, empty until started
-    runtime: str = "process"  # how teardown reaches it: "process" (records), or "none" (nothing runs)
+    # how teardown reaches it: "process" (its records), "none" (nothing runs), or a backend's own (`backends.teardown`)
+    runtime: str = "process"
     stage: int = 0  # start order: a stage starts, all at once, when every component of the stages before is ready
+    start_s: Optional[float] = None  # how long its last start took, until it was ready
 
     @property
     def port(self) -> Optional[int]:

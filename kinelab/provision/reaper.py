@@ -1,7 +1,8 @@
 """The reaper: a small watchdog process that stops a lab once the Python process owning it is gone.
 
 It covers what `with` and atexit cannot: a kernel restart, SIGKILL, SIGTERM from a scheduler, a crash. It stops
-every process the manifest and the pid files name, and removes a temporary lab's directory and data. It exits
+everything the manifest and the pid files name (processes, and a kind lab's cluster and network, through
+`labdir.sweep`), and removes a temporary lab's directory and data. It exits
 by itself when the lab is stopped normally (the manifest's state leaves "starting"/"running").
 """
 
@@ -23,7 +24,11 @@ def main(lab_dir: str, owner_pid: str, owner_create_time: str) -> int:
         if model is None or model.state not in ("starting", "running"):
             return 0
         if not owner.alive:
-            labdir.sweep(model)
+            try:
+                labdir.sweep(model)
+            except KinelabError as exc:  # left recorded as it was: `kinelab down` or `labs --prune` retries
+                print(f"kinelab reaper: {exc}", file=sys.stderr)
+                return 1
             if model.keep:
                 model.state = "stopped"
                 labdir.write(model)

@@ -258,7 +258,7 @@ def _require_go(tools: Sequence[Tool], what: str) -> str:
 
 
 @contextlib.contextmanager
-def _build_lock(name: str, log: Log) -> Iterator[None]:
+def build_lock(name: str, log: Log) -> Iterator[None]:
     """One build of `name` at a time on this machine (the tool cache is shared)."""
     path = cache_dir() / "bin" / f".{name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -294,7 +294,7 @@ def ensure(tool: Tool, explicit: Optional[str] = None, *, flag: Optional[str] = 
         return found
     go = _require_go([tool], tool.label)
     target = tool.cached_path()
-    with _build_lock(f"{tool.name}-{tool.version}", log):
+    with build_lock(f"{tool.name}-{tool.version}", log):
         if target.is_file():  # built by another process while this one waited
             return Binary(target, tool.version, tool.name)
         log_path = build_log(tool.name, tool.version)
@@ -481,7 +481,7 @@ def _build_kubernetes(tools: Sequence[Tool], version: str, log: Log) -> Dict[str
                          else [tools[0].name])
     go = _require_go(tools, names)
     log_path = build_log(tools[0].name if len(tools) == 1 else "kubernetes", version)
-    with _build_lock(f"kubernetes-{version}", log):
+    with build_lock(f"kubernetes-{version}", log):
         tools = [tool for tool in tools if not tool.cached_path().is_file()]  # another process may have built some
         if not tools:
             return {}
@@ -717,10 +717,61 @@ def doctor() -> list:
     except ToolError as exc:
         checks.append(Check("etcd", False, str(exc), "fix KINELAB_ETCD_BIN or unset it"))
     which("etcdctl", ["etcdctl", "version"], "independent client: apt-get install etcd-client")
-    docker = shutil.which("docker")
-    engine = bool(docker) and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
-    checks.append(Check("docker", engine, "engine running" if engine else ("client only, no engine" if docker
-                                                                          else "not found"),
-                        "kind backend only: install Docker Engine and start it"))
-    which("kind", ["kind", "version"], "kind backend only: go install sigs.k8s.io/kind@latest")
+    checks.extend(kind_checks())
+    return checks
+
+
+def kind_checks() -> list:
+    """The kind backend's needs: the Docker engine (and whether it runs privileged containers), kind, the
+    Kubernetes node commands, debootstrap and the node image."""
+    from .docker import DEBIAN_ENGINE, PrivateEngine, find_engine, last_line, needs_runc_wrapper
+    from .nodeimage import NODE_REPOSITORY, WORKLOAD_REPOSITORY, image_present
+
+    checks = []
+    private = PrivateEngine()
+    engine = find_engine(private)
+    why_not = private.why_not()
+    start_hint = (f"kind backend only: start Docker, or `kinelab docker start` (kinelab's own dockerd; as root with "
+                  f"`{DEBIAN_ENGINE}`)")
+    if engine:
+        checks.append(Check("docker", True, engine.describe(), start_hint))
+    else:
+        detail = "no engine answers `docker info`" + (
+            "; kinelab can start its own (`kinelab docker start`)" if why_not is None else
+            f"; kinelab cannot start its own ({why_not})")
+        checks.append(Check("docker", False, detail, start_hint))
+    node_images = []
+    if engine:
+        def images(repository: str) -> list:
+            return engine.docker("images", "--format", "{{.Repository}}:{{.Tag}}", repository,
+                                 check=False).stdout.decode().split()
+
+        node_images = images(NODE_REPOSITORY)
+        probe = next(iter(images(WORKLOAD_REPOSITORY)), None)
+        if probe and image_present(engine, probe):
+            result = engine.docker("run", "--rm", "--privileged", "--network", "none", probe, "probe", check=False,
+                                   timeout=60)
+            ok = result.returncode == 0
+            fix = ("this machine's capability bounding set lacks CAP_SYS_RESOURCE: use kinelab's private engine "
+                   "(`kinelab docker start`; its runc wrapper drops that capability)" if needs_runc_wrapper()
+                   else "run a rootful Docker engine that allows --privileged")
+            checks.append(Check("privileged containers", ok, "docker run --privileged works" if ok else
+                                f"refused: {last_line(result.stderr)[:160]}", fix))
+        else:
+            checks.append(Check("privileged containers", False, "not checked yet (no kinelab image to probe with)",
+                                "run `kinelab install --kind-images`, then `kinelab doctor` again"))
+    found_kind = find(KIND)
+    checks.append(Check("kind", found_kind is not None, f"{found_kind.path} ({found_kind.version})" if found_kind
+                        else "not built", f"kind backend only: `kinelab install --kind-images` (go install "
+                                          f"{KIND.package}@{KIND.version})"))
+    missing = [n for n in ("kubelet", "kubeadm", "kubectl", "kube-controller-manager", "kube-scheduler")
+               if find(kubernetes_tool(n)) is None]
+    checks.append(Check("kubernetes node commands", not missing, "built" if not missing else
+                        f"not built: {', '.join(missing)}", "kind backend only: `kinelab install --kind-images` "
+                                                            f"(minutes; needs Go {MIN_GO_VERSION}+)"))
+    debootstrap = shutil.which("debootstrap") or shutil.which("debootstrap", path="/usr/sbin:/sbin")
+    checks.append(Check("debootstrap", bool(debootstrap), debootstrap or "not found",
+                        "kind backend only, to build the node image offline: apt-get install debootstrap"))
+    checks.append(Check("kind node image", bool(node_images), ", ".join(node_images) or "not built",
+                        "kind backend only: `kinelab install --kind-images`"))
     return checks

@@ -104,3 +104,11 @@ def http_probe(url: str, *, context: Optional[ssl.SSLContext] = None, expect: Op
             return response.status == 200 and (expect is None or response.read().strip() == expect)
 
     return Probe(f"GET {url}" + (f" == {expect.decode()}" if expect else ""), check, NETWORK_ERRORS)
+
+
+def answers(url: str, context: Optional[ssl.SSLContext]) -> bool:
+    """Whether an HTTPS health endpoint (/readyz, /healthz) answers ``ok`` right now."""
+    try:
+        return http_probe(url, context=context, expect=b"ok")()
+    except OSError:
+        return False
