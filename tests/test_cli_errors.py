@@ -171,7 +171,7 @@ CASES = [
     # up
     ("up --replicas 0 --datastore sqlite --dir {tmp}/lab", {}, 2, "at least one Kine replica"),
     ("up --replicas abc --dir {tmp}/lab", {}, 2, ("invalid int value: 'abc'", "see `kinelab up --help`")),
-    ("up --datastore oracle --dir {tmp}/lab", {}, 2, "use postgres, sqlite, mysql, or a DSN"),
+    ("up --datastore oracle --dir {tmp}/lab", {}, 2, "use postgres, postgres-ha, sqlite, mysql, etcd, or a DSN"),
     (f"up --datastore postgres:/kine:{SECRET}@h/db --dir {{tmp}}/lab", {}, 2, "unknown datastore"),
     ("up --datastore sqlite --replicas 3 --dir {tmp}/lab", {}, 2, ("k3s-io/kine#499", "--allow-shared-sqlite")),
     ("up --kine-arg noequals --dir {tmp}/lab", {}, 2, "is not KEY=VALUE"),
@@ -238,7 +238,7 @@ CASES = [
     ("fault explode --replica 0 --dir {lab}", {}, 2, "invalid choice: 'explode'"),
     # demo: an earlier capture at --out survives bad input
     ("demo --replicas 0 --out {cap}", {}, 2, "at least one Kine replica"),
-    ("demo --datastore oracle --out {cap}", {}, 2, "use postgres, sqlite, mysql, or a DSN"),
+    ("demo --datastore oracle --out {cap}", {}, 2, "use postgres, postgres-ha, sqlite, mysql, etcd, or a DSN"),
     ("demo --out {tmp}", {}, 2, "is a directory; name a file"),
 ]
 

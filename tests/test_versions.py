@@ -251,3 +251,17 @@ def test_the_measured_report_is_the_notebooks_output(tmp_path):
                                kernel_name="python3", progress_bar=False, cwd=str(tmp_path))
     committed = REPO / "reports" / "kine-lost-create" / "measured.md"
     assert (tmp_path / "measured.md").read_text() == committed.read_text()
+
+
+def test_a_cached_kine_is_labelled_by_what_the_binary_is_not_by_its_file_name(old_kine, tmp_path, monkeypatch):
+    """The tool cache finds Kine by the pinned version's file name; the version it reports is read from the
+    binary itself, so a file that is another release is not passed off as the pinned one."""
+    import shutil
+
+    from kinelab.provision.tools import KINE, find
+
+    monkeypatch.setenv("KINELAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("KINELAB_KINE_BIN", raising=False)
+    KINE.cached_path().parent.mkdir(parents=True)
+    shutil.copy(old_kine.path, KINE.cached_path())  # v0.17.2 under the name kine-v0.17.5, and no sidecar
+    assert find(KINE).version == OLD != KINE.version

@@ -513,5 +513,5 @@ def make_datastore(spec: str, settings: Optional[dict] = None, replication: str 
         return EtcdStore()
     if "://" in spec:
         return ExternalStore(Dsn.parse(spec))
-    raise UsageError(f"unknown datastore {mask_text(spec)!r}: use postgres, sqlite, mysql, etcd, or a DSN such as "
-                     "postgres://user:pass@127.0.0.1:5432/kubernetes (postgres-ha: a primary and a streaming standby)")
+    raise UsageError(f"unknown datastore {mask_text(spec)!r}: use postgres, postgres-ha, sqlite, mysql, etcd, or a DSN "
+                     "such as postgres://user:pass@127.0.0.1:5432/kubernetes")

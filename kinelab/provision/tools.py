@@ -152,15 +152,9 @@ def _parse_version(text: str) -> Optional[tuple]:
 
 
 def binary_version(tool: Tool, path: Path) -> str:
-    """What version `path` is: its sidecar, else the module version Go baked into it (when it was built from
-    `tool.package`), else what its own version command prints. A program that does not answer like `tool`
-    is refused."""
-    recorded = sidecar(path)
-    if recorded.exists():
-        try:
-            return json.loads(recorded.read_text())["version"]
-        except (ValueError, KeyError):
-            pass
+    """What version `path` is, read from the binary: the module version Go baked into it (when it was built from
+    `tool.package`), else its sidecar (where no Go can read the binary), else what its own version command prints.
+    A program that does not answer like `tool` is refused."""
     go = find_go()
     if go:
         info = subprocess.run([go, "version", "-m", str(path)], capture_output=True, text=True).stdout
@@ -168,6 +162,12 @@ def binary_version(tool: Tool, path: Path) -> str:
         found = re.search(rf"^\s*(?:mod|dep)\s+{re.escape(tool.module)}\s+(v\d+\.\d+\.\d+\S*)", info, re.M)
         if built and built.group(1) == tool.package and found:
             return found.group(1)
+    recorded = sidecar(path)
+    if recorded.exists():
+        try:
+            return json.loads(recorded.read_text())["version"]
+        except (ValueError, KeyError):
+            pass
     try:
         result = subprocess.run([str(path), *tool.version_args], capture_output=True, text=True, timeout=15)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -198,7 +198,7 @@ def find(tool: Tool, explicit: Optional[str] = None, *, flag: Optional[str] = No
         return Binary(path.resolve(), binary_version(tool, path), tool.name)
     cached = tool.cached_path()
     if cached.is_file() and os.access(cached, os.X_OK):
-        return Binary(cached, tool.version, tool.name)
+        return Binary(cached, binary_version(tool, cached), tool.name)  # what the file is, not what it is called
     return None
 
 
