@@ -62,7 +62,7 @@ def test_auto_mode_is_live_only_where_a_lab_can_start(monkeypatch, tmp_path, cap
     monkeypatch.setenv("KINELAB_CACHE", str(tmp_path))  # an empty tool cache: no Kine
     monkeypatch.delenv("KINELAB_KINE_BIN", raising=False)
     assert replay.choose_mode("auto") == "replay"
-    assert capsys.readouterr().out.startswith(f"mode auto -> replay: Kine {KINE_VERSION} not installed here; ")
+    assert capsys.readouterr().out.startswith(f"mode auto -> replay: Kine {KINE_VERSION} is not installed here; ")
 
     monkeypatch.setenv("KINELAB_KINE_BIN", str(tmp_path / "no-such-kine"))  # a wrong setting is the reason given
     assert replay.choose_mode("auto") == "replay"

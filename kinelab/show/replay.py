@@ -54,7 +54,9 @@ def _missing(apiservers: bool, nodes: bool, haproxy: bool, kine_versions: Sequen
     try:
         kines = [v for v in dict.fromkeys([KINE_VERSION, *kine_versions]) if find_kine(version=v) is None]
         if kines:
-            return (f"Kine {', '.join(kines)} not installed here; `kinelab install --kine-version V` builds one "
+            how = ("`kinelab install` builds it" if kines == [KINE_VERSION]
+                   else "`kinelab install --kine-version V` builds each")
+            return (f"Kine {', '.join(kines)} {'is' if len(kines) == 1 else 'are'} not installed here; {how} "
                     f"(about 2 minutes, needs Go {MIN_GO_VERSION}+; pip install 'kinelab[go]' brings one)")
         if apiservers and find_apiserver() is None:
             return (f"kube-apiserver {APISERVER_VERSION} is not built here; `kinelab up --apiservers 1` builds it "
@@ -118,7 +120,10 @@ def dataset(name: str) -> Path:
     """A copy of data/<name> in a scratch folder: notebooks may open, capture or write next to it, and the
     recorded file stays as it was."""
     _entry(name)
-    return Path(shutil.copyfile(DATA / name, scratch_dir() / name))
+    copy = Path(shutil.copyfile(DATA / name, scratch_dir() / name))
+    if copy.suffix == ".duckdb":
+        open_store(copy).close()  # a recording older than this kinelab gets today's views (write_anomalies, ...)
+    return copy
 
 
 def label(name: str) -> str:
