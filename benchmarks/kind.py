@@ -3,8 +3,8 @@
 1. Time to a Ready node with warm images (node image in the engine, binaries in the tool cache), broken down
    into the network and the datastore (started together), Kine, kind's node containers, kubeadm and node
    Ready: `Lab(backend="kind")` with one control plane on one Kine on embedded Postgres, against the same
-   cluster on Debian's etcd (one member on the same gateway address, as kubeadm's external etcd, network and
-   etcd started one after the other), rounds alternating. kind's own default (etcd in the
+   cluster on etcd (kinelab's pinned build, one member on the same gateway address, as kubeadm's external
+   etcd, network and etcd started one after the other), rounds alternating. kind's own default (etcd in the
    node, from kind's node image) cannot run here: nothing can be pulled.
 2. What the cluster writes into Kine per second, by resource: at rest, then while a Deployment of the
    preloaded workload scales 0 -> 20 -> 0 replicas (incremental captures before and after each phase).
@@ -33,13 +33,14 @@ os.environ.setdefault("KINELAB_PROGRESS", "0")
 
 import kinelab as kl  # noqa: E402
 from kinelab.provision import kind as k  # noqa: E402
+from kinelab.provision import tools  # noqa: E402
 from kinelab.provision.docker import PrivateEngine, ensure_engine  # noqa: E402
-from kinelab.provision.etcd_server import find_etcd  # noqa: E402
 from kinelab.provision.kine import etcd_probe  # noqa: E402
 from kinelab.provision.nodeimage import ensure_node_image  # noqa: E402
 from kinelab.provision.process import ServedProcess, free_port  # noqa: E402
 from kinelab.provision.wait import poll_until  # noqa: E402
 
+ETCD_SIDE = f"etcd ({tools.ETCD_VERSION}, one member)"
 PHASES = ["network_and_datastore", "kine", "kind_containers", "kind_config", "kind_kubeadm_init",
           "kind_storage_class", "nodes_ready"]
 
@@ -50,12 +51,14 @@ def kind_phases(timings_s: dict) -> dict:
 
 
 def etcd_cluster(engine, image, name: str, workdir: Path) -> dict:
-    """The same one-node kind cluster, its external etcd a Debian etcd member on the network's gateway."""
+    """The same one-node kind cluster, its external etcd one etcd member (kinelab's pinned build) on the
+    network's gateway."""
     started = time.monotonic()
     network = k.create_network(engine, f"kinelab-{name}", {k.LABEL: name})
     port = free_port()
     endpoint = f"{network.gateway}:{port}"
-    etcd = ServedProcess("etcd-0", [find_etcd(), "--name=etcd-0", f"--data-dir={workdir / 'etcd-data'}",
+    etcd_bin = str(tools.ensure(tools.ETCD).path)
+    etcd = ServedProcess("etcd-0", [etcd_bin, "--name=etcd-0", f"--data-dir={workdir / 'etcd-data'}",
                                     f"--listen-client-urls=http://{endpoint}", f"--advertise-client-urls=http://{endpoint}",
                                     f"--listen-peer-urls=http://127.0.0.1:{free_port()}", "--logger=zap",
                                     "--log-outputs=stderr"], workdir, ready=etcd_probe(endpoint))
@@ -81,7 +84,7 @@ def kine_cluster(name: str) -> dict:
 
 
 def time_to_ready(engine, image, rounds: int) -> dict:
-    runs = {"Kine on embedded Postgres": [], "etcd (Debian 3.4, one member)": []}
+    runs = {"Kine on embedded Postgres": [], ETCD_SIDE: []}
     for r in range(rounds):
         order = list(runs) if r % 2 == 0 else list(reversed(runs))
         for side in order:
@@ -243,7 +246,7 @@ def main() -> None:
 
 def report(r: dict) -> str:
     ready = r["time_to_ready"]
-    kine, etcd = ready["Kine on embedded Postgres"], ready["etcd (Debian 3.4, one member)"]
+    kine, etcd = ready["Kine on embedded Postgres"], ready[ETCD_SIDE]
     lines = [f"# kind on Kine ({r['recorded_at']}, {r['machine']})", "",
              f"Engine: Docker {r['engine']['version']}{' (kinelab private)' if r['engine']['private'] else ''}; "
              f"node image {r['node_image']['reference']} ({r['node_image']['size_mb']:.0f} MB).", "",
