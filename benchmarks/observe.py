@@ -31,6 +31,7 @@ import kinelab as kl  # noqa: E402
 from kinelab.drive.workload import run_load  # noqa: E402
 from kinelab.observe import runs  # noqa: E402
 from kinelab.provision.tools import cache_dir  # noqa: E402
+from keep import write_json  # noqa: E402  (benchmarks/keep.py: every run's JSON kept)
 
 
 def build_etcdput() -> Path:
@@ -100,7 +101,7 @@ def watch_lag_curves(replica_counts, rates, duration_s: float) -> list:
 
 def write_results(results: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "observe.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json("observe", results)
     g = results["generator"]
     lines = [
         "# kinelab observe-layer benchmarks", "",
