@@ -126,7 +126,24 @@ def write_results(results: dict) -> None:
         lines.append(f"| {r['replicas']} | {r['rate']} | {r['spread']} | {r['locality']} | {r['events']} | "
                      f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['mean_ms']:.1f} | {r['max_ms']:.1f} | "
                      f"{r['missed']} |")
+    lines += ["", "## Other-replica p50 by replicas, spread and rate (the README's grid)", "",
+              *lag_grid(results["watch_lag"])]
     (RESULTS / "observe.md").write_text("\n".join(lines) + "\n")
+
+
+def lag_grid(rows: list) -> list:
+    """Other-replica p50 per replica count, pinned and round-robin, one column per rate: each cell rounded once,
+    from the raw figure (rounding the table's 0.1 ms figures again moves x.45-x.5 up)."""
+    rates = sorted({r["rate"] for r in rows})
+    p50 = {(r["replicas"], r["spread"], r["rate"]): r["p50_ms"] for r in rows if r["locality"] == "other"}
+    rate_names = " / ".join(str(rate) for rate in rates)
+    lines = [f"| replicas | writes pinned to replica 0, {rate_names} writes/s | writes round-robin, {rate_names} "
+             "writes/s |", "| ---: | --- | --- |"]
+    for replicas in sorted({n for n, _, _ in p50}):
+        cells = [" / ".join(f"{p50[replicas, spread, rate]:.0f}" for rate in rates) + " ms"
+                 for spread in ("pinned-0", "round-robin")]
+        lines.append(f"| {replicas} | {cells[0]} | {cells[1]} |")
+    return lines
 
 
 def main() -> int:
