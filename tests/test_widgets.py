@@ -45,7 +45,9 @@ def test_panel_drives_a_lab_and_its_faults(panel):
     rows = lag_rows(panel)
     assert {(r["observer"], r["writer"]) for r in rows} == {("replica 0", "replica 0"), ("replica 1", "replica 0")}
     other = [r["lag_ms"] for r in rows if r["observer"] == "replica 1"]
-    assert 100 < sum(other) / len(other) < 1600
+    # a 1.5 s slice at 40 writes/s samples replica 1's 1 s poll cycle evenly: mean about 500 ms, never near 0
+    # (that would be no poll) nor above the period (that would be a missed poll)
+    assert 200 < sum(other) / len(other) < 900, sorted(other)
 
     panel.target.value = 1
     panel.kill_button.click()
