@@ -5,8 +5,9 @@
 2. API call latency through the apiservers under the ConfigMap mix, p50/p99 per verb, against the
    clusterloader2 SLO (p99 <= 1 s for mutating calls, 30 s for cluster-wide LIST; a namespaced LIST 5 s).
 
-`kind create cluster` cannot run here (no Docker engine), so there is no kind figure to set beside it.
-Writes benchmarks/results/apiserver.json and apiserver.md.
+The lab here is the local backend, which needs no Docker; kind clusters on Kine (the kind backend, with
+kinelab's private Docker engine where none answers) are timed by benchmarks/kind.py (results/kind.md).
+Writes benchmarks/results/apiserver.json (every run kept in results/runs/) and apiserver.md.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ os.environ.setdefault("KINELAB_PROGRESS", "0")
 import kinelab as kl  # noqa: E402
 from kinelab.drive.kube import run_kube_load  # noqa: E402
 from kinelab.provision.apiserver import cached_apiserver_path, install_apiserver  # noqa: E402
+from keep import write_json  # noqa: E402  (benchmarks/keep.py: every run's JSON kept)
 
 SLO_MS = {"create": 1000, "update": 1000, "delete": 1000, "list": 5000}
 
@@ -74,7 +76,7 @@ def main() -> int:
                "build": build, "ready": ready, "latency": latency, "machine": f"{os.cpu_count()} CPUs"}
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / "apiserver.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_json("apiserver", results)
     with_api, kine_only = ready["with 2 apiservers"], ready["Kine only"]
     lines = ["# Control plane on Kine: benchmarks", "",
              f"- date: {results['date']}; {results['machine']}; kube-apiserver {binary.version}, Kine {kl.KINE_VERSION}, "
@@ -85,7 +87,8 @@ def main() -> int:
         lines.append(f"| {side} | {r['median_s']:.1f} s | {r['min_s']:.1f} s | "
                      f"{', '.join(f'{v:.1f}' for v in r['rounds'])} |")
     lines += ["", f"**Ratio: {with_api['median_s'] / kine_only['median_s']:.1f}x** the Kine-only start; "
-              "`kind create cluster` cannot run here (no Docker engine), so it is not compared.", "",
+              "the local backend, no Docker; kind clusters on Kine are timed by `benchmarks/kind.py` "
+              "([kind.md](kind.md)).", "",
               f"## API call latency, ConfigMap mix through 2 apiservers (shared-db), {latency['ops']} calls at "
               f"{latency['target_rate']:.0f}/s (achieved {latency['achieved_rate']:.0f}/s, {latency['failed']} failed)", "",
               "| verb | calls | p50 ms | p99 ms | clusterloader2 SLO (p99) | within |", "|---|---:|---:|---:|---:|---|"]

@@ -12,13 +12,12 @@ Each round, on each target, with the same workers and seed:
   - the `configmaps` and `creates` mixes flat out, round-robin.
 Ratios pair like with like: Kine on SQLite / etcd-1, and 3 Kine replicas on Postgres / etcd-3.
 
-Writes benchmarks/results/etcd_baseline.json and etcd_baseline.md.
+Writes benchmarks/results/etcd_baseline.json (every run kept in results/runs/) and etcd_baseline.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -38,6 +37,7 @@ from kinelab.clock import Clock  # noqa: E402
 from kinelab.drive.workload import run_load  # noqa: E402
 from kinelab.observe.watchlag import WatchProbe  # noqa: E402
 from kinelab.provision.tools import ETCD, ensure  # noqa: E402
+from keep import write_json  # noqa: E402  (benchmarks/keep.py: every run's JSON kept)
 
 TARGETS = ("etcd-1", "etcd-3", "kine-sqlite", "kine-pg-3")
 PAIRS = (("kine-sqlite", "etcd-1"), ("kine-pg-3", "etcd-3"))
@@ -204,7 +204,7 @@ def lag_cell(stats: dict) -> str:
 
 def write_results(results: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "etcd_baseline.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json("etcd_baseline", results)
     p, t = results["params"], results["targets"]
     lines = [
         "# The etcd baseline: Kine next to real etcd, same load, same probe, one run", "",

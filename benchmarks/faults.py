@@ -9,13 +9,12 @@ kube-apiservers, with the figures the README quotes.
 6. the TTL race                              scenarios/ttl-race.yaml
 
 Every run keeps its DuckDB file under benchmarks/results/faults/ (tables fault_events, availability,
-error_kinds, fault_recovery, scenario_checks). Writes benchmarks/results/faults.json and faults.md.
+error_kinds, fault_recovery, scenario_checks). Writes benchmarks/results/faults.json (every run kept in results/runs/) and faults.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -35,6 +34,7 @@ import duckdb  # noqa: E402
 import kinelab as kl  # noqa: E402
 from kinelab.analyse.troubleshoot import pool_pressure  # noqa: E402
 from kinelab.observe.scenario import Scenario, run_scenario  # noqa: E402
+from keep import write_json  # noqa: E402  (benchmarks/keep.py: every run's JSON kept)
 
 PG_LEVELS = ("read uncommitted", "read committed", "repeatable read", "serializable")
 
@@ -150,7 +150,7 @@ def ttl_race() -> dict:
 
 
 def write_results(results: dict) -> None:
-    (RESULTS / "faults.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_json("faults", results)
     s1, s2, s3, s4, s5, s6 = (results[k] for k in ("kill", "db_restart", "modes", "starvation", "isolation", "ttl"))
     lines = [
         "# Faults: what HA with Kine survives", "",

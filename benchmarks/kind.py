@@ -39,6 +39,7 @@ from kinelab.provision.kine import etcd_probe  # noqa: E402
 from kinelab.provision.nodeimage import ensure_node_image  # noqa: E402
 from kinelab.provision.process import ServedProcess, free_port  # noqa: E402
 from kinelab.provision.wait import poll_until  # noqa: E402
+from keep import write_json  # noqa: E402  (benchmarks/keep.py: every run's JSON kept)
 
 ETCD_SIDE = f"etcd ({tools.ETCD_VERSION}, one member)"
 PHASES = ["network_and_datastore", "kine", "kind_containers", "kind_config", "kind_kubeadm_init",
@@ -239,7 +240,7 @@ def main() -> None:
         if started_engine:
             PrivateEngine().stop()
     out = HERE / "results"
-    (out / "kind.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json("kind", results, date=results.get("recorded_at"))
     (out / "kind.md").write_text(report(results))
     print(report(results))
 

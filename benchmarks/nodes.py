@@ -35,6 +35,7 @@ os.environ.setdefault("KINELAB_PROGRESS", "0")
 import kinelab as kl  # noqa: E402
 from kinelab.errors import KinelabError  # noqa: E402
 from kinelab.provision.controlplane import NODE_LEASE_DURATION_S, ready_nodes  # noqa: E402
+from keep import write_json  # noqa: E402  (benchmarks/keep.py: every run's JSON kept)
 
 STORES = {"kine-postgres": {"datastore": "postgres"}, "etcd": {"datastore": "etcd"}}
 
@@ -173,9 +174,7 @@ def main() -> int:
                "observe_s": args.observe, "runs": runs,
                "largest_ok": {store: abs(n) for store, n in largest.items()}}
     out = HERE / "results"
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    (out / "nodes.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "runs" / f"nodes-{results['date'].replace(':', '')}.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json("nodes", results)
     print(write_report(results, out / "nodes.md"))
     return 0
 

@@ -31,6 +31,7 @@ import kinelab as kl  # noqa: E402
 from kinelab.drive.workload import run_load  # noqa: E402
 from kinelab.observe import runs  # noqa: E402
 from kinelab.provision.tools import cache_dir  # noqa: E402
+from keep import write_json  # noqa: E402  (benchmarks/keep.py: every run's JSON kept)
 
 
 def build_etcdput() -> Path:
@@ -100,7 +101,7 @@ def watch_lag_curves(replica_counts, rates, duration_s: float) -> list:
 
 def write_results(results: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "observe.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json("observe", results)
     g = results["generator"]
     lines = [
         "# kinelab observe-layer benchmarks", "",
@@ -125,7 +126,24 @@ def write_results(results: dict) -> None:
         lines.append(f"| {r['replicas']} | {r['rate']} | {r['spread']} | {r['locality']} | {r['events']} | "
                      f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['mean_ms']:.1f} | {r['max_ms']:.1f} | "
                      f"{r['missed']} |")
+    lines += ["", "## Other-replica p50 by replicas, spread and rate (the README's grid)", "",
+              *lag_grid(results["watch_lag"])]
     (RESULTS / "observe.md").write_text("\n".join(lines) + "\n")
+
+
+def lag_grid(rows: list) -> list:
+    """Other-replica p50 per replica count, pinned and round-robin, one column per rate: each cell rounded once,
+    from the raw figure (rounding the table's 0.1 ms figures again moves x.45-x.5 up)."""
+    rates = sorted({r["rate"] for r in rows})
+    p50 = {(r["replicas"], r["spread"], r["rate"]): r["p50_ms"] for r in rows if r["locality"] == "other"}
+    rate_names = " / ".join(str(rate) for rate in rates)
+    lines = [f"| replicas | writes pinned to replica 0, {rate_names} writes/s | writes round-robin, {rate_names} "
+             "writes/s |", "| ---: | --- | --- |"]
+    for replicas in sorted({n for n, _, _ in p50}):
+        cells = [" / ".join(f"{p50[replicas, spread, rate]:.0f}" for rate in rates) + " ms"
+                 for spread in ("pinned-0", "round-robin")]
+        lines.append(f"| {replicas} | {cells[0]} | {cells[1]} |")
+    return lines
 
 
 def main() -> int:

@@ -35,6 +35,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from keep import write_json  # benchmarks/keep.py: every run's JSON kept
 
 os.environ.setdefault("KINELAB_PROGRESS", "0")  # no progress bars inside timed regions or in the logs
 
@@ -484,7 +485,7 @@ def main() -> int:
     results["duration_s"] = time.perf_counter() - started
     results["environment"]["loadavg_end"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json(name, results, date=results["environment"].get("date"))
     (RESULTS / f"{name}.md").write_text(markdown(results))
     log(f"done in {results['duration_s'] / 60:.1f} min: {RESULTS / (name + '.json')}, {RESULTS / (name + '.md')}")
     return 0

@@ -143,7 +143,8 @@ def test_two_apiservers_on_two_kine_replicas_share_one_configmap(apiserver_bin, 
             assert all(a.alive for a in apiservers), [a.name for a in apiservers if not a.alive]
             for a in apiservers:
                 assert a.get("/readyz") == b"ok"
-            if all(a.hostname for a in apiservers):  # each in a UTS namespace: an identity lease each
+            own_hostnames = all(a.hostname for a in apiservers)  # each in a UTS namespace: an identity lease each
+            if own_hostnames:
                 identity = k8s.CoordinationV1Api(core[1].api_client).list_namespaced_lease(
                     "kube-system", label_selector="apiserver.kubernetes.io/identity=kube-apiserver")
                 holders = sorted(lease.metadata.labels.get("kubernetes.io/hostname") for lease in identity.items)
@@ -166,6 +167,9 @@ def test_two_apiservers_on_two_kine_replicas_share_one_configmap(apiserver_bin, 
             "('masterleases', 'leases', 'peerserverleases', 'endpoints', 'endpointslices') GROUP BY ALL ORDER BY 1"
             ).fetchall():
         print(f"apiserver bookkeeping: {name}: {rows} rows, {updates} updates")
+    if not own_hostnames:  # everything above held; say so rather than pass without the identity-lease check
+        pytest.skip("the identity leases were not checked: `unshare --uts` cannot give each apiserver a host name "
+                    "here (no unshare, or no user namespaces), so both share one identity")
 
 
 # --- bad input: one line, exit 2, no traceback, nothing left running ------------------------------------------

@@ -9,7 +9,8 @@ import kinelab as kl
 from conftest import run_cli, wait_until
 from kinelab.db import connect_postgres
 from kinelab.drive.workload import run_load
-from kinelab.observe.check import check
+from kinelab.observe.check import check, recheck
+from kinelab.show import replay
 
 
 def test_no_false_alarm_on_a_healthy_lab_under_load(pg_lab):
@@ -75,7 +76,20 @@ def test_a_live_row_changed_behind_kines_back_is_caught_against_a_baseline(tampe
     kl.capture(lab, baseline)
     assert check(lab.endpoints, lab.dsn, baseline=str(baseline)).consistent
     _tamper(lab, rev, b"forged")
+    # Kine caches nothing on SQL backends: every replica reads the edited value at once, no poll, no retry
+    assert [lab.client(i).get(prefix + "live").value for i in range(len(lab.endpoints))] == [b"forged"] * len(lab.endpoints)
     report = check(lab.endpoints, lab.dsn, baseline=str(baseline))
     assert report.changed_rows == [{"id": rev, "name": prefix + "live"}]
     result = run_cli("check", "--dir", lab.dir, "--baseline", baseline, "--json")
     assert result.returncode == 1 and json.loads(result.stdout)["changed_rows"][0]["id"] == rev
+
+
+def test_a_recorded_report_is_judged_again_by_todays_comparison():
+    """Notebook 07's replay: the recorded views decide, not the recorded verdict."""
+    recorded = replay.summary(replay.dataset("consistency.duckdb"), "07-consistency-check")
+    healthy, split = recorded["healthy"][0], recorded["split"]
+    assert recheck(healthy).consistent and recheck(split).divergent == split.divergent
+    key, (mod_revision, _) = next(iter(healthy.views[0].keys.items()))
+    healthy.views[1].keys[key] = [mod_revision, "0" * 16]  # one replica now answers another value
+    rejudged = recheck(healthy)
+    assert not rejudged.consistent and [d["key"] for d in rejudged.divergent] == [key]

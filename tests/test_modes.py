@@ -125,7 +125,9 @@ def test_the_lag_comes_from_kines_poll_not_the_apiserver_watch_cache(kine, tmp_p
         assert len(lags) == 20  # every write reached both watches
         _assert_stored_events_are_the_rows(out, lags)
     for cache, (writer_side, other_side) in means.items():
-        assert writer_side < 100 and 150 < other_side < 1100, (cache, means)
+        # the other side waits for replica 1's next 1 s poll: writes 0.25 s apart over 2.5 s sample the poll
+        # cycle evenly, so its mean is about 500 ms (200-900 with the poll query's time on a busy machine)
+        assert writer_side < 100 and 200 < other_side < 900, (cache, means)
 
 
 def _assert_stored_events_are_the_rows(out, lags) -> None:

@@ -41,11 +41,17 @@ def test_panel_drives_a_lab_and_its_faults(panel):
     assert panel.status.value.startswith("replica 0 up &middot; replica 1 up")
 
     panel.writer.value = 0  # pinned: replica 1 sees replica 0's writes on its 1 s poll
+    # The first slice on a fresh lab is late: replica 1 delivered it all in one batch about 1.9 s after its first
+    # write (mean about 1.16 s in runs here), so it only warms the lab up; the next slice shows the steady poll.
+    assert panel.step() > 0
+    warmed = max(r["seconds"] for r in lag_rows(panel))
     assert panel.step() > 0
     rows = lag_rows(panel)
     assert {(r["observer"], r["writer"]) for r in rows} == {("replica 0", "replica 0"), ("replica 1", "replica 0")}
-    other = [r["lag_ms"] for r in rows if r["observer"] == "replica 1"]
-    assert 100 < sum(other) / len(other) < 1600
+    other = [r["lag_ms"] for r in rows if r["observer"] == "replica 1" and r["seconds"] > warmed]
+    # a 1.5 s slice at 40 writes/s samples replica 1's 1 s poll cycle evenly: mean about 500 ms (396-557 in runs
+    # here), never near 0 (that would be no poll) nor near the period (that would be a missed poll)
+    assert len(other) > 30 and 200 < sum(other) / len(other) < 900, sorted(other)
 
     panel.target.value = 1
     panel.kill_button.click()

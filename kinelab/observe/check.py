@@ -140,10 +140,22 @@ def check(endpoints: Sequence[str], dsn: Optional[Dsn] = None, *, prefix: str = 
         views.append(db_view)
         if baseline:
             changed = _changed_since(baseline, rows)
+    return CheckReport(revision, prefix, views, divergent_keys(views), breaks, changed)
+
+
+def divergent_keys(views: Sequence[View]) -> list:
+    """Every key on which the answering sources disagree, with what each said (None: it lacks the key)."""
     answering = [v for v in views if not v.error]
     divergent = []
     for key in sorted(set().union(*(v.keys for v in answering)) if answering else ()):
-        answers = {v.source: v.keys.get(key) for v in answering}
-        if len({answers[s] for s in answers}) > 1:
+        answers = {v.source: tuple(a) if a else None for v in answering for a in [v.keys.get(key)]}
+        if len(set(answers.values())) > 1:
             divergent.append({"key": key, **{s: list(a) if a else None for s, a in answers.items()}})
-    return CheckReport(revision, prefix, views, divergent, breaks, changed)
+    return divergent
+
+
+def recheck(report: CheckReport) -> CheckReport:
+    """`report` judged again by today's comparison, from the views it recorded (a replay's check reports): the
+    table's history breaks and changed rows stay as recorded, since a report does not hold the table."""
+    return CheckReport(report.revision, report.prefix, report.views, divergent_keys(report.views),
+                       report.history_breaks, report.changed_rows)
