@@ -4,6 +4,10 @@ The source is read in one READ ONLY, repeatable-read transaction, streamed in ba
 with an explicit schema (DuckDB's own sqlite/postgres scanners are not used: their extensions cannot be
 downloaded everywhere, and Kine's SQLite schema declares types DuckDB's scanner rejects).
 
+Each row is stored with its sizes, its key's parts (store.ROW_FACTS) and what its value holds (k8s.decode_values),
+computed once here so that no analysis reads the blobs. DuckDB runs within kinelab's memory bound (store.bounds), and a
+disk too small for the estimated capture is refused before anything is read.
+
 An incremental capture stores only rows it has not seen. To notice compaction cheaply it reads just the
 ids up to the previous snapshot's max id: ids that vanished are recorded in `kine_removed`, and ids
 that appeared below that max (a slow transaction that committed late, a gap fill) are fetched whole.
@@ -12,13 +16,14 @@ that appeared below that max (a slow transaction that committed late, a gap fill
 from __future__ import annotations
 
 import queue
+import shutil
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Union
 
 import pyarrow as pa
 
@@ -27,16 +32,20 @@ from ..db import read_only_connection
 from ..dsn import Dsn, mask_text
 from ..errors import CaptureError, DatastoreError
 from ..k8s import decode_values
-from .store import connect_duckdb, open_store
+from .store import DECODED_COLUMNS, FACT_COLUMNS, ROW_FACTS, human_bytes, open_store, within_bounds
 
 COLUMNS = ("id", "name", "created", "deleted", "create_revision", "prev_revision", "lease", "value", "old_value")
 ROW_SCHEMA = pa.schema([("id", pa.int64()), ("name", pa.string()), ("created", pa.int32()),
                         ("deleted", pa.int32()), ("create_revision", pa.int64()), ("prev_revision", pa.int64()),
                         ("lease", pa.int64()), ("value", pa.binary()), ("old_value", pa.binary())])
-DECODED_SCHEMA = pa.schema([("id", pa.int64()), ("encoding", pa.string()), ("api_version", pa.string()),
-                            ("kind", pa.string())])
 BATCH_ROWS = 5000
 ID_CHUNK = 1000
+EXACT_SIZE_ROWS = 200_000  # up to this many rows to read, their bytes are summed; beyond, estimated
+# What DuckDB needs per captured row besides its blobs: the other columns, the facts, kine_decoded, metadata.
+ROW_OVERHEAD_BYTES = 100
+STORED_COLUMNS = ("snapshot_id", *COLUMNS, *DECODED_COLUMNS, *FACT_COLUMNS)
+INSERT_ROWS = (f"INSERT INTO kine_rows ({', '.join(STORED_COLUMNS)}) SELECT ?, * FROM "
+               f"({ROW_FACTS.format(rows='rows', columns=', '.join(COLUMNS + DECODED_COLUMNS))})")
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,25 @@ class KineTable:
         compact = self._scalar("SELECT COALESCE(MAX(prev_revision), 0) FROM kine WHERE name = 'compact_rev_key'")
         count = self._scalar("SELECT COUNT(*) FROM kine")
         return int(max_id), int(compact), int(count)
+
+    def blob_bytes(self, where: str, rows: int, table_rows: int) -> int:
+        """The bytes of value, old_value and name of the rows `where` selects (`rows` of the table's
+        `table_rows`): summed when few, else from a 1% sample of Postgres' pages, or the table's own size on
+        MySQL and SQLite (both store blobs as they are)."""
+        size = {"postgres": "octet_length({})", "mysql": "length({})", "sqlite": "length(CAST({} AS BLOB))"}[self.dsn.kind]
+        sized = " + ".join(f"coalesce({size.format(c)}, 0)" for c in ("value", "old_value", "name"))
+        if rows <= EXACT_SIZE_ROWS:
+            return int(self._scalar(f"SELECT coalesce(sum({sized}), 0) FROM kine WHERE {where}") or 0)
+        if self.dsn.kind == "postgres":
+            mean = self._scalar(f"SELECT avg({sized}) FROM kine TABLESAMPLE SYSTEM (1) REPEATABLE (1)")
+            if mean is not None:
+                return int(float(mean) * rows)
+        share = rows / max(table_rows, 1)
+        return int(share * self._scalar({
+            "postgres": "SELECT pg_table_size('kine')",
+            "mysql": "SELECT data_length FROM information_schema.tables WHERE table_schema = DATABASE() "
+                     "AND table_name = 'kine'",
+            "sqlite": "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"}[self.dsn.kind]))
 
     def ids_up_to(self, max_id: int) -> pa.Array:
         sql = f"SELECT id FROM kine WHERE id <= {int(max_id)}"
@@ -151,17 +179,6 @@ def _snapshot_connection(dsn: Dsn):
             conn.close()
 
 
-def open_capture(path: str | Path, read_only: bool = True):
-    """Open a capture file for analysis (read-only by default), refusing files that are not captures."""
-    path = Path(path)
-    if not path.is_file():
-        raise CaptureError(f"no capture at {path}; make one with `kinelab capture --out {path}`")
-    return connect_duckdb(path, read_only=read_only, probe="SELECT value FROM capture_meta WHERE key = 'schema_version'",
-                          busy=f"{path} is open for writing in another process; wait for it to finish or open a copy",
-                          unreadable=f"{path} is not a kinelab capture ({{reason}}); name a file made by "
-                                     "`kinelab capture`")
-
-
 def _to_arrow(batch: list) -> pa.Table:
     columns = list(zip(*batch))
     return pa.Table.from_arrays([pa.array(col, type=field.type) for col, field in zip(columns, ROW_SCHEMA)],
@@ -169,12 +186,15 @@ def _to_arrow(batch: list) -> pa.Table:
 
 
 def _decoded(rows: pa.Table) -> pa.Table:
-    encoding, api_version, kind = decode_values(rows.column("value"))
-    return pa.Table.from_arrays([rows.column("id"), encoding, api_version, kind], schema=DECODED_SCHEMA)
+    """`rows` with what each value holds (encoding, api_version, kind)."""
+    for name, column in zip(DECODED_COLUMNS, decode_values(rows.column("value"))):
+        rows = rows.append_column(pa.field(name, pa.string()), column)
+    return rows
 
 
-def _read_ahead(batches: Iterator[pa.Table], depth: int = 4) -> Iterator[tuple]:
-    """Read and decode the next batches in a thread while the caller writes the previous ones to DuckDB."""
+def _read_ahead(batches: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
+    """Read and decode the next batches in a thread while the caller writes the previous ones to DuckDB. At most
+    `depth` batches wait, so memory stays bounded however big the table."""
     slots: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
@@ -182,7 +202,7 @@ def _read_ahead(batches: Iterator[pa.Table], depth: int = 4) -> Iterator[tuple]:
     def produce():
         try:
             for rows in batches:
-                item = (rows, _decoded(rows))
+                item = _decoded(rows)
                 while not stop.is_set():
                     try:
                         slots.put(item, timeout=0.2)
@@ -214,10 +234,12 @@ def as_dsn(source: Dsn | str | Path) -> Dsn:
     return Dsn.parse(str(source)) if "://" in str(source) else Dsn.sqlite(Path(source))
 
 
-def capture(source: Dsn | str | Path, out: str | Path, *, incremental: bool = False) -> Snapshot:
-    """Append one snapshot of `source` (a Dsn, a DSN string, or a SQLite path) to the DuckDB file `out`."""
+def capture(source: Dsn | str | Path, out: str | Path, *, incremental: bool = False,
+            memory_limit: Union[str, int, None] = None) -> Snapshot:
+    """Append one snapshot of `source` (a Dsn, a DSN string, or a SQLite path) to the DuckDB file `out`, with
+    DuckDB's memory bounded by `memory_limit` (default: KINELAB_MEMORY_LIMIT, or store.DEFAULT_MEMORY)."""
     dsn = as_dsn(source)
-    con = open_store(out)
+    con = open_store(out, memory_limit=memory_limit)
     try:
         return capture_into(con, dsn, incremental=incremental)
     finally:
@@ -260,12 +282,13 @@ def capture_into(con, dsn: Dsn, *, incremental: bool = False) -> Snapshot:
             else:
                 queries = ["1 = 1"]
                 expected = count
+            _check_disk(Path(out), table.blob_bytes(queries[0], expected, count), expected)
             stored = 0
-            with progress.bar(f"capturing {dsn.masked}", total=expected) as advance:
+            with progress.bar(f"capturing {dsn.masked}", total=expected) as advance, \
+                    within_bounds(con, "the capture"), _disk_full(Path(out), expected):
                 batches = (rows for where in queries for rows in table.rows(where))
-                for rows, decoded in _read_ahead(batches):
-                    con.execute("INSERT INTO kine_rows SELECT ?, * FROM rows", [snapshot_id])
-                    con.execute("INSERT INTO kine_decoded SELECT ?, * FROM decoded", [snapshot_id])
+                for rows in _read_ahead(batches):
+                    con.execute(INSERT_ROWS, [snapshot_id])
                     stored += rows.num_rows
                     advance(rows.num_rows)
             duration = time.monotonic() - started
@@ -278,3 +301,31 @@ def capture_into(con, dsn: Dsn, *, incremental: bool = False) -> Snapshot:
             con.rollback()
             raise
     return Snapshot(snapshot_id, mode, max_id, compact, count, stored, int(removed), duration, str(out))
+
+
+def _needed_bytes(blob_bytes: int, rows: int) -> int:
+    return int(blob_bytes * 1.05) + rows * ROW_OVERHEAD_BYTES + (4 << 20)
+
+
+def _check_disk(out: Path, blob_bytes: int, rows: int) -> None:
+    """Refuse, before anything is read, a capture the disk under `out` cannot hold."""
+    needed, free = _needed_bytes(blob_bytes, rows), shutil.disk_usage(out.parent).free
+    if needed > free:
+        raise CaptureError(f"the capture needs about {human_bytes(needed)} at {out.parent} ({rows:,} rows, "
+                           f"{human_bytes(blob_bytes)} of keys and values) and only {human_bytes(free)} is free "
+                           "there; free some space or choose another --out")
+
+
+@contextmanager
+def _disk_full(out: Path, rows: int) -> Iterator[None]:
+    """The disk filled up anyway (the estimate was low, or something else wrote): one line, and the snapshot's
+    transaction is rolled back by the caller."""
+    import duckdb
+
+    try:
+        yield
+    except duckdb.IOException as exc:
+        if "space" not in str(exc).lower():
+            raise
+        raise CaptureError(f"the disk under {out.parent} filled up during the capture of {rows:,} rows; the file is "
+                           "left as it was: free some space or choose another --out") from exc

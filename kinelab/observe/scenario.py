@@ -225,9 +225,8 @@ def reconcile(con, run_id: int, expect: dict) -> list:
         "max_errors": value("SELECT count(*) FROM load_errors WHERE run_id = ?"),
         # Counted by Kine when an insert hits the (name, prev_revision) unique key, e.g. two replicas expiring
         # the same leased key: the growth of the counter on every replica over the run.
-        "insert_errors": value("SELECT coalesce(sum(grew), 0) FROM (SELECT max(value) - min(value) AS grew "
-                               "FROM kine_metrics WHERE run_id = ? AND metric = 'kine_insert_errors_total' "
-                               "GROUP BY replica, labels)"),
+        "insert_errors": value("SELECT coalesce(sum(growth), 0) FROM metric_growth WHERE run_id = ? "
+                               "AND metric = 'kine_insert_errors_total'"),
     }
     details = {
         "writes_lost": "acknowledged writes that are not rows of the table",

@@ -23,9 +23,8 @@ from ..drive.workload import Write
 from ..errors import UsageError
 from ..etcd import KV, TxnResult
 from ..observe.apiprobe import Attempt, WatchLag
-from ..observe.capture import open_capture
 from ..observe.check import CheckReport, View
-from ..observe.store import finish_run, new_run, open_store
+from ..observe.store import finish_run, new_run, open_capture_file, open_store, upgrade
 
 REPLAY_LABEL = "REPLAY"  # every replayed chart's title starts with it
 # An editable install (make install, Binder) runs the package from the repository, next to data/.
@@ -54,11 +53,15 @@ def _entry(name: str) -> dict:
 
 def dataset(name: str) -> Path:
     """A copy of data/<name> in a temporary folder removed when Python exits: notebooks may open, capture or
-    write next to it, and the recorded file stays as it was."""
+    write next to it, and the recorded file stays as it was. A capture recorded by an older kinelab is brought
+    up to this one's capture schema on the copy."""
     _entry(name)
     folder = Path(tempfile.mkdtemp(prefix="kinelab-replay-"))
     atexit.register(shutil.rmtree, folder, True)
-    return Path(shutil.copyfile(DATA / name, folder / name))
+    copy = Path(shutil.copyfile(DATA / name, folder / name))
+    if copy.suffix == ".duckdb":
+        upgrade(copy)
+    return copy
 
 
 def label(name: str) -> str:
@@ -110,12 +113,9 @@ def record(out, kind: str, **values) -> int:
 def summaries(path, kind: str) -> list:
     """The summaries of the finished `runs` rows of `kind` in the capture at `path`, oldest first, as Python
     values (those of `record`, and the plain JSON of `runs.load`, `runs.watch_lag` and `runs.compaction`)."""
-    con = open_capture(path)
-    try:
+    with open_capture_file(path) as con:
         rows = con.execute("SELECT summary FROM runs WHERE kind = ? AND summary IS NOT NULL ORDER BY run_id",
                            [kind]).fetchall()
-    finally:
-        con.close()
     if not rows:
         raise UsageError(f"{path} has no finished {kind!r} run")
     return [_decode(json.loads(row[0])) for row in rows]

@@ -1,0 +1,124 @@
+"""The SQL views analyses share, each written once: charts, summaries, the datastore report and the notebooks
+select from them. They sit on the capture contract (kinelab/observe/store.py: its tables, the snapshot views
+kine_at and kine_latest, and the measurement views such as watch_deliveries, run_clock and metric_growth) and
+are installed, as TEMP views of the connection, whenever a capture is opened for analysis:
+
+    with kl.open_capture("run.duckdb") as con:
+        con.sql("SELECT * FROM resource_ops")
+
+  kine_classified(sid)   kine_at(sid) plus row_class: live, superseded (a later row names it as prev_revision),
+                         tombstone, gap (a gap-fill row) or bookkeeping (compact_rev_key*, whose prev_revision
+                         holds the compact revision and so supersedes nothing)
+  kine_class_counts(sid) per row_class of that snapshot: rows, value_bytes, old_value_bytes
+  kine_ops               kine_latest, one row per id, with op (create, update, delete, gap, compact, other),
+                         resource, api_group, namespace, object_name, value_bytes, encoding, api_version, kind
+  resource_ops           rows and value bytes of the newest snapshot per resource, namespace and op; a row that
+                         is no object's (Kine's own) has resource '(<op>)', cluster-scoped ones namespace
+                         '(cluster-scoped)'
+  kine_compacted         rows that a later snapshot found removed, with the snapshot that noticed (removed_in)
+  availability           per run, replica and second since the run's t0: successful writes and errors
+  error_kinds            errors per run and replica, sorted into kinds (replica unreachable, timeout, database
+                         connection lost, too many connections, serialization failure, apiserver error, other)
+  apiserver_watch_rows   apiserver_watch_events joined to the Kine row each resource_version names (the
+                         resourceVersion is the Kine revision = kine_rows.id): row_name (= key), created, deleted,
+                         create_revision, prev_revision, lease, encoding, api_version, kind
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+from ..observe.store import VIEWS as CONTRACT_VIEWS
+from ..observe.store import create_views, open_capture_file
+
+VIEWS = [
+    # Two scans of the snapshot rather than one shared CTE: DuckDB would materialise a CTE used twice, blobs
+    # and all.
+    ("MACRO", "kine_classified(sid)", """TABLE
+    SELECT s.*, CASE WHEN starts_with(s.name, 'compact_rev_key') THEN 'bookkeeping'
+                     WHEN s.deleted = 1 AND starts_with(s.name, 'gap-') THEN 'gap'
+                     WHEN s.deleted = 1 THEN 'tombstone'
+                     WHEN s.id IN (SELECT prev_revision FROM kine_at(sid)
+                                   WHERE prev_revision > 0 AND NOT starts_with(name, 'compact_rev_key'))
+                          THEN 'superseded'
+                     ELSE 'live' END AS row_class
+    FROM kine_at(sid) s"""),
+    ("MACRO", "kine_class_counts(sid)", """TABLE
+    SELECT row_class, count(*) AS rows, coalesce(sum(value_bytes), 0)::BIGINT AS value_bytes,
+           coalesce(sum(old_value_bytes), 0)::BIGINT AS old_value_bytes
+    FROM kine_classified(sid) GROUP BY row_class"""),
+    ("VIEW", "kine_ops", """
+    SELECT id, name,
+        CASE
+            WHEN name IN ('compact_rev_key', 'compact_rev_key_apiserver') THEN 'compact'
+            WHEN name LIKE 'gap-%' AND deleted = 1 THEN 'gap'
+            WHEN deleted = 1 THEN 'delete'
+            WHEN created = 1 THEN 'create'
+            WHEN prev_revision > 0 THEN 'update'
+            ELSE 'other'
+        END AS op,
+        resource, api_group, namespace, object_name, value_bytes, encoding, api_version, kind,
+        created, deleted, create_revision, prev_revision, lease
+    FROM kine_latest"""),
+    ("VIEW", "resource_ops", """
+    SELECT coalesce(resource, '(' || op || ')') AS resource, coalesce(namespace, '(cluster-scoped)') AS namespace,
+           op, count(*) AS rows, sum(value_bytes)::BIGINT AS value_bytes
+    FROM kine_ops GROUP BY ALL"""),
+    ("VIEW", "kine_compacted", """
+    SELECT x.snapshot_id AS removed_in, r.* EXCLUDE (snapshot_id)
+    FROM kine_removed x JOIN kine_rows r ON r.id = x.id AND r.snapshot_id < x.snapshot_id
+    QUALIFY row_number() OVER (PARTITION BY x.snapshot_id, x.id ORDER BY r.snapshot_id DESC) = 1"""),
+    ("VIEW", "availability", """
+    WITH outcomes AS (SELECT run_id, replica, t_commit AS t, 1 AS ok, 0 AS failed FROM writes
+                      UNION ALL SELECT run_id, replica, t, 0, 1 FROM load_errors)
+    SELECT o.run_id, o.replica, CAST(floor(o.t - c.t0) AS INTEGER) AS second, sum(o.ok) AS ok,
+           sum(o.failed) AS errors
+    FROM outcomes o JOIN run_clock c USING (run_id) WHERE c.t0 IS NOT NULL
+    GROUP BY ALL ORDER BY ALL"""),
+    ("VIEW", "error_kinds", """
+    SELECT run_id, replica,
+           CASE WHEN regexp_matches(lower(error), 'too many (clients|connections)|remaining connection slots|53300')
+                     THEN 'too many connections'
+                WHEN code = 'UNAVAILABLE' THEN 'replica unreachable'
+                WHEN regexp_matches(code, '^5[0-9][0-9]$') THEN 'apiserver error ' || code
+                WHEN code = 'DEADLINE_EXCEEDED' THEN 'timeout'
+                WHEN error ILIKE '%serializ%' OR error ILIKE '%deadlock%' THEN 'serialization failure'
+                WHEN regexp_matches(lower(error),
+                                    'connection refused|terminat|broken pipe|bad connection|eof|reset by peer|shutting down')
+                     THEN 'database connection lost'
+                ELSE 'other' END AS kind,
+           count(*) AS errors, min(t) AS first_t, max(t) AS last_t, any_value(error) AS example
+    FROM load_errors GROUP BY ALL ORDER BY run_id, replica, errors DESC"""),
+    # resourceVersion is the Kine revision, i.e. the id of the row the write made. Kine never rewrites a row, so
+    # any snapshot's copy of an id is that row (the newest is taken), even after compaction removed it.
+    ("VIEW", "apiserver_watch_rows", """
+    WITH stored AS (
+        SELECT snapshot_id, id, name, created, deleted, create_revision, prev_revision, lease, encoding, api_version,
+               kind
+        FROM kine_rows WHERE id IN (SELECT resource_version FROM apiserver_watch_events)
+        QUALIFY row_number() OVER (PARTITION BY id ORDER BY snapshot_id DESC) = 1)
+    SELECT e.*, s.snapshot_id, s.name AS row_name, s.created, s.deleted, s.create_revision, s.prev_revision,
+           s.lease, s.encoding, s.api_version, s.kind
+    FROM apiserver_watch_events e LEFT JOIN stored s ON s.id = e.resource_version"""),
+]
+
+
+def install(con) -> None:
+    """Create the analyses' views, and the capture contract's current ones, on `con` as TEMP objects: a read-only
+    file gets them too, and whatever kinelab wrote the file, these definitions are the ones used."""
+    create_views(con, CONTRACT_VIEWS + VIEWS, temp=True)
+
+
+def open_capture(path: Union[str, Path], read_only: bool = True, *, memory_limit: Union[str, int, None] = None):
+    """Open a capture file for analysis (read-only by default) with the views above, refusing files that are
+    not captures; a file of an older capture schema is upgraded once, in place. DuckDB stays within
+    `memory_limit` (default: KINELAB_MEMORY_LIMIT, or 512MB) and spills to disk beyond it. The connection is a
+    context manager: `with kl.open_capture(path) as con:` closes it."""
+    con = open_capture_file(path, read_only=read_only, memory_limit=memory_limit)
+    try:
+        create_views(con, VIEWS, temp=True)
+    except BaseException:
+        con.close()
+        raise
+    return con
