@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -374,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog=EXIT_CODES)
     parser.add_argument("--version", action="version", version=f"kinelab {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show details and tracebacks of errors")
+    parser.add_argument("--memory-limit", metavar="SIZE",
+                        help="what DuckDB may use, e.g. 2GB (also KINELAB_MEMORY_LIMIT; default 512MB)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, func, help):
@@ -502,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.memory_limit:
+        os.environ["KINELAB_MEMORY_LIMIT"] = args.memory_limit
     try:
         return args.func(args)
     except KinelabError as exc:

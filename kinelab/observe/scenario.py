@@ -91,6 +91,12 @@ class Scenario:
                    dict(spec.get("lab") or {}), dict(spec.get("expect") or {}), float(spec.get("settle_s", 5.0)))
 
     @classmethod
+    def of(cls, name: str, *, steps=(), settle_s: float = 5.0, **load) -> "Scenario":
+        """A scenario in Python: `load` as keyword arguments (mix, rate, duration_s, ...), `steps` as dicts
+        ({"at": 2, "fault": "slow", ...}); checked like a scenario file."""
+        return cls.from_dict({"name": name, "load": load, "steps": list(steps), "settle_s": settle_s}, source=name)
+
+    @classmethod
     def from_file(cls, path) -> "Scenario":
         import yaml
 

@@ -77,7 +77,8 @@ TEMP_ENV = "KINELAB_TEMP_DIR"
 # A quarter of a 2 GB Binder pod: a capture or analysis of any size stays near it and spills to disk beyond it.
 DEFAULT_MEMORY = "512MB"
 MEMORY_PER_THREAD = 128 * 2**20  # DuckDB's own advice: about 125 MB per thread for joins and aggregates
-MIN_MEMORY = 32 * 2**20
+MIN_BOUND = 100 * 10**6
+MIN_MEMORY = 24 * 2**20  # what a writer's DuckDB gets at least
 TYPICAL_ROW_BYTES = 2048
 VECTOR_ROWS = 2048  # a row group holds whole vectors
 WRITER_DB = "kinelab_file"
@@ -274,8 +275,8 @@ def parse_bytes(text: Union[str, int], what: str = MEMORY_ENV) -> int:
         if not match or match.group(2).lower() not in _UNITS:
             raise UsageError(f"{what}={text!r} is not a size: write it like 512MB, 2GB or 1.5GiB")
         value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-    if value < 4 * MIN_MEMORY:
-        raise UsageError(f"{what}={text!r} is too small: give kinelab at least {4 * MIN_MEMORY // 2**20}MiB")
+    if value < MIN_BOUND:
+        raise UsageError(f"{what}={text!r} is too small: give kinelab at least {MIN_BOUND // 10**6}MB")
     return value
 
 
@@ -318,21 +319,22 @@ def apply_bounds(con, limits: Bounds) -> None:
 
 @contextmanager
 def within_bounds(con, what: str) -> Iterator[None]:
-    """Turn DuckDB running out of memory (or of disk to spill to) on `con` into one line that names the setting
-    to raise."""
+    """Turn DuckDB running out of memory on `con`, with no room to spill the rest, into one line that names the
+    settings to raise."""
     import duckdb
 
     try:
         yield
-    except duckdb.OutOfMemoryException as exc:
-        detail = str(exc).splitlines()[0]
+    except (duckdb.OutOfMemoryException, duckdb.IOException) as exc:
         limit, spill = con.execute("SELECT current_setting('memory_limit'), current_setting('temp_directory')"
                                    ).fetchall()[0]
-        if "temp" in detail.lower() and "director" in detail.lower():
-            raise MemoryLimitError(f"{what} ran out of disk to spill to in {Path(spill).parent} ({detail}); free "
-                                   f"space there or point {TEMP_ENV} at a bigger disk") from exc
-        raise MemoryLimitError(f"{what} needs more memory than the {limit} DuckDB may use here; raise "
-                               f"{MEMORY_ENV} (e.g. {MEMORY_ENV}=2GB) or pass memory_limit='2GB'") from exc
+        detail = str(exc).splitlines()[0]
+        if isinstance(exc, duckdb.IOException) and spill not in detail:
+            raise
+        raise MemoryLimitError(f"{what} needs more memory than the {limit} DuckDB may use here, and could not spill "
+                               f"the rest to {Path(spill).parent} ({detail}); raise {MEMORY_ENV} (e.g. "
+                               f"{MEMORY_ENV}=2GB, or memory_limit='2GB') or point {TEMP_ENV} at a disk with room"
+                               ) from exc
 
 
 def connect_duckdb(path, *, busy: str, unreadable: str, read_only: bool = False, writer: bool = False,
