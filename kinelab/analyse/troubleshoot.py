@@ -32,7 +32,7 @@ SELECT replica, query,
        max(grew) FILTER (WHERE metric = 'kine_sql_time_seconds_count') AS queries,
        1000 * max(grew) FILTER (WHERE metric = 'kine_sql_time_seconds_sum')
             / nullif(max(grew) FILTER (WHERE metric = 'kine_sql_time_seconds_count'), 0) AS mean_ms
-FROM grown GROUP BY ALL HAVING queries > 0 ORDER BY replica, queries DESC
+FROM grown GROUP BY ALL HAVING queries > 0 ORDER BY replica, queries DESC, query
 """
 
 

@@ -82,6 +82,7 @@ MIN_MEMORY = 24 * 2**20  # what a writer's DuckDB gets at least
 TYPICAL_ROW_BYTES = 2048
 VECTOR_ROWS = 2048  # a row group holds whole vectors
 WRITER_DB = "kinelab_file"
+UPGRADE_ROWS = 100_000
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS capture_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -445,25 +446,29 @@ def upgrade(path, *, memory_limit: Union[str, int, None] = None) -> Optional[flo
 
 
 def ensure_schema(con) -> Optional[float]:
-    """Create the contract's tables and views, or bring a file of an older schema up to this one, in one
-    transaction (an interrupted upgrade leaves the file as it was). Returns the seconds an upgrade took, or None."""
+    """Create the contract's tables and views, or bring a file of an older schema up to this one. The rows of an
+    older file are brought up a slice at a time, each in a transaction of its own, so memory stays bounded however
+    big the file: an interrupted upgrade leaves the file readable by nothing but the next upgrade, which carries
+    on where it stopped. Returns the seconds an upgrade took, or None."""
     import time
 
+    started = time.monotonic()
+    tables = _tables(con)
+    written = schema_version(con) if "capture_meta" in tables else None
+    if written is not None and int(written) > int(SCHEMA_VERSION):
+        raise CaptureError(f"this file was written by a newer kinelab (capture schema {written}, this one "
+                           f"knows {SCHEMA_VERSION}); upgrade kinelab to read it")
+    upgrade = "kine_rows" in tables and written != SCHEMA_VERSION
+    if upgrade:
+        _add_row_facts(con)
     con.begin()
     try:
-        written = schema_version(con) if "capture_meta" in _tables(con) else None
-        if written is not None and int(written) > int(SCHEMA_VERSION):
-            raise CaptureError(f"this file was written by a newer kinelab (capture schema {written}, this one "
-                               f"knows {SCHEMA_VERSION}); upgrade kinelab to read it")
-        columns = {r[0] for r in con.execute("SELECT column_name FROM duckdb_columns() WHERE database_name = "
-                                             "current_database() AND table_name = 'kine_rows'").fetchall()}
-        upgrade = bool(columns) and "value_bytes" not in columns
-        started = time.monotonic()
         con.execute(TABLES)
         if upgrade:
-            _add_row_facts(con)
+            con.execute("DROP TABLE IF EXISTS kine_decoded")
             for kind, name in MOVED_TO_ANALYSES:
                 con.execute(f"DROP {kind} IF EXISTS {name}")
+            con.execute("DELETE FROM capture_meta WHERE key = 'upgraded_below_id'")
         create_views(con, VIEWS)
         con.execute("INSERT OR REPLACE INTO capture_meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
         con.commit()
@@ -485,15 +490,30 @@ def say_upgraded(path, seconds: Optional[float]) -> None:
 
 
 def _add_row_facts(con) -> None:
-    """Schema 1 to 2: the facts computed from the stored rows, and kine_decoded's columns moved into kine_rows."""
+    """Schema 1 to 2: the facts computed from the stored rows, and kine_decoded's columns moved into kine_rows,
+    UPGRADE_ROWS rows at a time (DuckDB keeps an update in memory until it commits)."""
     types = {"value_bytes": "INTEGER", "old_value_bytes": "INTEGER"}
     for column in FACT_COLUMNS + DECODED_COLUMNS:
-        con.execute(f"ALTER TABLE kine_rows ADD COLUMN {column} {types.get(column, 'VARCHAR')}")
-    facts = ROW_FACTS.format(rows="kine_rows", columns="snapshot_id, id")
-    for columns, source in ((FACT_COLUMNS, f"({facts})"), (DECODED_COLUMNS, "kine_decoded")):
-        con.execute(f"""UPDATE kine_rows SET {', '.join(f'{c} = f.{c}' for c in columns)} FROM {source} f
-                        WHERE kine_rows.snapshot_id = f.snapshot_id AND kine_rows.id = f.id""")
-    con.execute("DROP TABLE kine_decoded")
+        con.execute(f"ALTER TABLE kine_rows ADD COLUMN IF NOT EXISTS {column} {types.get(column, 'VARCHAR')}")
+    low, high, rows = con.execute("SELECT min(id), max(id), count(*) FROM kine_rows").fetchall()[0]
+    if not rows:
+        return
+    done = con.execute("SELECT value FROM capture_meta WHERE key = 'upgraded_below_id'").fetchall()
+    step = max(1, (high - low + 1) * UPGRADE_ROWS // rows)
+    pending = range(int(done[0][0]) if done else low, high + 1, step)
+    sliced = "kine_rows.id >= $1 AND kine_rows.id < $2 AND f.id >= $1 AND f.id < $2"
+    facts = ROW_FACTS.format(rows="kine_rows WHERE id >= $1 AND id < $2", columns="snapshot_id, id")
+    with progress.bar("upgrading the capture to schema 2", total=len(pending)) as advance:
+        for start in pending:
+            con.begin()
+            for columns, source in ((FACT_COLUMNS, f"({facts})"), (DECODED_COLUMNS, "kine_decoded")):
+                con.execute(f"""UPDATE kine_rows SET {', '.join(f'{c} = f.{c}' for c in columns)} FROM {source} f
+                                WHERE kine_rows.snapshot_id = f.snapshot_id AND kine_rows.id = f.id AND {sliced}""",
+                            [start, start + step])
+            con.execute("INSERT OR REPLACE INTO capture_meta VALUES ('upgraded_below_id', ?)", [str(start + step)])
+            con.commit()
+            con.execute("CHECKPOINT")  # the slice's updates leave memory for the file
+            advance()
 
 
 # --- runs ------------------------------------------------------------------------------------------------------
