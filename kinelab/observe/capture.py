@@ -40,6 +40,7 @@ ROW_SCHEMA = pa.schema([("id", pa.int64()), ("name", pa.string()), ("created", p
                         ("lease", pa.int64()), ("value", pa.binary()), ("old_value", pa.binary())])
 BATCH_ROWS = 5000
 ID_CHUNK = 1000
+ID_BATCH_ROWS = 100_000
 EXACT_SIZE_ROWS = 200_000  # up to this many rows to read, their bytes are summed; beyond, estimated
 # What DuckDB needs per captured row besides its blobs: the other columns, the facts, kine_decoded, metadata.
 ROW_OVERHEAD_BYTES = 100
@@ -119,17 +120,18 @@ class KineTable:
                      "AND table_name = 'kine'",
             "sqlite": "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"}[self.dsn.kind]))
 
-    def ids_up_to(self, max_id: int) -> pa.Array:
+    def ids_up_to(self, max_id: int) -> Iterator[pa.Table]:
+        """The table's ids up to `max_id`, in batches (a big table's ids do not fit a small memory bound)."""
         sql = f"SELECT id FROM kine WHERE id <= {int(max_id)}"
         cur = self._cursor()
         try:
             cur.execute(sql)
             if self.adbc:
-                return cur.fetch_arrow_table().column(0).combine_chunks().cast(pa.int64())
-            ids = []
-            while chunk := cur.fetchmany(100_000):
-                ids.extend(row[0] for row in chunk)
-            return pa.array(ids, pa.int64())
+                for batch in cur.fetch_record_batch():
+                    yield pa.table({"id": batch.column(0).cast(pa.int64())})
+                return
+            while chunk := cur.fetchmany(ID_BATCH_ROWS):
+                yield pa.table({"id": pa.array([row[0] for row in chunk], pa.int64())})
         finally:
             cur.close()
 
@@ -264,8 +266,10 @@ def capture_into(con, dsn: Dsn, *, incremental: bool = False) -> Snapshot:
         try:
             removed = 0
             if mode == "incremental":
-                present = pa.table({"id": table.ids_up_to(previous[1])})
-                con.register("present_ids", present)
+                con.execute("CREATE TEMP TABLE present_ids (id BIGINT)")
+                for ids in table.ids_up_to(previous[1]):
+                    con.execute("INSERT INTO present_ids SELECT id FROM ids")
+                present = con.execute("SELECT count(*) FROM present_ids").fetchall()[0][0]
                 con.execute("CREATE TEMP TABLE known AS SELECT id FROM kine_at(?)", [previous[0]])
                 removed = con.execute("""INSERT INTO kine_removed SELECT ?, id FROM known
                                          WHERE id NOT IN (SELECT id FROM present_ids)""",
@@ -273,12 +277,12 @@ def capture_into(con, dsn: Dsn, *, incremental: bool = False) -> Snapshot:
                 appeared = [r[0] for r in con.execute(
                     "SELECT id FROM present_ids WHERE id NOT IN (SELECT id FROM known) ORDER BY id").fetchall()]
                 con.execute("DROP TABLE known")
-                con.unregister("present_ids")
+                con.execute("DROP TABLE present_ids")
                 # compact_rev_key is the one row Kine updates in place, so it is always re-read.
                 queries = [f"id > {int(previous[1])} OR name = 'compact_rev_key'"]
                 queries += [f"id IN ({', '.join(str(int(i)) for i in chunk)})"
                             for chunk in (appeared[i:i + ID_CHUNK] for i in range(0, len(appeared), ID_CHUNK))]
-                expected = max(0, count - len(present)) + len(appeared) + 1
+                expected = max(0, count - present) + len(appeared) + 1
             else:
                 queries = ["1 = 1"]
                 expected = count
