@@ -74,7 +74,7 @@ def analysis_child(name: str, path: str) -> None:
 
     module, function, takes = ANALYSES[name]
     call = getattr(importlib.import_module(module), function)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     if takes == "path":
         result = call(path).to_dict()  # the chart as Vega-Lite JSON, what a notebook renders
     else:
@@ -83,30 +83,34 @@ def analysis_child(name: str, path: str) -> None:
             result = call(con)
         finally:
             con.close()
-    seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": seconds, "bytes": len(json.dumps(result, default=str))}), flush=True)
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "bytes": len(json.dumps(result, default=str))}),
+          flush=True)
 
 
 def run_child(argv: list, env: dict) -> dict:
-    """Run a child; its last stdout line is JSON. Adds wall_seconds and max_rss_mb (its own, and its waited-for
-    children's, from wait4)."""
+    """Run a child; its last stdout line is JSON. Adds wall_seconds, cpu_seconds and max_rss_mb (its own and its
+    waited-for children's, from wait4); its stderr is shown only if it fails."""
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env, cwd=REPO)
-    try:
-        output = proc.stdout.read()
-        proc.stdout.close()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            proc.wait()
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark child {argv[2:]} failed with exit code {proc.returncode}")
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, env=env, cwd=REPO)
+        try:
+            output = proc.stdout.read()
+            proc.stdout.close()
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait()
+        if proc.returncode != 0:
+            errors.seek(0)
+            raise RuntimeError(f"benchmark child {argv[2:]} failed with exit code {proc.returncode}:\n"
+                               f"{errors.read().decode(errors='replace')[-3000:]}")
     lines = output.decode().strip().splitlines()
     result = json.loads(lines[-1]) if lines else {}
-    result.update(wall_seconds=wall, max_rss_mb=usage.ru_maxrss / 1024)
+    result.update(wall_seconds=time.perf_counter() - started, max_rss_mb=usage.ru_maxrss / 1024,
+                  process_cpu_seconds=usage.ru_utime + usage.ru_stime)
     return result
 
 
@@ -159,7 +163,9 @@ def raw_copy(dsn_url: str) -> dict:
 # ------------------------------------------------------------------------------------------------
 def figures(samples: list) -> dict:
     seconds = [s["seconds"] for s in samples]
-    return {"seconds": foundation.summary(seconds), "max_rss_mb": max(s["max_rss_mb"] for s in samples),
+    cpu = [s.get("cpu_seconds", s["process_cpu_seconds"]) for s in samples]
+    return {"seconds": foundation.summary(seconds), "cpu_seconds_median": statistics.median(cpu),
+            "max_rss_mb": max(s["max_rss_mb"] for s in samples),
             "wall_seconds_median": statistics.median(s["wall_seconds"] for s in samples)}
 
 
@@ -211,8 +217,9 @@ def bench(args) -> dict:
             result["capture"] = {}
             for name, samples in captures.items():
                 entry = {**figures(samples), "file_bytes": samples[-1]["file_bytes"], "rows": samples[-1]["rows"]}
-                entry["ratio_to_raw_median"] = raw["seconds"]["median"] / entry["seconds"]["median"]
+                # each round's capture against the raw COPY next to it: the machine's load drifts between rounds
                 entry["ratio_to_raw_per_round"] = [r["seconds"] / c["seconds"] for r, c in zip(raws, samples)]
+                entry["ratio_to_raw_median"] = statistics.median(entry["ratio_to_raw_per_round"])
                 result["capture"][name] = entry
             result["analyses"] = {}
             for side in sides:
@@ -262,32 +269,37 @@ def markdown(results: dict) -> str:
              f"deletes), value {t['value_bytes'] / 1e6:,.0f} MB + old_value {t['old_value_bytes'] / 1e6:,.0f} MB, "
              f"{t['table_bytes_incl_toast'] / 1e6:,.0f} MB with TOAST; loaded by benchmarks/run.py's loader.", "",
              "## capture", "",
-             "| variant | median | runs | rows/s (median) | peak RSS | file | vs raw binary COPY |",
-             "|---|---:|---|---:|---:|---:|---:|",
+             "| variant | median | runs | rows/s (median) | process CPU | peak RSS | file | vs raw binary COPY |",
+             "|---|---:|---|---:|---:|---:|---:|---:|",
              f"| raw `COPY (SELECT * FROM kine) TO STDOUT (FORMAT binary)` -> discarded | "
              f"{raw['seconds']['median']:.2f} s | {', '.join(f'{s:.2f}' for s in raw['seconds']['samples'])} | "
-             f"{t['rows'] / raw['seconds']['median']:,.0f} | {raw['max_rss_mb']:,.0f} MB | | 1 |"]
+             f"{t['rows'] / raw['seconds']['median']:,.0f} | {raw['cpu_seconds_median']:.1f} s | "
+             f"{raw['max_rss_mb']:,.0f} MB | | 1 |"]
     for side in sides:
         c = cap[side]
         lines.append(f"| `kinelab.capture` ({side}) | {c['seconds']['median']:.2f} s | "
                      f"{', '.join(f'{s:.2f}' for s in c['seconds']['samples'])} | {c['rows'] / c['seconds']['median']:,.0f} "
-                     f"| {c['max_rss_mb']:,.0f} MB | {c['file_bytes'] / 1e9:.2f} GB | {c['ratio_to_raw_median']:.2f} |")
+                     f"| {c['cpu_seconds_median']:.1f} s | {c['max_rss_mb']:,.0f} MB | {c['file_bytes'] / 1e9:.2f} GB | "
+                     f"{c['ratio_to_raw_median']:.2f} |")
     after = cap["after"]
-    lines += ["", f"**Capture: {after['ratio_to_raw_median']:.2f} of raw binary COPY's speed (median; per round "
+    lines += ["", f"**Capture: {after['ratio_to_raw_median']:.2f} of raw binary COPY's speed (median of the rounds' "
+              f"ratios, each against the raw COPY of its round: "
               f"{', '.join(f'{r:.2f}' for r in after['ratio_to_raw_per_round'])}), goal >= {CAPTURE_GOAL_RATIO}: "
               f"{verdict(after['ratio_to_raw_median'] >= CAPTURE_GOAL_RATIO)}; peak RSS {after['max_rss_mb']:.0f} MB, "
               f"goal < {CAPTURE_GOAL_RSS_MB} MB: {verdict(after['max_rss_mb'] < CAPTURE_GOAL_RSS_MB)}.**", "",
               "## analyses, each in a process of its own", "",
               "Time: the call, from opening the capture to the chart's Vega-Lite JSON (the interpreter's start and "
-              "imports excluded; the process's wall time is in the JSON). Peak RSS: the whole process.", ""]
-    header = "| analysis | " + " | ".join(f"{s} time | {s} peak RSS" for s in sides) + " |"
+              "imports excluded; the process's wall time is in the JSON), median of the runs, with the CPU time it "
+              "used (DuckDB runs on both cores), which the machine's other jobs do not inflate. Peak RSS: the whole "
+              "process.", ""]
+    header = "| analysis | " + " | ".join(f"{s} time (CPU) | {s} peak RSS" for s in sides) + " |"
     lines += [header, "|---|" + "---:|---:|" * len(sides)]
     worst_s = worst_rss = 0.0
     for name, by_side in b["analyses"].items():
         cells = []
         for side in sides:
             a = by_side[side]
-            cells += [f"{a['seconds']['median']:.2f} s", f"{a['max_rss_mb']:,.0f} MB"]
+            cells += [f"{a['seconds']['median']:.2f} s ({a['cpu_seconds_median']:.2f} s)", f"{a['max_rss_mb']:,.0f} MB"]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
         worst_s = max(worst_s, by_side["after"]["seconds"]["median"])
         worst_rss = max(worst_rss, by_side["after"]["max_rss_mb"])

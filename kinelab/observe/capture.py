@@ -194,7 +194,7 @@ def _decoded(rows: pa.Table) -> pa.Table:
     return rows
 
 
-def _read_ahead(batches: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
+def _read_ahead(batches: Iterator[pa.Table], depth: int = 3) -> Iterator[pa.Table]:
     """Read and decode the next batches in a thread while the caller writes the previous ones to DuckDB. At most
     `depth` batches wait, so memory stays bounded however big the table."""
     slots: queue.Queue = queue.Queue(maxsize=depth)
