@@ -179,7 +179,8 @@ def test_the_kine_table_analyses_read_no_value_blob(tmp_path):
     with duckdb.connect(str(path)) as con:
         con.execute("UPDATE kine_rows SET value = NULL, old_value = NULL")
     after = every_answer(path)
-    blob_views = {k for k in before if k.startswith(("kine_at(", "kine_classified(")) or k in ("kine_latest", "kine_compacted")}
+    blob_views = {k for k in before
+                  if k.startswith(("kine_at(", "kine_classified(")) or k in ("kine_latest", "kine_compacted")}
     assert same({k: v for k, v in before.items() if k not in blob_views}) == \
         same({k: v for k, v in after.items() if k not in blob_views})
 
@@ -229,8 +230,8 @@ def test_every_connection_is_bounded_by_the_memory_setting(tmp_path, monkeypatch
     monkeypatch.setenv(MEMORY_ENV, "256MB")
     monkeypatch.setenv(TEMP_ENV, str(spill))
     with kl.open_capture(path) as con:
-        limit, temp, threads = con.execute("SELECT current_setting('memory_limit'), "
-                                           "current_setting('temp_directory'), current_setting('threads')").fetchall()[0]
+        limit, temp, threads = con.execute("SELECT current_setting('memory_limit'), current_setting('temp_directory'), "
+                                           "current_setting('threads')").fetchall()[0]
     assert limit == "244.1 MiB" and temp.startswith(str(spill)) and 1 <= threads <= 2
     with kl.open_capture(path, memory_limit="1GB") as con:  # the argument wins over the environment
         assert con.execute("SELECT current_setting('memory_limit')").fetchall() == [("953.6 MiB",)]

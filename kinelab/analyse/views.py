@@ -84,8 +84,8 @@ VIEWS = [
                 WHEN regexp_matches(code, '^5[0-9][0-9]$') THEN 'apiserver error ' || code
                 WHEN code = 'DEADLINE_EXCEEDED' THEN 'timeout'
                 WHEN error ILIKE '%serializ%' OR error ILIKE '%deadlock%' THEN 'serialization failure'
-                WHEN regexp_matches(lower(error),
-                                    'connection refused|terminat|broken pipe|bad connection|eof|reset by peer|shutting down')
+                WHEN regexp_matches(lower(error), 'connection refused|terminat|broken pipe|bad connection|eof|'
+                                                  || 'reset by peer|shutting down')
                      THEN 'database connection lost'
                 ELSE 'other' END AS kind,
            count(*) AS errors, min(t) AS first_t, max(t) AS last_t, any_value(error) AS example

@@ -42,7 +42,7 @@ BATCH_ROWS = 5000
 ID_CHUNK = 1000
 ID_BATCH_ROWS = 100_000
 EXACT_SIZE_ROWS = 200_000  # up to this many rows to read, their bytes are summed; beyond, estimated
-# What DuckDB needs per captured row besides its blobs: the other columns, the facts, kine_decoded, metadata.
+# What DuckDB needs per captured row besides its blobs: the other columns, the facts, metadata.
 ROW_OVERHEAD_BYTES = 100
 STORED_COLUMNS = ("snapshot_id", *COLUMNS, *DECODED_COLUMNS, *FACT_COLUMNS)
 INSERT_ROWS = (f"INSERT INTO kine_rows ({', '.join(STORED_COLUMNS)}) SELECT ?, * FROM "
@@ -105,7 +105,8 @@ class KineTable:
         """The bytes of value, old_value and name of the rows `where` selects (`rows` of the table's
         `table_rows`): summed when few, else from a 1% sample of Postgres' pages, or the table's own size on
         MySQL and SQLite (both store blobs as they are)."""
-        size = {"postgres": "octet_length({})", "mysql": "length({})", "sqlite": "length(CAST({} AS BLOB))"}[self.dsn.kind]
+        size = {"postgres": "octet_length({})", "mysql": "length({})",
+                "sqlite": "length(CAST({} AS BLOB))"}[self.dsn.kind]
         sized = " + ".join(f"coalesce({size.format(c)}, 0)" for c in ("value", "old_value", "name"))
         if rows <= EXACT_SIZE_ROWS:
             return int(self._scalar(f"SELECT coalesce(sum({sized}), 0) FROM kine WHERE {where}") or 0)

@@ -129,8 +129,9 @@ CREATE TABLE IF NOT EXISTS scenario_checks (
 """
 
 # The columns computed in SQL as rows are captured, from the rows of {rows} (a batch, or kine_rows when an older
-# file is upgraded); DECODED_COLUMNS come from kinelab.k8s.decode_values. Key layout of kube-apiserver: /registry/<resource>[/<namespace>]/<name>, with a few historical
-# prefixes, and <group>/<resource> for CRDs and aggregated APIs.
+# file is upgraded); DECODED_COLUMNS come from kinelab.k8s.decode_values. Key layout of kube-apiserver:
+# /registry/<resource>[/<namespace>]/<name>, with a few historical prefixes, and <group>/<resource> for CRDs and
+# aggregated APIs.
 FACT_COLUMNS = ("value_bytes", "old_value_bytes", "resource", "api_group", "namespace", "object_name")
 DECODED_COLUMNS = ("encoding", "api_version", "kind")
 ROW_FACTS = """
@@ -440,7 +441,8 @@ def upgrade(path, *, memory_limit: Union[str, int, None] = None) -> Optional[flo
     needs = (f"{path} was captured by an older kinelab (capture schema 1) and must be upgraded once, which needs "
              "write access")
     con = connect_duckdb(path, memory_limit=memory_limit, writer=True,
-                         busy=f"{needs}, but another process has it open; close that, or copy the file and open the copy",
+                         busy=f"{needs}, but another process has it open; close that, or copy the file and open "
+                              "the copy",
                          unreadable=f"{needs} ({{reason}}); copy it somewhere writable and open the copy")
     try:
         return ensure_schema(con)

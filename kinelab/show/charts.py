@@ -262,7 +262,8 @@ def table_anatomy(source, snapshot_id: Optional[int] = None, *, label: Optional[
                                        [sid]).fetchall()[0][0]
         data = _table(con, """
             WITH kinds AS (SELECT unnest(?::VARCHAR[]) AS kind, generate_subscripts(?::VARCHAR[], 1) AS ord)
-            SELECT k.kind, k.ord, coalesce(c.rows, 0)::BIGINT AS rows, coalesce(c.value_bytes, 0)::BIGINT AS value_bytes,
+            SELECT k.kind, k.ord, coalesce(c.rows, 0)::BIGINT AS rows,
+                   coalesce(c.value_bytes, 0)::BIGINT AS value_bytes,
                    coalesce(c.old_value_bytes, 0)::BIGINT AS old_value_bytes,
                    coalesce(c.value_bytes + c.old_value_bytes, 0)::BIGINT AS bytes
             FROM kinds k LEFT JOIN kine_class_counts(?) c ON c.row_class = k.kind""",
