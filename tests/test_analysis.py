@@ -359,3 +359,37 @@ def test_observe_imports_nothing_from_the_layers_above_it():
             elif isinstance(node, ast.Import):
                 assert not any(a.name.split(".")[1:2] and a.name.split(".")[1] in above for a in node.names
                                if a.name.startswith("kinelab.")), module.name
+
+
+def test_a_big_snapshot_is_written_in_parts_and_appears_at_once(tmp_path, monkeypatch):
+    from kinelab.observe import capture as capturing
+
+    source = replay.DATA / "sqlite-state.db"
+    kl.capture(source, tmp_path / "whole.duckdb")
+    monkeypatch.setattr(capturing, "BATCH_ROWS", 10)
+    monkeypatch.setattr(capturing, "PART_BYTES", 1)  # the file detached and attached again after every batch
+    kl.capture(source, tmp_path / "parts.duckdb")
+    rows = "SELECT * EXCLUDE (snapshot_id) FROM kine_latest ORDER BY id"
+    with kl.open_capture(tmp_path / "whole.duckdb") as whole, kl.open_capture(tmp_path / "parts.duckdb") as parts:
+        assert parts.execute(rows).fetchall() == whole.execute(rows).fetchall()
+
+    batches = capturing._read_ahead
+
+    def interrupted(rows, depth=3):
+        for n, batch in enumerate(batches(rows, depth)):
+            if n == 5:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(capturing, "_read_ahead", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        kl.capture(source, tmp_path / "parts.duckdb")  # five parts committed, then Ctrl-C
+    with duckdb.connect(str(tmp_path / "parts.duckdb")) as con:
+        assert con.execute("SELECT max(snapshot_id), count(*) FROM kine_rows").fetchall() == [(1, 175)]
+        # a kill -9 leaves its parts behind: the next capture removes them
+        con.execute("INSERT INTO kine_rows SELECT 2, * EXCLUDE (snapshot_id) FROM kine_rows WHERE id < 50")
+    monkeypatch.setattr(capturing, "_read_ahead", batches)
+    assert kl.capture(source, tmp_path / "parts.duckdb", incremental=True).rows_stored == 1  # compact_rev_key
+    with kl.open_capture(tmp_path / "parts.duckdb") as con:
+        assert con.execute("SELECT snapshot_id, count(*) FROM kine_rows GROUP BY 1 ORDER BY 1").fetchall() == [
+            (1, 175), (2, 1)]

@@ -8,6 +8,10 @@ Each row is stored with its sizes, its key's parts (store.ROW_FACTS) and what it
 computed once here so that no analysis reads the blobs. DuckDB runs within kinelab's memory bound (store.bounds), and a
 disk too small for the estimated capture is refused before anything is read.
 
+A snapshot becomes visible at once, with its `snapshots` row, in the transaction that writes its last rows; a big
+one is written in parts committed before (PART_BYTES each, see store.reattach), and the parts of a capture that
+did not finish are removed, by the capture itself or, after a kill, by the next one into the file.
+
 An incremental capture stores only rows it has not seen. To notice compaction cheaply it reads just the
 ids up to the previous snapshot's max id: ids that vanished are recorded in `kine_removed`, and ids
 that appeared below that max (a slow transaction that committed late, a gap fill) are fetched whole.
@@ -19,7 +23,7 @@ import queue
 import shutil
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +36,8 @@ from ..db import read_only_connection
 from ..dsn import Dsn, mask_text
 from ..errors import CaptureError, DatastoreError
 from ..k8s import decode_values
-from .store import DECODED_COLUMNS, FACT_COLUMNS, ROW_FACTS, human_bytes, open_store, within_bounds
+from .store import (DECODED_COLUMNS, FACT_COLUMNS, ROW_FACTS, discard_unfinished, human_bytes, open_store, reattach,
+                    within_bounds)
 
 COLUMNS = ("id", "name", "created", "deleted", "create_revision", "prev_revision", "lease", "value", "old_value")
 ROW_SCHEMA = pa.schema([("id", pa.int64()), ("name", pa.string()), ("created", pa.int32()),
@@ -41,6 +46,7 @@ ROW_SCHEMA = pa.schema([("id", pa.int64()), ("name", pa.string()), ("created", p
 BATCH_ROWS = 5000
 ID_CHUNK = 1000
 ID_BATCH_ROWS = 100_000
+PART_BYTES = 1 << 30  # a big snapshot is committed in parts of this many bytes of rows, invisible until the end
 EXACT_SIZE_ROWS = 200_000  # up to this many rows to read, their bytes are summed; beyond, estimated
 # What DuckDB needs per captured row besides its blobs: the other columns, the facts, metadata.
 ROW_OVERHEAD_BYTES = 100
@@ -202,21 +208,26 @@ def _read_ahead(batches: Iterator[pa.Table], depth: int = 3) -> Iterator[pa.Tabl
     stop = threading.Event()
     done = object()
 
+    def offer(item) -> bool:
+        """Queue `item` unless the caller stopped reading; whether it was queued."""
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce():
         try:
             for rows in batches:
-                item = _decoded(rows)
-                while not stop.is_set():
-                    try:
-                        slots.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(_decoded(rows)):
                     return
-            slots.put(done)
+            offer(done)
         except BaseException as exc:  # handed to the caller, which re-raises it
-            slots.put(exc)
+            offer(exc)
+        finally:
+            getattr(batches, "close", lambda: None)()  # the source's cursor closes here, while it is open
 
     reader = threading.Thread(target=produce, name="kinelab-capture-read", daemon=True)
     reader.start()
@@ -263,6 +274,7 @@ def capture_into(con, dsn: Dsn, *, incremental: bool = False) -> Snapshot:
     with _snapshot_connection(dsn) as table:
         table.check_exists()
         max_id, compact, count = table.stats()
+        discard_unfinished(con)
         con.begin()
         try:
             removed = 0
@@ -288,14 +300,20 @@ def capture_into(con, dsn: Dsn, *, incremental: bool = False) -> Snapshot:
                 queries = ["1 = 1"]
                 expected = count
             _check_disk(Path(out), table.blob_bytes(queries[0], expected, count), expected)
-            stored = 0
+            stored = written = 0
+            batches = (rows for where in queries for rows in table.rows(where))
             with progress.bar(f"capturing {dsn.masked}", total=expected) as advance, \
-                    within_bounds(con, "the capture"), _disk_full(Path(out), expected):
-                batches = (rows for where in queries for rows in table.rows(where))
-                for rows in _read_ahead(batches):
+                    within_bounds(con, "the capture"), _disk_full(Path(out), expected), \
+                    closing(_read_ahead(batches)) as ahead:  # its thread stops before the source closes
+                for rows in ahead:
                     con.execute(INSERT_ROWS, [snapshot_id])
-                    stored += rows.num_rows
+                    stored, written = stored + rows.num_rows, written + rows.nbytes
                     advance(rows.num_rows)
+                    if written >= PART_BYTES:  # see reattach: the rows so far stay invisible until the end
+                        con.commit()
+                        reattach(con)
+                        con.begin()
+                        written = 0
             duration = time.monotonic() - started
             con.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [snapshot_id, datetime.now(timezone.utc), dsn.masked, max_id, compact, count, mode,
@@ -304,6 +322,10 @@ def capture_into(con, dsn: Dsn, *, incremental: bool = False) -> Snapshot:
             con.commit()
         except BaseException:
             con.rollback()
+            try:
+                discard_unfinished(con)
+            except Exception:  # noqa: BLE001 (the next capture removes them; the first error is the one to show)
+                pass
             raise
     return Snapshot(snapshot_id, mode, max_id, compact, count, stored, int(removed), duration, str(out))
 

@@ -271,15 +271,18 @@ def human_bytes(n: float) -> str:
     return f"{n:.3g} TB"
 
 
+def _to_bytes(text: str) -> Optional[int]:
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        return None
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
 def parse_bytes(text: Union[str, int], what: str = MEMORY_ENV) -> int:
     """Bytes from "512MB", "2 GB", "1.5GiB", "800M" (binary) or a plain number of bytes."""
-    if isinstance(text, int):
-        value = text
-    else:
-        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
-        if not match or match.group(2).lower() not in _UNITS:
-            raise UsageError(f"{what}={text!r} is not a size: write it like 512MB, 2GB or 1.5GiB")
-        value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    value = text if isinstance(text, int) else _to_bytes(str(text))
+    if value is None:
+        raise UsageError(f"{what}={text!r} is not a size: write it like 512MB, 2GB or 1.5GiB")
     if value < MIN_BOUND:
         raise UsageError(f"{what}={text!r} is too small: give kinelab at least {MIN_BOUND // 10**6}MB")
     return value
@@ -359,9 +362,7 @@ def connect_duckdb(path, *, busy: str, unreadable: str, read_only: bool = False,
             # blocks from one allocation, reused: a capture writes gigabytes through a few megabytes of blocks,
             # and fresh pages for each cost the kernel more than DuckDB's own work
             con.execute(f"SET block_allocator_memory = '{limits.memory_bytes // 1024}KiB'")
-            quoted = str(path).replace("'", "''")
-            con.execute(f"ATTACH '{quoted}' AS {WRITER_DB} (ROW_GROUP_SIZE {rows_per_group(limits)})")
-            con.execute(f"USE {WRITER_DB}")
+            _attach(con, path, limits)
         else:
             con = duckdb.connect(str(path) if path is not None else ":memory:", read_only=read_only)
             apply_bounds(con, limits)
@@ -378,6 +379,32 @@ def connect_duckdb(path, *, busy: str, unreadable: str, read_only: bool = False,
         reason = str(exc).splitlines()[0]
         raise CaptureError(unreadable.replace("{reason}", reason)) from exc
     return con
+
+
+def reattach(con) -> None:
+    """Detach a writer's file and attach it again. DuckDB keeps some memory for every block a database has
+    written (about 15 MB per GB) for as long as it stays attached: a capture of ten million rows would grow
+    past any small bound. Between the two, the file is closed for a few milliseconds."""
+    attached = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = ?", [WRITER_DB]).fetchall()
+    if not attached:  # not a writer's connection (an in-memory one): nothing to let go of
+        return
+    path, memory = attached[0][0], con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    con.execute("USE memory")
+    con.execute(f"DETACH {WRITER_DB}")
+    _attach(con, path, Bounds(_to_bytes(memory), 1, Path()))
+
+
+def _attach(con, path, limits: Bounds) -> None:
+    quoted = str(path).replace("'", "''")
+    con.execute(f"ATTACH '{quoted}' AS {WRITER_DB} (ROW_GROUP_SIZE {rows_per_group(limits)})")
+    con.execute(f"USE {WRITER_DB}")
+
+
+def discard_unfinished(con) -> None:
+    """Remove the rows that a capture which did not finish committed in parts: they belong to no snapshot."""
+    newest = "(SELECT coalesce(max(snapshot_id), 0) FROM snapshots)"
+    for table in ("kine_rows", "kine_removed"):
+        con.execute(f"DELETE FROM {table} WHERE snapshot_id > {newest}")
 
 
 # --- opening files ---------------------------------------------------------------------------------------------
