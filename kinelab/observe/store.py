@@ -383,7 +383,7 @@ def connect_duckdb(path, *, busy: str, unreadable: str, read_only: bool = False,
 
 def reattach(con) -> None:
     """Detach a writer's file and attach it again. DuckDB keeps some memory for every block a database has
-    written (about 15 MB per GB) for as long as it stays attached: a capture of ten million rows would grow
+    written (about 8 MB per GB) for as long as it stays attached: a capture of ten million rows would grow
     past any small bound. Between the two, the file is closed for a few milliseconds."""
     attached = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = ?", [WRITER_DB]).fetchall()
     if not attached:  # not a writer's connection (an in-memory one): nothing to let go of
