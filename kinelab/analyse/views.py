@@ -8,10 +8,11 @@ are installed, as TEMP views of the connection, whenever a capture is opened for
 
   kine_classified(sid)   kine_at(sid) plus row_class: live, superseded (a later row names it as prev_revision),
                          tombstone, gap (a gap-fill row) or bookkeeping (compact_rev_key*, whose prev_revision
-                         holds the compact revision and so supersedes nothing)
+                         holds the compact revision and so supersedes nothing), from the stored op
   kine_class_counts(sid) per row_class of that snapshot: rows, value_bytes, old_value_bytes
-  kine_ops               kine_latest, one row per id, with op (create, update, delete, gap, compact, other),
-                         resource, api_group, namespace, object_name, value_bytes, encoding, api_version, kind
+  kine_ops               kine_latest, one row per id, with the columns stored at capture: op (create, update,
+                         delete, gap, compact, other), resource, api_group, namespace, object_name, value_bytes,
+                         encoding, api_version, kind
   resource_ops           rows and value bytes of the newest snapshot per resource, namespace and op; a row that
                          is no object's (Kine's own) has resource '(<op>)', cluster-scoped ones namespace
                          '(cluster-scoped)'
@@ -29,37 +30,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Union
 
-from ..observe.store import VIEWS as CONTRACT_VIEWS
-from ..observe.store import create_views, open_capture_file
+from ..observe.store import create_views, ensure_current_views, open_capture_file
 
 VIEWS = [
     # Two scans of the snapshot rather than one shared CTE: DuckDB would materialise a CTE used twice, blobs
     # and all.
     ("MACRO", "kine_classified(sid)", """TABLE
-    SELECT s.*, CASE WHEN starts_with(s.name, 'compact_rev_key') THEN 'bookkeeping'
-                     WHEN s.deleted = 1 AND starts_with(s.name, 'gap-') THEN 'gap'
-                     WHEN s.deleted = 1 THEN 'tombstone'
-                     WHEN s.id IN (SELECT prev_revision FROM kine_at(sid)
-                                   WHERE prev_revision > 0 AND NOT starts_with(name, 'compact_rev_key'))
-                          THEN 'superseded'
-                     ELSE 'live' END AS row_class
+    SELECT s.*, CASE s.op WHEN 'compact' THEN 'bookkeeping' WHEN 'gap' THEN 'gap' WHEN 'delete' THEN 'tombstone'
+                     ELSE CASE WHEN s.id IN (SELECT prev_revision FROM kine_at(sid)
+                                             WHERE prev_revision > 0 AND op <> 'compact') THEN 'superseded'
+                               ELSE 'live' END END AS row_class
     FROM kine_at(sid) s"""),
     ("MACRO", "kine_class_counts(sid)", """TABLE
     SELECT row_class, count(*) AS rows, coalesce(sum(value_bytes), 0)::BIGINT AS value_bytes,
            coalesce(sum(old_value_bytes), 0)::BIGINT AS old_value_bytes
     FROM kine_classified(sid) GROUP BY row_class"""),
     ("VIEW", "kine_ops", """
-    SELECT id, name,
-        CASE
-            WHEN name IN ('compact_rev_key', 'compact_rev_key_apiserver') THEN 'compact'
-            WHEN name LIKE 'gap-%' AND deleted = 1 THEN 'gap'
-            WHEN deleted = 1 THEN 'delete'
-            WHEN created = 1 THEN 'create'
-            WHEN prev_revision > 0 THEN 'update'
-            ELSE 'other'
-        END AS op,
-        resource, api_group, namespace, object_name, value_bytes, encoding, api_version, kind,
-        created, deleted, create_revision, prev_revision, lease
+    SELECT id, name, op, resource, api_group, namespace, object_name, value_bytes, encoding, api_version, kind,
+           created, deleted, create_revision, prev_revision, lease
     FROM kine_latest"""),
     ("VIEW", "resource_ops", """
     SELECT coalesce(resource, '(' || op || ')') AS resource, coalesce(namespace, '(cluster-scoped)') AS namespace,
@@ -105,9 +93,10 @@ VIEWS = [
 
 
 def install(con) -> None:
-    """Create the analyses' views, and the capture contract's current ones, on `con` as TEMP objects: a read-only
-    file gets them too, and whatever kinelab wrote the file, these definitions are the ones used."""
-    create_views(con, CONTRACT_VIEWS + VIEWS, temp=True)
+    """Create the analyses' views on `con` as TEMP objects (a read-only file gets them too), with the capture
+    contract's views as this kinelab defines them, whatever kinelab wrote the file."""
+    ensure_current_views(con)
+    create_views(con, VIEWS, temp=True)
 
 
 def open_capture(path: Union[str, Path], read_only: bool = True, *, memory_limit: Union[str, int, None] = None):

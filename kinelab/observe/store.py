@@ -4,12 +4,14 @@ Tables (capture schema 2):
   capture_meta(key, value)          which source this file belongs to, and its schema_version
   snapshots(snapshot_id, captured_at, source, max_id, compact_revision, row_count, mode, rows_stored, duration_s)
   kine_rows(snapshot_id, id, name, created, deleted, create_revision, prev_revision, lease, value, old_value,
-            value_bytes, old_value_bytes, resource, api_group, namespace, object_name, encoding, api_version, kind)
+            value_bytes, old_value_bytes, resource, api_group, namespace, object_name, op, encoding, api_version,
+            kind)
       the rows each snapshot stored: all of them for a full capture, the new ones for an incremental one. The
       columns after old_value are computed once, as the rows are captured, so that analyses never read the
       blobs: octet_length of value and old_value (NULL when the blob is NULL); the key parsed as kube-apiserver
       lays it out, /registry/<resource>[/<namespace>]/<name> (with the historical prefixes services/specs,
-      services/endpoints, minions, controllers, ingress, and <group>/<resource> for CRDs); and what the value
+      services/endpoints, minions, controllers, ingress, and <group>/<resource> for CRDs); the op that wrote the
+      row (create, update, delete, gap for a gap fill, compact for compact_rev_key*, other); and what the value
       holds (kinelab.k8s): encoding protobuf (the `k8s\0` envelope), json, encrypted (`k8s:enc:`) or raw, with
       the apiVersion and kind of a Kubernetes object
   kine_removed(snapshot_id, id)     ids present at the previous snapshot and gone at this one (compaction)
@@ -58,6 +60,7 @@ KINELAB_TEMP_DIR, default the system's), and no more threads than the CPUs it ma
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -95,7 +98,7 @@ CREATE TABLE IF NOT EXISTS kine_rows (
     -- DuckDB's default FSST compression of blobs costs 5x the capture time for ~5% of file size
     value BLOB USING COMPRESSION uncompressed, old_value BLOB USING COMPRESSION uncompressed,
     value_bytes INTEGER, old_value_bytes INTEGER, resource VARCHAR, api_group VARCHAR, namespace VARCHAR,
-    object_name VARCHAR, encoding VARCHAR, api_version VARCHAR, kind VARCHAR);
+    object_name VARCHAR, op VARCHAR, encoding VARCHAR, api_version VARCHAR, kind VARCHAR);
 CREATE TABLE IF NOT EXISTS kine_removed (snapshot_id INTEGER, id BIGINT);
 CREATE TABLE IF NOT EXISTS runs (
     run_id INTEGER PRIMARY KEY, kind VARCHAR, started_at TIMESTAMPTZ, duration_s DOUBLE, params VARCHAR,
@@ -132,7 +135,7 @@ CREATE TABLE IF NOT EXISTS scenario_checks (
 # file is upgraded); DECODED_COLUMNS come from kinelab.k8s.decode_values. Key layout of kube-apiserver:
 # /registry/<resource>[/<namespace>]/<name>, with a few historical prefixes, and <group>/<resource> for CRDs and
 # aggregated APIs.
-FACT_COLUMNS = ("value_bytes", "old_value_bytes", "resource", "api_group", "namespace", "object_name")
+FACT_COLUMNS = ("value_bytes", "old_value_bytes", "resource", "api_group", "namespace", "object_name", "op")
 DECODED_COLUMNS = ("encoding", "api_version", "kind")
 ROW_FACTS = """
 WITH parts AS (SELECT *, string_split(name, '/') AS p FROM {rows}),
@@ -157,7 +160,14 @@ SELECT {columns},
     END AS resource,
     CASE WHEN res_len = 2 AND p[3] <> 'services' THEN p[3] END AS api_group,
     CASE WHEN len(rest) >= 2 THEN rest[1] END AS namespace,
-    CASE WHEN len(rest) = 1 THEN rest[1] WHEN len(rest) >= 2 THEN array_to_string(rest[2:], '/') END AS object_name
+    CASE WHEN len(rest) = 1 THEN rest[1] WHEN len(rest) >= 2 THEN array_to_string(rest[2:], '/') END AS object_name,
+    -- compact_rev_key (Kine's) and compact_rev_key_apiserver are Kine's own bookkeeping, gap-<id> its gap fills
+    CASE WHEN starts_with(name, 'compact_rev_key') THEN 'compact'
+         WHEN deleted = 1 AND starts_with(name, 'gap-') THEN 'gap'
+         WHEN deleted = 1 THEN 'delete'
+         WHEN created = 1 THEN 'create'
+         WHEN prev_revision > 0 THEN 'update'
+         ELSE 'other' END AS op
 FROM located
 """
 
@@ -235,6 +245,9 @@ VIEWS = [
               AND w.t_commit - f.t0 >= greatest(f.t, coalesce(errs.last_error, f.t))) - f.t AS recovery_s
     FROM f JOIN errs USING (run_id, n) ORDER BY f.run_id, f.t"""),
 ]
+
+# Which definitions a file's views have: when they are this kinelab's, reading it need not create them again.
+VIEWS_DIGEST = hashlib.sha256(repr(VIEWS).encode()).hexdigest()[:16]
 
 # Objects that files of capture schema 1 kept and that are now the analyses' own (kinelab/analyse/views.py).
 MOVED_TO_ANALYSES = [("MACRO TABLE", "kine_classified"), ("VIEW", "kine_ops"), ("VIEW", "kine_compacted"),
@@ -436,8 +449,8 @@ def open_store(path, identity: Optional[str] = None, *, memory_limit: Union[str,
 
 def open_capture_file(path, *, read_only: bool = True, memory_limit: Union[str, int, None] = None):
     """Open a capture file to read it, refusing files that are not captures. A file of capture schema 1
-    (kinelab before sizes and keys were stored) is upgraded in place once, with one line saying so; the
-    contract's views are then (re)created as TEMP views, so a file read by this kinelab uses its definitions."""
+    (kinelab before sizes and keys were stored) is upgraded in place once, with one line saying so. The
+    contract's views are this kinelab's: the file's own, or TEMP views when another kinelab wrote the file."""
     path = Path(path)
     if not path.is_file():
         raise CaptureError(f"no capture at {path}; make one with `kinelab capture --out {path}`")
@@ -450,11 +463,19 @@ def open_capture_file(path, *, read_only: bool = True, memory_limit: Union[str, 
         say_upgraded(path, upgrade(path, memory_limit=memory_limit))
         con = connect_duckdb(path, read_only=read_only, memory_limit=memory_limit, busy=busy, unreadable=unreadable)
     try:
-        create_views(con, VIEWS, temp=True)
+        ensure_current_views(con)
     except BaseException:
         con.close()
         raise
     return con
+
+
+def ensure_current_views(con) -> None:
+    """The contract's views as this kinelab defines them on `con`: the file's own when it has them, else TEMP
+    views over them (a file written by another kinelab, or opened read-only)."""
+    stored = con.execute("SELECT value FROM capture_meta WHERE key = 'views'").fetchall()
+    if stored != [(VIEWS_DIGEST,)]:
+        create_views(con, VIEWS, temp=True)
 
 
 def schema_version(con) -> Optional[str]:
@@ -503,6 +524,7 @@ def ensure_schema(con) -> Optional[float]:
             con.execute("DELETE FROM capture_meta WHERE key = 'upgraded_below_id'")
         create_views(con, VIEWS)
         con.execute("INSERT OR REPLACE INTO capture_meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+        con.execute("INSERT OR REPLACE INTO capture_meta VALUES ('views', ?)", [VIEWS_DIGEST])
         con.commit()
     except BaseException:
         con.rollback()
