@@ -187,7 +187,8 @@ def bench(args) -> dict:
     sides = [Side.current()] + ([Side.exported(args.before, work)] if args.before else [])
     result: dict = {"rows_requested": args.rows, "rounds": args.rounds, "before": args.before}
     try:
-        with Lab(replicas=1, datastore="postgres") as lab:
+        # a directory of the run's own, not a temporary kinelab-* lab that another session's clean-up may sweep
+        with Lab(replicas=1, datastore="postgres", dir=work / "lab", keep=False) as lab:
             ProcessRecord(**lab.manifest["replicas"][0]["process"]).stop()  # Kine out of the way, as in run.py
             with connect_postgres(lab.datastore.admin_dsn) as conn:
                 result["postgres_version"] = conn.execute("SHOW server_version").fetchone()[0]
