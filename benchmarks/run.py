@@ -283,14 +283,13 @@ def load_kine_table(admin_dsn, count: int, seed: int) -> dict:
 def bench_capture(rows: int, rounds: int, seed: int, with_text: bool) -> dict:
     from kinelab import Lab
     from kinelab.db import connect_postgres
-    from kinelab.provision.process import ProcessRecord
 
     result: dict = {"requested_rows": rows, "rounds": rounds}
     work = Path(tempfile.mkdtemp(prefix="kinelab-bench-capture-"))
     try:
         with Lab(replicas=1, datastore="postgres") as lab:
             # Kine made the table and its indexes; stop it so its poll loop and compaction stay out of the way.
-            ProcessRecord(**lab.manifest["replicas"][0]["process"]).stop()
+            lab.model.replicas[0].records[0].stop()
             with connect_postgres(lab.datastore.admin_dsn) as conn:
                 result["postgres_version"] = conn.execute("SHOW server_version").fetchone()[0]
                 result["postgres_settings"] = dict(conn.execute(
@@ -350,8 +349,9 @@ def bench_capture(rows: int, rounds: int, seed: int, with_text: bool) -> dict:
 # environment and report
 # ------------------------------------------------------------------------------------------------
 def environment(kine) -> dict:
-    import psutil
     from importlib.metadata import version
+
+    import psutil
 
     import kinelab
 

@@ -4,6 +4,8 @@
                                                  # for deployment-modes, kube-apiserver)
     .venv/bin/python data/record.py watch-lag    # only some: quickstart mvcc compaction watch-lag
                                                  # deployment-modes consistency sqlite-state troubleshooting
+                                                 # versions (needs every Kine release notebook 09 compares)
+                                                 # high-availability
 
 Each run uses the notebook's default parameters. What a notebook measures that no capture table holds (the
 acknowledged writes of a burst, reads at old revisions, check reports, apiserver probes) is stored as one `runs`
@@ -38,7 +40,7 @@ BLOCK_SIZE = 16384
 
 def _entry(notebook: str, lab, parameters: dict, contents: str, group: str) -> dict:
     return {"notebook": notebook, "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "kine_version": lab.manifest["kine_version"], "datastore": lab.manifest["datastore"]["kind"],
+            "kine_version": lab.model.versions["kine"], "datastore": lab.model.datastore_kind,
             "replicas": lab.replica_count, "parameters": parameters, "contents": contents,
             "command": f".venv/bin/python data/record.py {group}"}
 
@@ -49,7 +51,7 @@ def quickstart(work: Path) -> dict:
     with kl.Lab(replicas=1, datastore="sqlite") as lab:
         writes = burst([lab.client(0)], seed=1)
         current = lab.client(0).get(writes[0].key)
-        lab.capture(out)
+        kl.capture(lab, out)
         entry = _entry("01-quickstart", lab, parameters, "a capture after `burst(seed=1)`; runs row "
                        "`01-quickstart`: the acknowledged writes and a read of the first key", "quickstart")
     replay.record(out, "01-quickstart", writes=writes, current=current)
@@ -66,7 +68,7 @@ def mvcc(work: Path) -> dict:
             revisions.append(client.update(key, f"v{i}".encode(), mod_revision=revisions[-1]).revision)
         tombstone = client.delete(key, mod_revision=revisions[-1]).revision
         recreated = client.create(key, b"again").revision
-        lab.capture(out)
+        kl.capture(lab, out)
         old = {r: client.get(key, revision=r).value for r in revisions}
         stale = client.update(key, b"lost update", mod_revision=revisions[0])
         entry = _entry("02-revisions-and-mvcc", lab, parameters, "a capture of one key's chain; runs row "
@@ -178,8 +180,8 @@ def troubleshooting(work: Path) -> dict:
     import papermill
 
     notebook = DATA.parent / "notebooks" / "06-troubleshooting.ipynb"
-    papermill.execute_notebook(str(notebook), str(work / "06.ipynb"), parameters={"out_dir": str(work)},
-                               kernel_name="python3", progress_bar=False, cwd=str(work))
+    papermill.execute_notebook(str(notebook), str(work / "06.ipynb"), kernel_name="python3", progress_bar=False,
+                               parameters={"out_dir": str(work), "mode": "live"}, cwd=str(work))
     parameters = papermill.inspect_notebook(str(notebook))
     defaults = {name: value["default"] for name, value in parameters.items() if name not in ("mode", "out_dir")}
     meta = {"notebook": "06-troubleshooting", "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -195,9 +197,51 @@ def troubleshooting(work: Path) -> dict:
     return {name: (work / name, {**meta, "contents": text}) for name, text in contents.items()}
 
 
+def versions(work: Path) -> dict:
+    """Notebook 09 records itself too: run live with papermill (every release in its `versions` installed), its
+    results files kept in `work`."""
+    import papermill
+
+    notebook = DATA.parent / "notebooks" / "09-did-this-release-lose-writes.ipynb"
+    papermill.execute_notebook(str(notebook), str(work / "09.ipynb"), parameters={"out_dir": str(work), "mode": "live"},
+                               kernel_name="python3", progress_bar=False, cwd=str(work))
+    parameters = papermill.inspect_notebook(str(notebook))
+    defaults = {name: json.loads(value["default"])
+                for name, value in parameters.items() if name in ("versions", "scenarios")}
+    meta = {"notebook": "09-did-this-release-lose-writes",
+            "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "kine_version": ", ".join(defaults["versions"]), "datastore": "postgres", "replicas": 3,
+            "parameters": defaults, "command": ".venv/bin/python data/record.py versions"}
+    return {f"versions-{name}.duckdb": (work / f"versions-{name}.duckdb", {
+        **meta, "contents": f"scenario `{name}` (scenarios/{name}.yaml) run once per release, the lab's replicas "
+                            "restarted on each in turn: writes, errors, metrics, captures, run_replicas"})
+        for name in defaults["scenarios"]}
+
+
+def high_availability(work: Path) -> dict:
+    """Notebook 10 records itself, like 06: live with papermill, with its defaults (async replication, Kine through
+    the multi-host DSN). Its part 3 (the breaker) runs live only: a file of its own would not fit data/'s budget."""
+    import papermill
+
+    notebook = DATA.parent / "notebooks" / "10-high-availability.ipynb"
+    parameters = papermill.inspect_notebook(str(notebook))
+    used = {name: value["default"].strip('"') for name, value in parameters.items()
+            if name not in ("mode", "out_dir")}
+    papermill.execute_notebook(str(notebook), str(work / "10.ipynb"), parameters={"out_dir": str(work)},
+                               kernel_name="python3", progress_bar=False, cwd=str(work))
+    name = f"ha-failover-{used['replication']}-{used['path']}.duckdb"
+    meta = {"notebook": "10-high-availability", "kine_version": kl.install_kine().version,
+            "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "datastore": "postgres-ha",
+            "replicas": 3, "parameters": used, "command": ".venv/bin/python data/record.py high-availability",
+            "contents": f"scenario run `failover-{used['replication']}-{used['path']}`: creates at {used['rate']}/s, "
+                        f"the standby lagging {used['lag_s']} s, then the failover; runs row `10-high-availability`: "
+                        "the Kine balancer's connections before and after a replica kill"}
+    return {name: (work / name, meta)}
+
+
 GROUPS = {"quickstart": quickstart, "mvcc": mvcc, "compaction": compaction, "watch-lag": watch_lag,
           "deployment-modes": deployment_modes, "consistency": consistency, "sqlite-state": sqlite_state,
-          "troubleshooting": troubleshooting}
+          "troubleshooting": troubleshooting, "versions": versions, "high-availability": high_availability}
 
 
 def publish(source: Path, name: str) -> None:

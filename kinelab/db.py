@@ -22,12 +22,14 @@ def connect_postgres(dsn: Dsn, *, database: str | None = None, read_only: bool =
     import psycopg
 
     try:
-        conn = psycopg.connect(host=dsn.host, port=dsn.port, user=dsn.user, password=dsn.password,
-                               dbname=database or dsn.database, connect_timeout=timeout_s,
-                               application_name="kinelab")
+        pairs = [(dsn.host, dsn.port), *dsn.fallbacks]  # a multi-host DSN: libpq tries each in turn
+        extra = {k: v for k, v in dsn.params.items() if k == "target_session_attrs"}
+        conn = psycopg.connect(host=",".join(h for h, _ in pairs), port=",".join(str(p) for _, p in pairs),
+                               user=dsn.user, password=dsn.password, dbname=database or dsn.database,
+                               connect_timeout=timeout_s, application_name="kinelab", **extra)
     except psycopg.OperationalError as exc:
         reason = mask_text(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
-        raise DatastoreError(f"cannot connect to Postgres {dsn.masked}: {reason}; {_hint(dsn)}") from None
+        raise DatastoreError(f"cannot connect to Postgres {dsn.masked}: {reason}; {_hint(dsn)}") from exc
     if read_only:
         conn.read_only = True
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -50,7 +52,7 @@ def connect_mysql(dsn: Dsn, *, database: str | None = None, read_only: bool = Fa
         conn = pymysql.connect(**kwargs)
     except pymysql.err.MySQLError as exc:
         reason = exc.args[1] if len(exc.args) > 1 else str(exc)
-        raise DatastoreError(f"cannot connect to MySQL {dsn.masked}: {mask_text(str(reason))}; {_hint(dsn)}") from None
+        raise DatastoreError(f"cannot connect to MySQL {dsn.masked}: {mask_text(str(reason))}; {_hint(dsn)}") from exc
     return conn
 
 
@@ -64,7 +66,7 @@ def connect_sqlite(path: Path, *, read_only: bool = True) -> sqlite3.Connection:
         conn = sqlite3.connect(f"file:{path.resolve()}?mode={mode}", uri=True, timeout=30, check_same_thread=False)
         conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
     except sqlite3.DatabaseError as exc:
-        raise DatastoreError(f"{path} is not a readable SQLite database ({exc})") from None
+        raise DatastoreError(f"{path} is not a readable SQLite database ({exc})") from exc
     return conn
 
 

@@ -8,11 +8,12 @@ from rich.console import Console
 from rich.table import Table
 
 from .analyse.summary import ops_by_resource, row_counts, writes_by_replica
+from .analyse.views import open_capture
 from .drive.workload import burst
 from .errors import Finding, UsageError
-from .analyse.views import open_capture
 from .observe.capture import capture
 from .provision.lab import Lab
+from .provision.wait import WaitTimeout, poll_until
 
 
 def run_demo(replicas: int = 3, datastore: str = "postgres", out: str = "kinelab-demo.duckdb", seed: int = 1,
@@ -22,8 +23,8 @@ def run_demo(replicas: int = 3, datastore: str = "postgres", out: str = "kinelab
     if out_path.is_dir():
         raise UsageError(f"--out {out} is a directory; name a file such as kinelab-demo.duckdb")
     with Lab(replicas=replicas, datastore=datastore) as lab:
-        console.print(f"[bold]lab[/] {lab.replica_count} Kine {lab.manifest['kine_version']} replicas on "
-                      f"{lab.manifest['datastore']['dsn']}")
+        console.print(f"[bold]lab[/] {lab.replica_count} Kine {lab.model.versions['kine']} replicas on "
+                      f"{lab.model.datastore_dsn}")
         clients = [lab.client(i) for i in range(replicas)]
         writes = burst(clients, seed=seed)
         last = max(w.revision for w in writes)
@@ -31,7 +32,7 @@ def run_demo(replicas: int = 3, datastore: str = "postgres", out: str = "kinelab
         revisions = _wait_for_revision(clients, last)
         # The demo's own file: each run starts a fresh capture, the old one kept until this run got here.
         out_path.unlink(missing_ok=True)
-        snapshot = capture(lab.dsn, out_path)
+        snapshot = capture(lab, out_path)
     with open_capture(out_path) as con:
         ops = ops_by_resource(con)
         counts = row_counts(con)
@@ -54,13 +55,14 @@ def run_demo(replicas: int = 3, datastore: str = "postgres", out: str = "kinelab
 
 
 def _wait_for_revision(clients, revision: int, timeout_s: float = 10.0) -> list:
-    import time
+    seen: list = []
 
-    deadline = time.monotonic() + timeout_s
-    while True:
-        seen = [c.revision() for c in clients]
-        if min(seen) >= revision:
-            return seen
-        if time.monotonic() > deadline:
-            raise Finding(f"replicas report revisions {seen} {timeout_s:.0f}s after write {revision}")
-        time.sleep(0.1)
+    def caught_up() -> bool:
+        seen[:] = [c.revision() for c in clients]
+        return min(seen) >= revision
+
+    try:
+        poll_until(caught_up, timeout_s=timeout_s, what=f"every replica to report revision {revision}", transient=())
+    except WaitTimeout as exc:
+        raise Finding(f"replicas report revisions {seen} {timeout_s:.0f}s after write {revision}") from exc
+    return seen

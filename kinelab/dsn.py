@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
@@ -18,7 +18,9 @@ from .errors import UsageError
 
 MASK = "****"
 SQLITE_PARAMS = "_journal_mode=WAL&cache=shared&_busy_timeout=30000&_txlock=immediate"
-_GO_MYSQL = re.compile(r"^(?P<user>[^:@/]*)(?::(?P<password>[^@]*))?@tcp\((?P<host>[^:)]+)(?::(?P<port>\d+))?\)/(?P<db>[^?]*)(?:\?(?P<query>.*))?$")
+# Kine's MySQL DSN, as the Go driver writes it: user:password@tcp(host:port)/db?params
+_GO_MYSQL = re.compile(r"^(?P<user>[^:@/]*)(?::(?P<password>[^@]*))?@tcp\((?P<host>[^:)]+)(?::(?P<port>\d+))?\)/"
+                       r"(?P<db>[^?]*)(?:\?(?P<query>.*))?$")
 
 
 def generate_password(length: int = 24) -> str:
@@ -37,6 +39,9 @@ class Dsn:
     database: str = ""
     path: str = ""  # sqlite only
     params: dict = field(default_factory=dict)
+    # Postgres multi-host DSNs (h1:p1,h2:p2): the (host, port) pairs tried after the first, in order; with
+    # target_session_attrs=read-write, libpq and Kine's pgx connect to whichever of them is the primary.
+    fallbacks: tuple = ()
 
     @classmethod
     def parse(cls, text: str) -> "Dsn":
@@ -65,13 +70,19 @@ class Dsn:
     @classmethod
     def _from_url(cls, kind: str, text: str, default_port: int) -> "Dsn":
         url = urlsplit(text)
+        auth, _, hosts = url.netloc.rpartition("@")
+        first, *others = hosts.split(",")
+        if others and kind != "postgres":
+            raise UsageError(f"several hosts in DSN {mask_text(text)!r}: only Postgres DSNs may list fallbacks")
         try:
+            url = url._replace(netloc=f"{auth}@{first}" if auth else first)
             port = url.port or default_port
+            fallbacks = tuple(_host_port(other, default_port) for other in others)
         except ValueError as exc:
-            raise UsageError(f"bad port in DSN {mask_text(text)!r}: {exc}") from None
+            raise UsageError(f"bad port in DSN {mask_text(text)!r}: {exc}") from exc
         return cls(kind, host=url.hostname or "127.0.0.1", port=port, user=unquote(url.username or ""),
                    password=unquote(url.password or ""), database=url.path.lstrip("/") or "kubernetes",
-                   params=dict(parse_qsl(url.query)))
+                   params=dict(parse_qsl(url.query)), fallbacks=fallbacks)
 
     @classmethod
     def sqlite(cls, path: Path) -> "Dsn":
@@ -85,7 +96,12 @@ class Dsn:
         if password:
             auth += ":" + password
         query = f"?{urlencode(self.params)}" if self.params else ""
-        return f"{self.kind}://{auth}@{self.host}:{self.port}/{self.database}{query}"
+        return f"{self.kind}://{auth}@{self.hosts}/{self.database}{query}"
+
+    @property
+    def hosts(self) -> str:
+        """host:port, followed by the fallbacks' (h1:p1,h2:p2)."""
+        return ",".join(f"{host}:{port}" for host, port in ((self.host, self.port), *self.fallbacks))
 
     @property
     def url(self) -> str:
@@ -104,9 +120,7 @@ class Dsn:
             query = f"?{urlencode(self.params)}" if self.params else ""
             return f"mysql://{auth}@tcp({self.host}:{self.port})/{self.database}{query}"
         if self.kind == "postgres":
-            params = {"sslmode": "disable", **self.params}
-            return Dsn("postgres", self.host, self.port, self.user, self.password, self.database,
-                       params=params).url
+            return replace(self, params={"sslmode": "disable", **self.params}).url
         return self.url
 
     @property
@@ -114,10 +128,17 @@ class Dsn:
         """What makes two DSNs the same source, without credentials."""
         if self.kind == "sqlite":
             return f"sqlite:{Path(self.path).resolve()}"
-        return f"{self.kind}://{self.host}:{self.port}/{self.database}"
+        return f"{self.kind}://{self.hosts}/{self.database}"
 
     def __repr__(self) -> str:  # never leak the password through a repr
         return f"Dsn({self.masked!r})"
+
+
+def _host_port(text: str, default_port: int) -> tuple:
+    host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
+    if port and not port.isdigit():
+        raise ValueError(f"Port could not be cast to integer value as {port!r}")
+    return host or "127.0.0.1", int(port or default_port)
 
 
 _SECRET_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]+)(?=@)", re.I)

@@ -86,7 +86,7 @@ class WatchBatch:
 def _raise(exc: grpc.RpcError, what: str):
     code = exc.code().name if hasattr(exc, "code") and exc.code() else "UNKNOWN"
     detail = exc.details() if hasattr(exc, "details") else str(exc)
-    raise EtcdError(f"{what}: {detail} ({code})", code) from None
+    raise EtcdError(f"{what}: {detail} ({code})", code) from exc
 
 
 class Etcd:
@@ -98,8 +98,11 @@ class Etcd:
         # gRPC's reconnect back-off grows to 120 s by default: capped at 1 s, a restarted replica is found again
         # within a second, so recovery times measure Kine rather than this client.
         # (grpc.min_reconnect_backoff_ms is left alone: it is also the connect timeout.)
+        # A subchannel pool of its own: gRPC otherwise shares one TCP connection between every channel of the
+        # process to the same address, and a load balancer in front of Kine would see one client, not several.
         self._channel = grpc.insecure_channel(endpoint, options=[("grpc.initial_reconnect_backoff_ms", 200),
-                                                                 ("grpc.max_reconnect_backoff_ms", 1000)])
+                                                                 ("grpc.max_reconnect_backoff_ms", 1000),
+                                                                 ("grpc.use_local_subchannel_pool", 1)])
         self._kv = etcdrpc.KVStub(self._channel)
         self._lease = etcdrpc.LeaseStub(self._channel)
         self._maintenance = etcdrpc.MaintenanceStub(self._channel)

@@ -10,6 +10,7 @@ here, so no generated Kubernetes code is needed.
 from __future__ import annotations
 
 import json
+import re
 from typing import Optional, Tuple
 
 import pyarrow as pa
@@ -41,6 +42,56 @@ def _unknown_message_class():
 
 
 Unknown = _unknown_message_class()
+
+
+def _object_meta_class():
+    """Just enough of a Kubernetes object to read who wrote it: metadata (field 1 of every object) and its
+    managedFields (ObjectMeta field 17: manager 1, operation 2, time 4 = Time{seconds 1}), and a Lease's
+    spec.holderIdentity (LeaseSpec field 1). Every other field is skipped as unknown."""
+    T = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(name="kinelab/k8s_meta.proto", package="kinelab.k8s.meta",
+                                              syntax="proto2")
+    time = file.message_type.add(name="Time")
+    time.field.add(name="seconds", number=1, type=T.TYPE_INT64, label=T.LABEL_OPTIONAL)
+    entry = file.message_type.add(name="ManagedFieldsEntry")
+    entry.field.add(name="manager", number=1, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
+    entry.field.add(name="operation", number=2, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
+    entry.field.add(name="time", number=4, type=T.TYPE_MESSAGE, type_name=".kinelab.k8s.meta.Time",
+                    label=T.LABEL_OPTIONAL)
+    meta = file.message_type.add(name="ObjectMeta")
+    meta.field.add(name="managedFields", number=17, type=T.TYPE_MESSAGE, label=T.LABEL_REPEATED,
+                   type_name=".kinelab.k8s.meta.ManagedFieldsEntry")
+    spec = file.message_type.add(name="LeaseSpec")
+    spec.field.add(name="holderIdentity", number=1, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
+    obj = file.message_type.add(name="Object")
+    obj.field.add(name="metadata", number=1, type=T.TYPE_MESSAGE, type_name=".kinelab.k8s.meta.ObjectMeta",
+                  label=T.LABEL_OPTIONAL)
+    obj.field.add(name="leaseSpec", number=2, type=T.TYPE_MESSAGE, type_name=".kinelab.k8s.meta.LeaseSpec",
+                  label=T.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("kinelab.k8s.meta.Object"))
+
+
+_Object = _object_meta_class()
+_VERSION_SUFFIX = re.compile(r"-v\d+\.\d+\.\d+\S*$")  # kinelab's cached binaries carry their version in their name
+
+
+def decode_writer(value: Optional[bytes]) -> Optional[str]:
+    """Who last wrote a kube-apiserver protobuf value: the manager of its newest managedFields entry (the
+    program that sent the write: kube-controller-manager, kube-scheduler, kwok, a kubelet...), or None when
+    the value says nothing (no managedFields, not protobuf, encrypted). Never raises."""
+    if not value or not value.startswith(PROTOBUF_MAGIC):
+        return None
+    try:
+        envelope = Unknown.FromString(value[len(PROTOBUF_MAGIC):])
+        entries = _Object.FromString(envelope.raw).metadata.managedFields
+    except Exception:  # a corrupt or unexpected value names no writer
+        return None
+    if not entries:
+        return None
+    newest = max(enumerate(entries), key=lambda item: (item[1].time.seconds, item[0]))[1]
+    return _VERSION_SUFFIX.sub("", newest.manager) or None
 
 
 

@@ -25,7 +25,7 @@ os.environ.setdefault("KINELAB_PROGRESS", "0")
 def remove_root_postgres_data():
     """As root, a lab's Postgres data lives under /var/lib/kinelab/postgres, outside pytest's tmp dirs:
     remove what this session created once every lab is stopped."""
-    from kinelab.provision.datastores import ROOT_PG_HOME
+    from kinelab.provision.labdir import ROOT_PG_HOME
 
     before = set(ROOT_PG_HOME.iterdir()) if ROOT_PG_HOME.is_dir() else set()
     yield
@@ -39,6 +39,18 @@ def remove_root_postgres_data():
                 shutil.rmtree(leftover, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def no_lab_left_behind(tmp_path):
+    """A test that fails before its `kinelab down` would leave a `kinelab up` lab running (it has no owner to
+    outlive): after every test, stop whatever the labs in its directory still run."""
+    yield
+    from kinelab.provision.labdir import LabDir
+
+    for manifest in tmp_path.rglob("lab.json"):
+        labdir = LabDir(manifest.parent)
+        labdir.sweep(labdir.read_if_current())
+
+
 @pytest.fixture(scope="session")
 def kine():
     return kl.install_kine()
@@ -49,6 +61,48 @@ def pg_lab(kine, tmp_path_factory):
     """Three Kine replicas on one embedded Postgres, shared by the tests that only add keys."""
     with kl.Lab(replicas=3, datastore="postgres", dir=tmp_path_factory.mktemp("pg-lab")) as lab:
         yield lab
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """The Docker engine of the kind tests: the one that answers `docker info`, else kinelab's private dockerd,
+    started here and stopped, with every container, network and mount it made, when the session ends. The
+    docker and kind commands the tests run reach it through DOCKER_HOST."""
+    from kinelab.provision.docker import PrivateEngine, ensure_engine, mounts_below
+
+    why = PrivateEngine().why_not()
+    try:
+        engine, started = ensure_engine(log=print)
+    except kl.KinelabError as exc:
+        if why:  # a machine that can neither reach nor start an engine (not root, no docker CLI): nothing to test
+            pytest.skip(str(exc))
+        raise
+    previous = os.environ.get("DOCKER_HOST")
+    if engine.host:
+        os.environ["DOCKER_HOST"] = engine.host
+    yield engine
+    if previous is None:
+        os.environ.pop("DOCKER_HOST", None)
+    else:
+        os.environ["DOCKER_HOST"] = previous
+    left = engine.docker("ps", "-a", "--format", "{{.Names}}", check=False).stdout.decode().split()
+    assert not [name for name in left if name.startswith("kl-test-")], f"the kind tests left {left}"
+    if started and not left:  # a concurrent session's clusters keep the engine they share
+        private = PrivateEngine()
+        removed = private.stop()
+        print(f"stopped kinelab's private Docker engine: {removed}")
+        assert private.process() is None and mounts_below([private.data_root, private.run_dir]) == []
+
+
+@pytest.fixture(scope="session")
+def node_image(docker_engine):
+    """kinelab's offline kind node image (built the first time: minutes; then reused from the engine)."""
+    from kinelab.provision.nodeimage import ensure_node_image
+
+    started = time.monotonic()
+    image = ensure_node_image(docker_engine, log=print)
+    print(f"node image {image.reference} ready in {time.monotonic() - started:.0f}s: {image.timings_s}")
+    return image
 
 
 @pytest.fixture
@@ -89,10 +143,16 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
-def lab_pids(manifest: dict) -> list:
-    from kinelab.provision.lab import manifest_records
+def lab_pids(model) -> list:
+    """The pids a lab's manifest (a `LabModel`) records."""
+    return [r.pid for r in model.records]
 
-    return [r.pid for r in manifest_records(manifest)]
+
+def read_model(lab_dir):
+    """The manifest of the lab in `lab_dir`, as the typed model."""
+    from kinelab.provision.labdir import LabDir
+
+    return LabDir(lab_dir).read()
 
 
 def all_gone(pids, timeout_s: float = 15.0) -> bool:

@@ -6,7 +6,12 @@ printed and kept in the binary's sidecar JSON); later runs reuse the cached bina
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -15,13 +20,21 @@ import psutil
 import pytest
 
 import kinelab as kl
-from conftest import assert_one_line_error, run_cli, wait_until
+from conftest import REPO, assert_one_line_error, read_model, run_cli, wait_until
 from kinelab.errors import ProcessError
-from kinelab.provision.apiserver import (APISERVER_VERSION, ENV_BIN, ApiServer, apiserver_flags, build_gomod,
-                                         can_build, find_apiserver, generate_pki, install_apiserver,
-                                         staging_modules)
-from kinelab.provision.lab import read_manifest
-from kinelab.provision.process import free_port
+from kinelab.provision.apiserver import (
+    APISERVER_VERSION,
+    ENV_BIN,
+    ApiServer,
+    apiserver_flags,
+    build_gomod,
+    can_build,
+    find_apiserver,
+    generate_pki,
+    install_apiserver,
+    staging_modules,
+)
+from kinelab.provision.process import ProcessRecord, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # a cold build takes minutes
 
@@ -88,7 +101,8 @@ def test_pki_keys_are_private_and_the_admin_is_a_system_master(tmp_path):
 
 
 def test_two_apiservers_on_two_kine_replicas_share_one_configmap(apiserver_bin, tmp_path):
-    from kubernetes import client as k8s, config as k8s_config
+    from kubernetes import client as k8s
+    from kubernetes import config as k8s_config
 
     capture = tmp_path / "apiservers.duckdb"
     with kl.Lab(replicas=2, datastore="postgres", dir=tmp_path / "lab") as lab:
@@ -134,7 +148,7 @@ def test_two_apiservers_on_two_kine_replicas_share_one_configmap(apiserver_bin, 
                     "kube-system", label_selector="apiserver.kubernetes.io/identity=kube-apiserver")
                 holders = sorted(lease.metadata.labels.get("kubernetes.io/hostname") for lease in identity.items)
                 assert holders == [a.hostname for a in apiservers]
-            lab.capture(capture)
+            kl.capture(lab, capture)
         finally:
             for apiserver in apiservers:
                 apiserver.stop()
@@ -158,7 +172,8 @@ def test_two_apiservers_on_two_kine_replicas_share_one_configmap(apiserver_bin, 
 def lab_processes(lab_dir: Path) -> list:
     """Live processes of the lab in `lab_dir`, found without trusting its manifest: Kine carries the lab's id in
     its environment, the apiserver and the datastore name the lab directory on their command line."""
-    lab_id = (read_manifest(lab_dir) or {}).get("id")
+    model = read_model(lab_dir) if (lab_dir / "lab.json").exists() else None
+    lab_id = model.id if model else None
     found = []
     for proc in psutil.process_iter(["cmdline", "status"]):
         try:
@@ -186,7 +201,7 @@ def test_cli_without_go_or_an_apiserver_binary(kine, tmp_path):
     path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "go").exists())
     result = up_with_one_apiserver(tmp_path / "lab", no_apiserver_env(tmp_path, kine, PATH=path))
     assert_one_line_error(result, "kube-apiserver is not installed and Go is missing", ENV_BIN)
-    assert read_manifest(tmp_path / "lab")["state"] == "stopped"
+    assert read_model(tmp_path / "lab") is None  # refused before anything was recorded or started
     assert lab_processes(tmp_path / "lab") == []
 
 
@@ -210,8 +225,8 @@ def test_cli_apiserver_that_exits_reports_its_last_log_line(apiserver_bin, tmp_p
     result = up_with_one_apiserver(lab_dir, None, "--apiserver-arg", flag)
     assert_one_line_error(result, "kube-apiserver-0 exited with code 1 before it was ready", says,
                           f"log {lab_dir / 'logs' / 'kube-apiserver-0.log'}")
-    manifest = read_manifest(lab_dir)
-    assert manifest["state"] == "stopped" and manifest["replicas"][0]["process"]  # Kine had started
+    model = read_model(lab_dir)
+    assert model.state == "stopped" and model.replicas[0].processes  # Kine had started
     assert lab_processes(lab_dir) == []
 
 
@@ -224,3 +239,32 @@ def test_apiserver_that_never_becomes_ready_is_stopped_with_its_last_log_line(ap
     assert first.startswith("kube-apiserver-0 was not ready (GET https://127.0.0.1:") and "after 5s: " in first
     assert "connection refused" in first and first.endswith(f"log {apiserver.log_path}")
     assert not apiserver.alive and lab_processes(tmp_path) == []
+
+
+SIGTERM_OWNER = textwrap.dedent("""
+    import sys, kinelab as kl
+    kl.Lab(replicas=1, datastore="sqlite", apiservers=1, dir=sys.argv[1], keep=False).start()
+""")
+
+
+def test_sigterm_while_the_apiserver_starts_leaves_nothing_running_and_no_data(apiserver_bin, tmp_path):
+    """What a papermill run stopped by a scheduler's timeout does: SIGTERM the lab's owner while its
+    kube-apiserver is still starting. The reaper finds the apiserver (it is in the manifest before it starts,
+    and in its pid file) and removes the temporary lab."""
+    lab_dir = tmp_path / "lab"
+    owner = subprocess.Popen([sys.executable, "-c", SIGTERM_OWNER, str(lab_dir)], cwd=REPO,
+                             env={**os.environ, "KINELAB_PROGRESS": "0"})
+    try:
+        pid_file = lab_dir / "pids" / "kube-apiserver-0.pid"
+        wait_until(pid_file.exists, timeout_s=60, interval_s=0.02, what="the kube-apiserver to be launched")
+        apiserver = ProcessRecord(**json.loads(pid_file.read_text()))
+        assert apiserver.alive and read_model(lab_dir).state == "starting"
+        owner.send_signal(signal.SIGTERM)
+        owner.wait(timeout=30)
+        wait_until(lambda: not apiserver.alive, timeout_s=30, what="the reaper to stop the starting apiserver")
+        wait_until(lambda: not lab_dir.exists(), timeout_s=30, what="the reaper to remove the temporary lab")
+    finally:
+        owner.kill()
+        owner.wait()
+    wait_until(lambda: lab_processes(lab_dir) == [], timeout_s=10, what="the reaper itself to exit")
+

@@ -1,13 +1,13 @@
 """Capture into DuckDB: exact rows from SQLite, Postgres and MariaDB; incremental snapshots; compaction."""
 
 import pytest
+from test_k8s_values import hand_encoded
 
 import kinelab as kl
 from conftest import needs_mariadb, select_only_role, wait_until
 from kinelab.db import connect_mysql, connect_postgres, connect_sqlite
 from kinelab.drive.workload import burst
 from kinelab.observe.capture import COLUMNS
-from test_k8s_values import hand_encoded
 
 ORDERED = f"SELECT {', '.join(COLUMNS)} FROM kine ORDER BY id"
 
@@ -62,7 +62,7 @@ def _write_and_settle(lab, seed):
 def test_capture_reproduces_exactly_the_rows_in_the_database(engine, request, tmp_path):
     lab = request.getfixturevalue({"sqlite": "sqlite_lab", "postgres": "pg_lab", "mysql": "mariadb_lab"}[engine])
     writes = _write_and_settle(lab, seed=7)
-    snapshot = lab.capture(tmp_path / "c.duckdb")
+    snapshot = kl.capture(lab, tmp_path / "c.duckdb")
     expected = database_rows(lab.dsn)
     assert captured_rows(tmp_path / "c.duckdb") == expected
     assert snapshot.row_count == len(expected) == snapshot.rows_stored
@@ -73,9 +73,9 @@ def test_capture_reproduces_exactly_the_rows_in_the_database(engine, request, tm
 def test_incremental_capture_adds_exactly_the_new_ids(pg_lab, tmp_path):
     out = tmp_path / "inc.duckdb"
     _write_and_settle(pg_lab, seed=11)
-    first = pg_lab.capture(out)
+    first = kl.capture(pg_lab, out)
     writes = _write_and_settle(pg_lab, seed=12)
-    second = pg_lab.capture(out, incremental=True)
+    second = kl.capture(pg_lab, out, incremental=True)
     new_ids = {row[0] for row in database_rows(pg_lab.dsn)} - set(range(first.max_id + 1))
     assert {w.revision for w in writes} <= new_ids
     con = kl.open_capture(out)

@@ -72,7 +72,7 @@ def test_a_live_row_changed_behind_kines_back_is_caught_against_a_baseline(tampe
     lab = tamper_lab
     rev = lab.client(0).create(prefix + "live", b"original").revision
     baseline = tmp_path / "baseline.duckdb"
-    lab.capture(baseline)
+    kl.capture(lab, baseline)
     assert check(lab.endpoints, lab.dsn, baseline=str(baseline)).consistent
     _tamper(lab, rev, b"forged")
     report = check(lab.endpoints, lab.dsn, baseline=str(baseline))

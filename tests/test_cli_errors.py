@@ -1,7 +1,6 @@
 """Bad input gets one line that says what to do, exit code 2, no traceback, no password, and no damage."""
 
 import hashlib
-import json
 import os
 import shlex
 import shutil
@@ -17,7 +16,8 @@ import psutil
 import pytest
 
 import kinelab as kl
-from conftest import KINELAB, REPO, all_gone, lab_pids, run_cli, wait_until
+from conftest import KINELAB, REPO, all_gone, lab_pids, read_model, run_cli, wait_until
+from kinelab.errors import KinelabError
 from kinelab.provision.process import free_port
 
 SECRET = "Sekr3t-pw"  # in every DSN below: no output may show it
@@ -101,7 +101,7 @@ class Workspace(dict):
         elif name == "cap":  # a capture of a SQLite source
             shutil.copy(self.originals(made.name, _sqlite_capture), made)
         elif name == "labcap":  # a capture of the running lab: runs may append to it, a refused run must not
-            shutil.copy(self.originals(made.name, self.lab.capture), made)
+            shutil.copy(self.originals(made.name, lambda out: kl.capture(self.lab, out)), made)
         elif name == "stopped":
             self.request.getfixturevalue("kine")
             shutil.copytree(self.originals(name, _stopped_lab), made)
@@ -155,10 +155,6 @@ def _state(ws, files):
     return state
 
 
-def _docker_engine() -> bool:
-    return bool(shutil.which("docker")) and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
-
-
 # argv, env, exit code, what the one line must say (a string, or several); {name}: see Workspace
 CASES = [
     # install
@@ -175,7 +171,7 @@ CASES = [
     # up
     ("up --replicas 0 --datastore sqlite --dir {tmp}/lab", {}, 2, "at least one Kine replica"),
     ("up --replicas abc --dir {tmp}/lab", {}, 2, ("invalid int value: 'abc'", "see `kinelab up --help`")),
-    ("up --datastore oracle --dir {tmp}/lab", {}, 2, "use postgres, sqlite, mysql, or a DSN"),
+    ("up --datastore oracle --dir {tmp}/lab", {}, 2, "use postgres, postgres-ha, sqlite, mysql, etcd, or a DSN"),
     (f"up --datastore postgres:/kine:{SECRET}@h/db --dir {{tmp}}/lab", {}, 2, "unknown datastore"),
     ("up --datastore sqlite --replicas 3 --dir {tmp}/lab", {}, 2, ("k3s-io/kine#499", "--allow-shared-sqlite")),
     ("up --kine-arg noequals --dir {tmp}/lab", {}, 2, "is not KEY=VALUE"),
@@ -185,8 +181,11 @@ CASES = [
     ("up --mode sideways --dir {tmp}/lab", {}, 2, "invalid choice: 'sideways'"),
     ("up --datastore sqlite --replicas 1 --apiservers -1 --dir {tmp}/lab", {}, 2, "cannot be negative"),
     ("up --backend nosuch --dir {tmp}/lab", {}, 2, "invalid choice: 'nosuch'"),
-    pytest.param("up --backend kind --dir {tmp}/lab", {}, 2, "install Docker Engine",
-                 marks=pytest.mark.skipif(_docker_engine(), reason="with a Docker engine this would make a cluster")),
+    ("up --backend kind --workers -1 --dir {tmp}/lab", {}, 2, "--workers cannot be negative"),
+    ("up --backend kind --name Not_A_Name --dir {tmp}/lab", {}, 2, "must be lowercase letters, digits and '-'"),
+    ("up --backend kind --nodes 3 --dir {tmp}/lab", {}, 2, ("simulated nodes", "use --workers")),
+    ("up --datastore sqlite --replicas 1 --workers 1 --dir {tmp}/lab", {}, 2, "worker nodes are kind's"),
+    ("up --datastore sqlite --replicas 1 --name x --dir {tmp}/lab", {}, 2, "a cluster name and kubelet settings"),
     ("up --datastore sqlite --replicas 1 --base-port 70000 --dir {tmp}/lab", {}, 2, "choose a lower one"),
     ("up --datastore sqlite --replicas 1 --dir {file}/lab", {}, 2, "choose another --dir"),
     ("up --datastore sqlite --replicas 1 --dir {garbled}", {}, 2, "not a kinelab manifest; remove it"),
@@ -239,7 +238,7 @@ CASES = [
     ("fault explode --replica 0 --dir {lab}", {}, 2, "invalid choice: 'explode'"),
     # demo: an earlier capture at --out survives bad input
     ("demo --replicas 0 --out {cap}", {}, 2, "at least one Kine replica"),
-    ("demo --datastore oracle --out {cap}", {}, 2, "use postgres, sqlite, mysql, or a DSN"),
+    ("demo --datastore oracle --out {cap}", {}, 2, "use postgres, postgres-ha, sqlite, mysql, etcd, or a DSN"),
     ("demo --out {tmp}", {}, 2, "is a directory; name a file"),
 ]
 
@@ -314,20 +313,20 @@ def test_ctrl_c_during_up_exits_130_and_leaves_nothing_running(kine, tmp_path):
 
     def starting_replicas():
         try:
-            manifest = json.loads((lab_dir / "lab.json").read_text())
-        except (OSError, ValueError):
+            model = read_model(lab_dir)
+        except (OSError, KinelabError):
             return None
-        return manifest if manifest["state"] == "starting" and manifest["replicas"] else None
+        return model if model and model.state == "starting" and any(c.processes for c in model.replicas) else None
 
     try:
-        manifest = wait_until(starting_replicas, timeout_s=120, interval_s=0.01, what="the first replica to start")
+        model = wait_until(starting_replicas, timeout_s=120, interval_s=0.01, what="the first replica to start")
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 130, (stdout, stderr)
         assert stderr.strip().splitlines() == ["kinelab: interrupted; everything it started has been stopped"]
-        final = json.loads((lab_dir / "lab.json").read_text())
-        assert final["state"] == "stopped"
-        assert all_gone(lab_pids(final) + _processes_of(manifest["id"], lab_dir)), "the interrupted lab left a process"
+        final = read_model(lab_dir)
+        assert final.state == "stopped"
+        assert all_gone(lab_pids(final) + _processes_of(model.id, lab_dir)), "the interrupted lab left a process"
     finally:  # whatever happened, nothing of this lab outlives the test
         proc.kill()
         proc.wait()

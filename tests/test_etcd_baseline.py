@@ -1,7 +1,7 @@
-"""Real etcd, the anchor of the etcd baseline: a three-member cluster on loopback agrees on every member, every
-member's watch sees a write, and nothing stays running after `with`, a member that fails, or Ctrl-C."""
+"""Real etcd (built from its module), the anchor of the etcd baseline: three etcd members on loopback agree on
+every member, every member's watch sees a write, and nothing stays running after `with`, a member that fails, or
+Ctrl-C."""
 
-import shutil
 import signal
 import subprocess
 import sys
@@ -9,21 +9,18 @@ import textwrap
 
 import pytest
 
-from conftest import REPO, all_gone
-from kinelab.errors import ProcessError, ToolError
+import kinelab as kl
+from conftest import REPO, all_gone, lab_pids, run_cli
+from kinelab.errors import ProcessError, ToolError, UsageError
 from kinelab.etcd import Etcd
 from kinelab.observe.watchlag import WatchProbe
-from kinelab.provision.etcd_server import EtcdCluster
-
-needs_etcd = pytest.mark.skipif(shutil.which("etcd") is None,
-                                reason="etcd is not installed (.ci/run installs etcd-server)")
 
 
-@needs_etcd
 def test_a_write_through_member_0_is_read_and_watched_on_every_member(tmp_path):
     key = "/registry/configmaps/default/anchor"
-    with EtcdCluster(members=3, dir=tmp_path) as cluster:
-        pids = [member.pid for member in cluster.members]
+    with kl.Lab(replicas=3, datastore="etcd", dir=tmp_path) as cluster:
+        pids = lab_pids(cluster.model)
+        assert [c["name"] for c in cluster.status()["components"]] == ["etcd-0", "etcd-1", "etcd-2"]
         assert len(set(cluster.endpoints)) == 3 and all(ep.startswith("127.0.0.1:") for ep in cluster.endpoints)
         with Etcd(cluster.endpoints[0]) as first, Etcd(cluster.endpoints[2]) as last:
             with WatchProbe(cluster.endpoints, start_revision=first.revision() + 1) as probe:
@@ -38,30 +35,26 @@ def test_a_write_through_member_0_is_read_and_watched_on_every_member(tmp_path):
         assert all((tmp_path / "data" / f"etcd-{i}").is_dir() and (tmp_path / "logs" / f"etcd-{i}.log").exists()
                    for i in range(3))
     assert all_gone(pids)
-    assert not list((tmp_path / "pids").iterdir())
 
 
-@needs_etcd
 def test_a_member_that_cannot_start_reports_its_log_and_leaves_nothing(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "etcd-2").write_text("")  # a file where member 2's data directory belongs
-    cluster = EtcdCluster(members=3, dir=tmp_path)
+    cluster = kl.Lab(replicas=3, datastore="etcd", dir=tmp_path)
     with pytest.raises(ProcessError, match="etcd-2 exited") as failure:
         cluster.start()
     assert "not a directory" in str(failure.value)  # the tail of etcd's own log explains why
-    assert all_gone([member.pid for member in cluster.members])
+    assert all_gone(lab_pids(cluster.model))
 
 
 OWNER = textwrap.dedent("""
-    import sys, time
-    from kinelab.provision.etcd_server import EtcdCluster
-    with EtcdCluster(members=3, dir=sys.argv[1]) as cluster:
-        print(*(member.pid for member in cluster.members), flush=True)
+    import sys, time, kinelab as kl
+    with kl.Lab(replicas=3, datastore="etcd", dir=sys.argv[1]) as cluster:
+        print(*(r.pid for r in cluster.model.records), flush=True)
         time.sleep(300)
 """)
 
 
-@needs_etcd
 def test_ctrl_c_in_the_owning_python_process_stops_the_cluster(tmp_path):
     owner = subprocess.Popen([sys.executable, "-c", OWNER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
                              cwd=REPO)
@@ -72,7 +65,18 @@ def test_ctrl_c_in_the_owning_python_process_stops_the_cluster(tmp_path):
     assert all_gone(pids)
 
 
-def test_a_missing_etcd_says_how_to_install_it(tmp_path, monkeypatch):
+def test_without_etcd_or_go_the_error_says_what_to_install_or_set(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(ToolError, match="apt-get install etcd-server"):
-        EtcdCluster(members=1).start()
+    monkeypatch.setenv("KINELAB_CACHE", str(tmp_path / "cache"))  # no etcd built yet
+    with pytest.raises(ToolError, match="etcd is not installed and Go is missing: .* or set KINELAB_ETCD_BIN"):
+        kl.Lab(replicas=1, datastore="etcd").start()
+
+
+def test_an_etcd_lab_refuses_what_needs_a_kine_table_in_one_line(tmp_path):
+    with kl.Lab(replicas=1, datastore="etcd", dir=tmp_path / "lab") as cluster:
+        with pytest.raises(UsageError, match="keeps its data in etcd, not in a kine table"):
+            kl.capture(cluster, tmp_path / "c.duckdb")
+        result = run_cli("dsn", "--dir", tmp_path / "lab")
+        assert result.returncode == 2 and "not in a kine table" in result.stderr
+    with pytest.raises(UsageError, match="Kine flags apply to Kine replicas"):
+        kl.Lab(replicas=1, datastore="etcd", kine_args={"debug": True})

@@ -7,7 +7,7 @@ import pytest
 
 import kinelab as kl
 from conftest import run_cli, wait_until
-from kinelab.provision.apiserver import find_apiserver, can_build
+from kinelab.provision.apiserver import can_build, find_apiserver
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600),
               pytest.mark.skipif(find_apiserver() is None and not can_build(),
@@ -40,7 +40,7 @@ def test_each_mode_serves_and_shares_state(kine, tmp_path, mode):
         seen = wait_until(lambda: _safe_read(lab, 1, name), timeout_s=20, what="apiserver 1 to see the ConfigMap")
         assert seen.data == {"mode": mode}
         out = tmp_path / "c.duckdb"
-        lab.capture(out)
+        kl.capture(lab, out)
         con = kl.open_capture(out)
         rows = dict(con.execute("""SELECT name, kind FROM kine_ops WHERE op IN ('create', 'update')
                                    AND (resource IN ('configmaps', 'masterleases', 'namespaces'))""").fetchall())
@@ -121,7 +121,7 @@ def test_the_lag_comes_from_kines_poll_not_the_apiserver_watch_cache(kine, tmp_p
         with kl.Lab(replicas=2, datastore="postgres", apiservers=2, mode="shared-db",
                     apiserver_args={"watch-cache": cache}) as lab:
             lags = apiserver_watch_lag(lab, writes=10, out=out)
-        means[cache] = [statistics.mean(l.lag_ms for l in lags if l.observer == a) for a in (0, 1)]
+        means[cache] = [statistics.mean(lag.lag_ms for lag in lags if lag.observer == a) for a in (0, 1)]
         assert len(lags) == 20  # every write reached both watches
         _assert_stored_events_are_the_rows(out, lags)
     for cache, (writer_side, other_side) in means.items():
@@ -136,9 +136,9 @@ def _assert_stored_events_are_the_rows(out, lags) -> None:
                        [run_id]).fetchall()
     con.close()
     assert kind == "apiserver-watchlag" and json.loads(summary)["events"] == len(rows) == len(lags)
-    assert sorted((r[0], r[1], r[2], r[4]) for r in rows) == sorted((l.observer, l.writer, l.name, l.resource_version)
-                                                                    for l in lags)
-    assert {l.name: round(l.lag_ms, 6) for l in lags if l.observer == 1} == \
+    assert sorted((r[0], r[1], r[2], r[4]) for r in rows) == sorted(
+        (lag.observer, lag.writer, lag.name, lag.resource_version) for lag in lags)
+    assert {lag.name: round(lag.lag_ms, 6) for lag in lags if lag.observer == 1} == \
         {r[2]: round(r[5], 6) for r in rows if r[0] == 1}
     for apiserver, _, name, type_, _, _, key, row_name, created, deleted, value_kind in rows:
         assert key == f"/registry/configmaps/default/{name}" and row_name == key, (apiserver, name, row_name)
@@ -152,7 +152,7 @@ def test_load_through_the_apiservers_lands_at_the_revisions_they_returned(kine, 
 
     with kl.Lab(replicas=3, datastore="postgres", apiservers=2, mode="shared-db", dir=tmp_path / "lab") as lab:
         calls = run_kube_load(lab, mix, ops=120, workers=2)
-        lab.capture(tmp_path / "c.duckdb")
+        kl.capture(lab, tmp_path / "c.duckdb")
     assert len(calls) == 120 and all(c.ok for c in calls), [c.error for c in calls if not c.ok][:3]
     assert {c.apiserver for c in calls} == {0, 1}
     con = kl.open_capture(tmp_path / "c.duckdb")
@@ -176,7 +176,7 @@ def test_capture_shows_the_apiservers_own_rows(kine, tmp_path):
                 dir=tmp_path / "lab") as lab:
         assert all(c.ok for c in run_kube_load(lab, "events", ops=10, workers=1))
         time.sleep(5)
-        lab.capture(tmp_path / "c.duckdb")
+        kl.capture(lab, tmp_path / "c.duckdb")
     con = kl.open_capture(tmp_path / "c.duckdb")
     events = con.execute("SELECT DISTINCT lease FROM kine_ops WHERE resource = 'events' AND op = 'create'").fetchall()
     compactions = con.execute("SELECT count(*) FROM kine_ops WHERE name = 'compact_rev_key_apiserver'").fetchall()

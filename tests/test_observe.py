@@ -1,13 +1,13 @@
 """Workload, watch lag, compaction and metrics, measured on real Kine replicas and real databases."""
 
 import pytest
+from test_capture import database_rows
 
 import kinelab as kl
 from conftest import wait_until
 from kinelab.drive.workload import run_load
 from kinelab.observe import runs
 from kinelab.observe.metrics import scrape
-from test_capture import database_rows
 
 
 def _con(path):
@@ -121,7 +121,7 @@ def test_load_records_writes_errors_and_metrics(pg_lab, tmp_path):
 
 
 def test_scrape_parses_kines_metrics(pg_lab):
-    samples = scrape(pg_lab.manifest["replicas"][0]["metrics_url"])
+    samples = scrape(pg_lab.metrics_urls[0])
     names = {name for name, _, _ in samples}
     assert "kine_sql_total" in names and all(n.startswith(("kine_", "go_sql_")) for n in names)
 
@@ -137,10 +137,10 @@ def test_compaction_removes_exactly_superseded_and_tombstone_rows_up_to_the_comp
                                                                                              tmp_path):
     lab, out = compacting_lab, tmp_path / "c.duckdb"
     run_load([lab.client(0), lab.client(1)], "configmaps", ops=300, rate=None, seed=9)
-    first = lab.capture(out)
+    first = kl.capture(lab, out)
     target = lab.client(0).revision() - 20
     lab.client(0).compact(target)
-    second = lab.capture(out, incremental=True)
+    second = kl.capture(lab, out, incremental=True)
     con = _con(out)
     try:
         expected = {r[0] for r in con.execute("""

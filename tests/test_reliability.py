@@ -26,13 +26,13 @@ def listening_addresses(pids) -> set:
 
 
 def test_every_process_of_a_postgres_lab_listens_on_loopback_only(pg_lab):
-    assert listening_addresses(lab_pids(pg_lab.manifest)) == {"127.0.0.1"}
+    assert listening_addresses(lab_pids(pg_lab.model)) == {"127.0.0.1"}
 
 
 @needs_mariadb
 def test_every_process_of_a_mariadb_lab_listens_on_loopback_only(kine, tmp_path):
     with kl.Lab(replicas=2, datastore="mysql", dir=tmp_path / "lab") as lab:
-        assert listening_addresses(lab_pids(lab.manifest)) == {"127.0.0.1"}
+        assert listening_addresses(lab_pids(lab.model)) == {"127.0.0.1"}
 
 
 def _audited_statements(lab, role: str, action) -> list:
@@ -106,7 +106,8 @@ def test_a_capture_killed_midway_leaves_the_previous_snapshot_intact(tmp_path):
     conn = sqlite3.connect(source)
     blob = os.urandom(1500)
     conn.executemany("INSERT INTO kine (name, created, deleted, create_revision, prev_revision, lease, value) "
-                     "VALUES (?, 1, 0, 0, 0, 0, ?)", ((f"/registry/configmaps/more/k{i}", blob) for i in range(300_000)))
+                     "VALUES (?, 1, 0, 0, 0, 0, ?)",
+                     ((f"/registry/configmaps/more/k{i}", blob) for i in range(300_000)))
     conn.commit()
     conn.close()
     child = subprocess.Popen([sys.executable, "-c", CAPTURE, str(source), str(out)], stdout=subprocess.PIPE,

@@ -99,10 +99,12 @@ def test_a_scenario_stores_faults_availability_recovery_and_checks(lab2, tmp_pat
     con = kl.open_capture(out)
     assert [r[0] for r in con.sql("SELECT fault FROM fault_events ORDER BY t").fetchall()] == ["kill", "restart"]
     # errors only on the killed replica, from the kill until it was back (its restart takes a moment), then none
-    errors = con.sql("SELECT replica, min(second), max(second) FROM availability WHERE errors > 0 GROUP BY 1").fetchall()
+    errors = con.sql("SELECT replica, min(second), max(second) FROM availability WHERE errors > 0 "
+                     "GROUP BY 1").fetchall()
     kill, restart = con.sql("SELECT recovery_s FROM fault_recovery ORDER BY t").fetchall()
     assert len(errors) == 1 and errors[0][0] == 1 and errors[0][1] >= 2 and errors[0][2] <= 6 + restart[0], errors
-    assert con.execute("SELECT sum(ok) FROM availability WHERE replica = 1 AND second > ?", [errors[0][2]]).fetchall()[0][0]
+    assert con.execute("SELECT sum(ok) FROM availability WHERE replica = 1 AND second > ?",
+                       [errors[0][2]]).fetchall()[0][0]
     assert con.sql("SELECT DISTINCT kind FROM error_kinds").fetchall() == [("replica unreachable",)]
     assert 2.5 < kill[0] < 6 + restart[0] and restart[0] < 3
     assert con.sql("SELECT count(*) FROM scenario_checks WHERE ok IS FALSE").fetchall() == [(0,)]
@@ -203,7 +205,8 @@ def test_a_scenario_through_hybrid_apiservers_keeps_serving_while_a_kine_replica
     assert summary["failed"] == [] and summary["writes"] > 100, summary
     con = kl.open_capture(tmp_path / "h.duckdb")
     # each apiserver (the `replica` column) took writes while Kine replica 0 was down: the etcd client moved on
-    served = dict(con.sql("SELECT replica, sum(ok) FROM availability WHERE second BETWEEN 4 AND 6 GROUP BY 1").fetchall())
+    served = dict(con.sql("SELECT replica, sum(ok) FROM availability WHERE second BETWEEN 4 AND 6 "
+                          "GROUP BY 1").fetchall())
     assert set(served) == {0, 1} and min(served.values()) > 0, served
     # every acknowledged create and update is a row of the table, with the apiserver's resourceVersion as its id
     assert con.sql("SELECT count(*) FROM writes w JOIN kine_latest k ON k.id = w.revision AND k.name = w.key"

@@ -75,5 +75,28 @@ def test_panel_drives_a_lab_and_its_faults(panel):
     # another replica count: a new lab, the old one stopped
     panel.replicas.value = 3
     panel.start_button.click()
-    assert panel.lab is not lab and panel.lab.replica_count == 3 and lab.manifest["state"] == "stopped"
+    assert panel.lab is not lab and panel.lab.replica_count == 3 and lab.model.state == "stopped"
     assert [value for _, value in panel.target.options] == [0, 1, 2]
+
+
+def test_panel_chart_payload_stays_bounded(kine, monkeypatch, tmp_path):
+    """A long session redraws the same amount: the chart holds the last `window_s` seconds, at most
+    `max_points` points, while the totals in its subtitle keep counting the whole run."""
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    panel = LabPanel(lambda n: kl.Lab(replicas=n, datastore="postgres"), replicas=2, rate=100, slice_s=1.0,
+                     window_s=3.0, max_points=150)
+    try:
+        panel.start_button.click()
+        sizes, totals = [], []
+        for _ in range(8):
+            panel.step()
+            panel.render()
+            spec = panel.chart().to_dict()
+            assert sum(len(rows) for rows in spec["datasets"].values()) <= 150
+            sizes.append(panel.payload_bytes)
+            totals.append(int(spec["title"]["subtitle"][0].split(" watch events")[0].split(", ")[-1].replace(",", "")))
+    finally:
+        panel.close()
+    assert totals == sorted(totals) and totals[-1] > 4 * totals[1], totals  # the run keeps growing ...
+    assert max(sizes) < 80_000 and sizes[-1] < 1.3 * max(sizes[2:4]), sizes  # ... and what is sent does not
+    assert "OLD: the lab this chart measured was stopped" in str(panel.chart_area.outputs[0]["data"])

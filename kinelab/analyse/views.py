@@ -18,11 +18,14 @@ are installed, as TEMP views of the connection, whenever a capture is opened for
                          '(cluster-scoped)'
   kine_compacted         rows that a later snapshot found removed, with the snapshot that noticed (removed_in)
   availability           per run, replica and second since the run's t0: successful writes and errors
-  error_kinds            errors per run and replica, sorted into kinds (replica unreachable, timeout, database
-                         connection lost, too many connections, serialization failure, apiserver error, other)
+  error_kinds            errors per run and replica, sorted into kinds by the contract's error_kind (replica
+                         unreachable, timeout, database connection lost, too many connections, serialization
+                         failure, create refused, update refused, apiserver error, other)
   apiserver_watch_rows   apiserver_watch_events joined to the Kine row each resource_version names (the
                          resourceVersion is the Kine revision = kine_rows.id): row_name (= key), created, deleted,
                          create_revision, prev_revision, lease, encoding, api_version, kind
+  anomalies_by_version   per run and Kine release: writes, errors, acknowledged_but_missing,
+                         reported_failed_but_written (summed over the replicas that ran that release, run_replicas)
 """
 
 from __future__ import annotations
@@ -65,17 +68,7 @@ VIEWS = [
     FROM outcomes o JOIN run_clock c USING (run_id) WHERE c.t0 IS NOT NULL
     GROUP BY ALL ORDER BY ALL"""),
     ("VIEW", "error_kinds", """
-    SELECT run_id, replica,
-           CASE WHEN regexp_matches(lower(error), 'too many (clients|connections)|remaining connection slots|53300')
-                     THEN 'too many connections'
-                WHEN code = 'UNAVAILABLE' THEN 'replica unreachable'
-                WHEN regexp_matches(code, '^5[0-9][0-9]$') THEN 'apiserver error ' || code
-                WHEN code = 'DEADLINE_EXCEEDED' THEN 'timeout'
-                WHEN error ILIKE '%serializ%' OR error ILIKE '%deadlock%' THEN 'serialization failure'
-                WHEN regexp_matches(lower(error), 'connection refused|terminat|broken pipe|bad connection|eof|'
-                                                  || 'reset by peer|shutting down')
-                     THEN 'database connection lost'
-                ELSE 'other' END AS kind,
+    SELECT run_id, replica, error_kind(error, code) AS kind,
            count(*) AS errors, min(t) AS first_t, max(t) AS last_t, any_value(error) AS example
     FROM load_errors GROUP BY ALL ORDER BY run_id, replica, errors DESC"""),
     # resourceVersion is the Kine revision, i.e. the id of the row the write made. Kine never rewrites a row, so
@@ -89,6 +82,22 @@ VIEWS = [
     SELECT e.*, s.snapshot_id, s.name AS row_name, s.created, s.deleted, s.create_revision, s.prev_revision,
            s.lease, s.encoding, s.api_version, s.kind
     FROM apiserver_watch_events e LEFT JOIN stored s ON s.id = e.resource_version"""),
+    ("VIEW", "anomalies_by_version", """
+    WITH per_replica AS (
+        SELECT r.run_id, r.replica, r.kine_version,
+               (SELECT count(*) FROM writes w WHERE w.run_id = r.run_id AND w.replica = r.replica) AS writes,
+               (SELECT count(*) FROM load_errors e WHERE e.run_id = r.run_id AND e.replica = r.replica) AS errors,
+               (SELECT count(*) FROM write_anomalies a WHERE a.run_id = r.run_id AND a.replica = r.replica
+                  AND a.anomaly = 'acknowledged but missing') AS acknowledged_but_missing,
+               (SELECT count(*) FROM write_anomalies a WHERE a.run_id = r.run_id AND a.replica = r.replica
+                  AND a.anomaly = 'reported failed but written') AS reported_failed_but_written
+        FROM run_replicas r)
+    SELECT p.run_id, json_extract_string(runs.params, '$.scenario') AS scenario, p.kine_version,
+           sum(p.writes)::BIGINT AS writes, sum(p.errors)::BIGINT AS errors,
+           sum(p.acknowledged_but_missing)::BIGINT AS acknowledged_but_missing,
+           sum(p.reported_failed_but_written)::BIGINT AS reported_failed_but_written
+    FROM per_replica p JOIN runs USING (run_id)
+    GROUP BY ALL ORDER BY p.run_id, p.kine_version"""),
 ]
 
 

@@ -9,6 +9,11 @@ server behind every replica:
                                     (what a slow disk or a long-running migration looks like to Kine)
   isolation                         set the database's default isolation level, then end Kine's sessions so
                                     that their new connections pick it up
+  failover                          postgres-ha: kill the primary, promote the standby, repoint Kine
+  replication-pause / -resume       postgres-ha: stop (SIGSTOP) and resume the primary's WAL senders, so the
+                                    standby falls behind: an async primary keeps acknowledging, a sync one waits
+  db-proxy-maxconn                  cap the database proxy's connections per server (maxconn; 0: no cap),
+                                    switching the breaker on or off mid-run
 
 They connect with the lab's own DSN (Kine's role owns its database), so they also work on a database
 kinelab did not start, except for the server start and stop.
@@ -166,11 +171,15 @@ class FaultInjector:
             "kill": lambda replica: lab.kill(_replica(replica)),
             "pause": lambda replica: lab.pause(_replica(replica)),
             "resume": lambda replica: lab.resume(_replica(replica)),
-            "restart": lambda replica: lab.restart(_replica(replica)),
+            "restart": lambda replica, kine_version=None: lab.restart(_replica(replica), kine_version=kine_version),
             "db-stop": lambda: lab.stop_datastore(),
             "db-start": lambda: lab.start_datastore(),
             "db-restart": lambda: lab.restart_datastore(),
             "terminate": lambda: f"{terminate_connections(lab)} sessions ended",
+            "failover": lambda: lab.failover(),
+            "replication-pause": lambda: lab.pause_replication(),
+            "replication-resume": lambda: lab.resume_replication(),
+            "db-proxy-maxconn": lambda maxconn: lab.limit_db_proxy(int(maxconn)),
             "isolation": lambda level: f"now {set_isolation(lab, level)}",
             "slow": self._slow,
             "slow-stop": self._slow_stop,
@@ -181,14 +190,15 @@ class FaultInjector:
         return tuple(self.actions)
 
     def inject(self, fault: str, **args) -> str:
-        """Run `fault` with its arguments (replica=, level=, hold_ms=, period_ms=); returns a short detail."""
+        """Run `fault` with its arguments (replica=, level=, hold_ms=, period_ms=, maxconn=); returns a short
+        detail."""
         action: Optional[Callable] = self.actions.get(fault)
         if action is None:
             raise UsageError(f"unknown fault {fault!r}: use {', '.join(self.actions)}")
         try:
             detail = action(**args)
         except TypeError as exc:
-            raise UsageError(f"fault {fault!r}: {exc}") from None
+            raise UsageError(f"fault {fault!r}: {exc}") from exc
         return detail or ""
 
     def _slow(self, hold_ms: float = 200, period_ms: float = 250) -> str:
@@ -207,7 +217,8 @@ class FaultInjector:
         self._slow_stop()
 
 
-def _replica(replica) -> int:
+def _replica(replica):
+    """A Kine replica's index, or any component's name (kube-apiserver-0)."""
     if replica is None:
-        raise UsageError("this fault needs a replica index (replica: N)")
-    return int(replica)
+        raise UsageError("this fault needs a replica index or a component name (replica: N)")
+    return int(replica) if isinstance(replica, int) or str(replica).isdigit() else str(replica)

@@ -7,7 +7,8 @@ Events carry a TTL lease (Kine's lease id is the TTL in seconds), renewed once a
 apiserver's lease manager.
 
 Mixes:
-  configmaps  Kine's own load test: 20% create, 50% update, 20% delete, 10% list
+  configmaps  Kine's own load test: 20% create, 50% update, 20% delete, 10% list (values of 0.5-2 KB, or
+              `value_bytes`)
   heartbeat   N nodes renewing their Lease in kube-node-lease every 10 s, as kubelets do
   events      an event storm: 80% new events with TTL leases, 20% updates of recent ones
   creates     unique keys, creates only, 1 KiB values: raw write throughput (the `benchmark put` shape)
@@ -15,6 +16,7 @@ Mixes:
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import random
 import secrets
@@ -23,11 +25,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
-from .. import progress
 from ..clock import Clock
 from ..errors import EtcdError, UsageError
 from ..etcd import Etcd
 from ..k8s import encode_object
+from .pool import run_paced
 
 EVENT_TTL_S = 3660  # --event-ttl 1h plus the lease manager's 60 s reuse window
 LEASE_REUSE_S = 60
@@ -54,7 +56,12 @@ class LoadError:
     op: str
     key: str
     error: str
-    code: str
+    code: str  # the gRPC status, or KEY_EXISTS / CONFLICT for a refused create or update (see Writer)
+    value_sha256: Optional[str] = None  # of the value the failed create or update sent: was it written anyway?
+
+
+def sha256(value: bytes) -> str:
+    return hashlib.sha256(value).hexdigest()
 
 
 @dataclass
@@ -88,8 +95,12 @@ class Writer:
         self.writes.append(write)
         return write
 
-    def _failed(self, replica, op, key, exc: EtcdError) -> None:
-        self.errors.append(LoadError(self.clock.now(), replica, op, key, str(exc), exc.code))
+    def _failed(self, replica, op, key, exc: EtcdError, value: Optional[bytes] = None) -> None:
+        self._refused(replica, op, key, str(exc), exc.code, value)
+
+    def _refused(self, replica, op, key, error: str, code: str, value: Optional[bytes] = None) -> None:
+        self.errors.append(LoadError(self.clock.now(), replica, op, key, error, code,
+                                     sha256(value) if value is not None else None))
 
     @staticmethod
     def _current(client: Etcd, key: str) -> tuple:
@@ -97,13 +108,20 @@ class Writer:
         current = client.get(key)
         return (current.mod_revision, current.lease) if current else (0, 0)
 
-    def create(self, replica: int, key: str, value: bytes, *, lease: int = 0) -> Optional[Write]:
+    def create(self, replica: int, key: str, value: bytes, *, lease: int = 0, new: bool = False) -> Optional[Write]:
+        """Create `key` if absent. With `new` (a name nobody wrote before), a refused create is an error too: the
+        apiserver would answer 409 AlreadyExists for a key that cannot exist."""
         t0 = time.perf_counter()
         try:
             result = self.clients[replica].create(key, value, lease=lease)
         except EtcdError as exc:
-            return self._failed(replica, "create", key, exc)
-        return self._ack(key, "create", result.revision, replica, t0) if result.succeeded else None
+            return self._failed(replica, "create", key, exc, value)
+        if result.succeeded:
+            return self._ack(key, "create", result.revision, replica, t0)
+        if new:
+            self._refused(replica, "create", key, "create refused: the key exists (compare MOD == 0 failed)",
+                          "KEY_EXISTS", value)
+        return None
 
     def update(self, replica: int, key: str, make_value: Callable[[], bytes], *, known_revision: int = 0,
                lease: int = 0, max_conflicts: int = 10) -> Optional[Write]:
@@ -115,15 +133,20 @@ class Writer:
             revision, lease = (known_revision, lease) if known_revision else self._current(client, key)
             if not revision:
                 return None
+            value = None
             for conflicts in range(max_conflicts + 1):
-                result = client.update(key, make_value(), mod_revision=revision, lease=lease)
+                value = make_value()
+                result = client.update(key, value, mod_revision=revision, lease=lease)
                 if result.succeeded:
                     return self._ack(key, "update", result.revision, replica, t0, conflicts)
                 if result.current is None:
                     return None  # deleted meanwhile
+                if result.current.value == value:  # refused, yet the key holds this very value: a reported failure
+                    self._refused(replica, "update", key, "update refused (compare failed), yet the key holds its "
+                                  f"value at revision {result.current.mod_revision}", "CONFLICT", value)
                 revision, lease = result.current.mod_revision, result.current.lease
         except EtcdError as exc:
-            return self._failed(replica, "update", key, exc)
+            return self._failed(replica, "update", key, exc, value)
         return None
 
     def delete(self, replica: int, key: str, *, known_revision: int = 0) -> Optional[Write]:
@@ -169,20 +192,21 @@ class ConfigMapMix(Mix):
     name = "configmaps"
     namespaces = ("default", "kube-system", "team-a")
 
-    def __init__(self, rng, worker, workers, **options):
+    def __init__(self, rng, worker, workers, value_bytes: Optional[int] = None, **options):
         super().__init__(rng, worker, workers)
         self.live: dict = {}  # key -> mod revision this worker last saw
         self.serial = itertools.count()
+        self.sizes = (value_bytes, value_bytes) if value_bytes else (500, 2000)  # small values, small recordings
 
     def _new_value(self) -> bytes:
-        return self.value("v1", "ConfigMap", 500, 2000)
+        return self.value("v1", "ConfigMap", *self.sizes)
 
     def step(self, writer, replica):
         roll = self.rng.random()
         if roll < 0.2 or not self.live:
             ns = self.rng.choice(self.namespaces)
             key = f"/registry/configmaps/{ns}/load-{self.token}-w{self.worker}-{next(self.serial):06d}"
-            done = writer.create(replica, key, self._new_value())
+            done = writer.create(replica, key, self._new_value(), new=True)
             if done:
                 self.live[key] = done.revision
         elif roll < 0.7:
@@ -247,8 +271,9 @@ class EventStormMix(Mix):
             except EtcdError as exc:
                 return writer._failed(replica, "lease", "", exc)
         ns = self.rng.choice(self.namespaces)
-        key = f"/registry/events/{ns}/pod-{self.rng.randrange(1000):03d}.{self.token}w{self.worker}e{next(self.serial):07d}"
-        done = writer.create(replica, key, self.value("v1", "Event", 300, 700), lease=self.lease)
+        pod = f"pod-{self.rng.randrange(1000):03d}"
+        key = f"/registry/events/{ns}/{pod}.{self.token}w{self.worker}e{next(self.serial):07d}"
+        done = writer.create(replica, key, self.value("v1", "Event", 300, 700), lease=self.lease, new=True)
         if done:
             self.recent = (self.recent + [(key, done.revision, self.lease)])[-50:]
 
@@ -263,7 +288,7 @@ class CreateMix(Mix):
 
     def step(self, writer, replica):
         writer.create(replica, f"/registry/configmaps/bench/{self.token}-w{self.worker}-{next(self.serial):09d}",
-                      self.payload)
+                      self.payload, new=True)
 
 
 MIXES = {mix.name: mix for mix in (ConfigMapMix, HeartbeatMix, EventStormMix, CreateMix)}
@@ -320,55 +345,12 @@ def run_load(clients: Sequence[Etcd], mix: str = "configmaps", *, rate: Optional
     if duration_s is None and ops is None:
         duration_s = 10.0
     clock = clock or Clock()
-    stop = stop or threading.Event()
     pick = _replica_picker(spread, len(clients), seed)
-    counter, lock = itertools.count(), threading.Lock()
     writers = [Writer(clients, clock, worker) for worker in range(workers)]
     mixes = [MIXES[mix](random.Random(seed * 1000 + w), w, workers, **mix_options) for w in range(workers)]
-    started = time.perf_counter()
-    deadline = started + duration_s if duration_s else float("inf")
-
-    finished = threading.Semaphore(0)
-
-    def work(worker: int) -> None:
-        try:
-            while not stop.is_set():
-                with lock:
-                    i = next(counter)
-                if ops is not None and i >= ops:
-                    return
-                if rate:
-                    delay = started + i / rate - time.perf_counter()
-                    if delay > 0:
-                        stop.wait(delay)
-                if time.perf_counter() >= deadline or stop.is_set():
-                    return
-                mixes[worker].step(writers[worker], pick(i))
-        finally:
-            finished.release()
-
-    threads = [threading.Thread(target=work, args=(w,), name=f"kinelab-load-{w}", daemon=True)
-               for w in range(workers)]
-    total = ops if ops is not None else duration_s
-    with progress.bar(f"{mix} load", total=total) as advance:
-        for thread in threads:
-            thread.start()
-        done, remaining = 0.0, workers
-        try:
-            while remaining:
-                if finished.acquire(timeout=0.2):  # wakes as soon as a worker ends, so timing stays tight
-                    remaining -= 1
-                now = sum(len(w.writes) for w in writers) if ops is not None else \
-                    min(duration_s, time.perf_counter() - started)
-                advance(now - done)
-                done = now
-        except BaseException:
-            stop.set()
-            raise
-        finally:
-            for thread in threads:
-                thread.join()
-    elapsed = time.perf_counter() - started
+    elapsed = run_paced(lambda worker, i: mixes[worker].step(writers[worker], pick(i)), workers=workers, rate=rate,
+                        ops=ops, duration_s=duration_s, stop=stop, label=f"{mix} load",
+                        done=lambda: sum(len(w.writes) for w in writers))
     result = LoadResult(mix, sorted((w for wr in writers for w in wr.writes), key=lambda w: w.revision),
                         sorted((e for wr in writers for e in wr.errors), key=lambda e: e.t),
                         sum(w.lists for w in writers), elapsed,

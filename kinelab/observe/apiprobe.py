@@ -7,8 +7,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..clock import Clock
+from ..drive.pool import Background, run_paced
 
 RESOURCE = "configmaps"
 EVENT_COLUMNS = ["run_id", "apiserver", "writer", "resource", "namespace", "name", "key", "type", "resource_version",
@@ -49,7 +51,7 @@ def apiserver_watch_lag(lab, *, writes: int = 20, interval_s: float = 0.25, writ
     clock, run = Clock(), uuid.uuid4().hex[:8]
     started = time.monotonic()
     selector = f"kinelab-probe={run}"
-    count = len(lab.manifest.get("apiservers", []))
+    count = lab.apiserver_count
     acked: dict = {}
     events: dict = {i: [] for i in range(count)}  # observer -> [(type, name, resourceVersion, t_observed)]
     watches = [watch.Watch() for _ in range(count)]
@@ -85,7 +87,7 @@ def apiserver_watch_lag(lab, *, writes: int = 20, interval_s: float = 0.25, writ
         w.stop()
     if out is not None:
         params = {"writes": writes, "interval_s": interval_s, "writer": writer, "namespace": namespace,
-                  "mode": lab.manifest.get("mode"), "probe": run}
+                  "mode": lab.mode, "probe": run}
         _store(lab, out, params, events, acked, writer, namespace, time.monotonic() - started)
     return [WatchLag(observer, writer, name, acked[name][1], (t - acked[name][0]) * 1000)
             for observer in range(count)
@@ -135,29 +137,64 @@ def availability(lab, *, duration_s: float = 10.0, interval_s: float = 0.25, nam
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
-    count = len(lab.manifest.get("apiservers", []))
+    count = lab.apiserver_count
     run, attempts, lock, started = uuid.uuid4().hex[:8], [], threading.Lock(), time.monotonic()
+    # a dead path must show as an error, not a retry loop
+    cores = [_core(lab, index, retries=False) for index in range(count)]
 
-    def attempt(index: int) -> None:
-        core = _core(lab, index, retries=False)  # a dead path must show as an error, not a retry loop
-        n = 0
-        while (t := time.monotonic() - started) < duration_s:
-            try:
-                core.create_namespaced_config_map(namespace, _configmap(f"avail-{run}-{index}-{n:04d}", {}),
-                                                  _request_timeout=2)
-                result = Attempt(index, t, True, "")
-            except (ApiException, HTTPError, OSError) as exc:
-                result = Attempt(index, t, False, type(exc).__name__)
-            with lock:
-                attempts.append(result)
-            n += 1
-            time.sleep(max(0.0, interval_s - (time.monotonic() - started - t)))
+    def attempt(index: int, n: int) -> None:
+        t = time.monotonic() - started
+        try:
+            cores[index].create_namespaced_config_map(namespace, _configmap(f"avail-{run}-{index}-{n:05d}", {}),
+                                                      _request_timeout=2)
+            result = Attempt(index, t, True, "")
+        except (ApiException, HTTPError, OSError) as exc:
+            result = Attempt(index, t, False, type(exc).__name__)
+        with lock:
+            attempts.append(result)
 
-    threads = [threading.Thread(target=attempt, args=(i,), daemon=True) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    while any(thread.is_alive() for thread in threads):
-        if during is not None:
-            during(time.monotonic() - started)
-        time.sleep(interval_s)
+    # One lane and one worker per apiserver, each trying once per interval: a dead one slows only itself.
+    with Background(run_paced, attempt, workers=count, lanes=count, rate=count / interval_s,
+                    duration_s=duration_s, name="kinelab-availability") as attempts_loop:
+        while not attempts_loop.join(interval_s):
+            if during is not None:
+                during(time.monotonic() - started)
+        attempts_loop.result()
     return sorted(attempts, key=lambda a: a.t)
+
+
+def etcd_connections(lab) -> dict:
+    """{apiserver index: {Kine replica name: open TCP connections}}: where each kube-apiserver's etcd clients
+    are connected. Through the Kine balancer, HAProxy's `show sess` names the replica behind each client
+    connection; with the endpoint list, the apiserver connects to the replicas itself. A kube-apiserver opens many
+    etcd clients (one per resource's storage, plus leases and health checks), each with its own HTTP/2 connection,
+    and every call and watch of that client stays on that connection."""
+    import psutil
+
+    from ..provision.haproxy import runtime
+
+    replicas = {int(c.port): c.name for c in lab.model.replicas}
+    balancer = lab.model.balancer
+    behind = {}  # a client's source port -> the replica HAProxy connected it to
+    if balancer is not None:
+        for line in runtime(Path(balancer.details["admin_socket"]), "show sess").splitlines():
+            fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+            if fields.get("be") == "kine" and "src" in fields and "srv" in fields:
+                behind[int(fields["src"].rsplit(":", 1)[1])] = fields["srv"]
+    spread = {}
+    for component in lab.model.apiservers:
+        counts = {name: 0 for name in replicas.values()}
+        for record in component.records:
+            try:
+                connections = psutil.Process(record.pid).net_connections(kind="tcp")
+            except psutil.Error:
+                continue
+            for conn in connections:
+                if not conn.raddr or conn.status != psutil.CONN_ESTABLISHED:
+                    continue
+                replica = behind.get(conn.laddr.port) if balancer is not None and conn.raddr.port == \
+                    balancer.port else replicas.get(conn.raddr.port)
+                if replica is not None:
+                    counts[replica] += 1
+        spread[component.index] = counts
+    return spread

@@ -24,7 +24,7 @@ import shutil
 import threading
 import time
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Union
@@ -36,8 +36,16 @@ from ..db import read_only_connection
 from ..dsn import Dsn, mask_text
 from ..errors import CaptureError, DatastoreError
 from ..k8s import decode_values
-from .store import (DECODED_COLUMNS, FACT_COLUMNS, ROW_FACTS, discard_unfinished, human_bytes, open_store, reattach,
-                    within_bounds)
+from .store import (
+    DECODED_COLUMNS,
+    FACT_COLUMNS,
+    ROW_FACTS,
+    discard_unfinished,
+    human_bytes,
+    open_store,
+    reattach,
+    within_bounds,
+)
 
 COLUMNS = ("id", "name", "created", "deleted", "create_revision", "prev_revision", "lease", "value", "old_value")
 ROW_SCHEMA = pa.schema([("id", pa.int64()), ("name", pa.string()), ("created", pa.int32()),
@@ -168,8 +176,7 @@ def _snapshot_connection(dsn: Dsn):
     import adbc_driver_manager
     import adbc_driver_postgresql.dbapi as adbc_pg
 
-    uri = Dsn("postgres", dsn.host, dsn.port, dsn.user, dsn.password, dsn.database,
-              params={**dsn.params, "connect_timeout": "5", "application_name": "kinelab"}).url
+    uri = replace(dsn, params={**dsn.params, "connect_timeout": "5", "application_name": "kinelab"}).url
     try:
         conn = adbc_pg.connect(uri.replace("postgres://", "postgresql://", 1))
     except adbc_driver_manager.Error as exc:
@@ -241,17 +248,18 @@ def _read_ahead(batches: Iterator[pa.Table], depth: int = 3) -> Iterator[pa.Tabl
         reader.join()
 
 
-def as_dsn(source: Dsn | str | Path) -> Dsn:
-    """A Dsn from a Dsn, a DSN string, or the path of a Kine SQLite file."""
+def as_dsn(source) -> Dsn:
+    """A Dsn from a lab (anything with a `dsn`), a Dsn, a DSN string, or the path of a Kine SQLite file."""
+    source = getattr(source, "dsn", source)
     if isinstance(source, Dsn):
         return source
     return Dsn.parse(str(source)) if "://" in str(source) else Dsn.sqlite(Path(source))
 
 
-def capture(source: Dsn | str | Path, out: str | Path, *, incremental: bool = False,
+def capture(source, out: str | Path, *, incremental: bool = False,
             memory_limit: Union[str, int, None] = None) -> Snapshot:
-    """Append one snapshot of `source` (a Dsn, a DSN string, or a SQLite path) to the DuckDB file `out`, with
-    DuckDB's memory bounded by `memory_limit` (default: KINELAB_MEMORY_LIMIT, or store.DEFAULT_MEMORY)."""
+    """Append one snapshot of `source` (a lab, a Dsn, a DSN string, or a SQLite path) to the DuckDB file `out`,
+    with DuckDB's memory bounded by `memory_limit` (default: KINELAB_MEMORY_LIMIT, or store.DEFAULT_MEMORY)."""
     dsn = as_dsn(source)
     con = open_store(out, memory_limit=memory_limit)
     try:

@@ -19,9 +19,10 @@ from typing import Optional
 from .. import progress
 from ..clock import Clock
 from ..db import table_bytes
+from ..drive.kube import as_load_result, check_kube_load, run_kube_load
+from ..drive.pool import Background
 from ..drive.workload import LoadResult, check_load, require_positive, run_load
 from ..errors import EtcdError, UsageError
-from ..provision.lab import replica_kine_args
 from ..etcd import Etcd
 from .capture import capture_into
 from .metrics import MetricsSampler
@@ -29,12 +30,8 @@ from .store import finish_run, insert_rows, new_run, open_store
 from .watchlag import WatchProbe
 
 WRITE_COLUMNS = ["run_id", "key", "op", "revision", "replica", "t_commit", "latency_ms", "conflicts", "worker"]
-ERROR_COLUMNS = ["run_id", "t", "replica", "op", "key", "error", "code"]
+ERROR_COLUMNS = ["run_id", "t", "replica", "op", "key", "error", "code", "value_sha256"]
 METRIC_COLUMNS = ["run_id", "t", "replica", "metric", "labels", "value"]
-
-
-def metrics_urls(lab) -> list:
-    return [r["metrics_url"] for r in lab.manifest["replicas"]]
 
 
 def store_load(con, run_id: int, result: LoadResult) -> None:
@@ -42,12 +39,20 @@ def store_load(con, run_id: int, result: LoadResult) -> None:
     insert_rows(con, "load_errors", ERROR_COLUMNS, [(run_id, *asdict(e).values()) for e in result.errors])
 
 
+def store_replicas(con, run_id: int, lab) -> None:
+    """Which Kine release each replica ran during the run (a rolling upgrade runs two)."""
+    insert_rows(con, "run_replicas", ["run_id", "replica", "component", "endpoint", "kine_version"],
+                [(run_id, c.index, c.name, c.endpoint, version)
+                 for c, version in zip(lab.model.replicas, lab.model.kine_versions)])
+
+
 def store_metrics(con, run_id: int, sampler: MetricsSampler) -> None:
     insert_rows(con, "kine_metrics", METRIC_COLUMNS, [(run_id, *row) for row in sampler.rows])
 
 
 def store_watch(con, run_id: int, probe: WatchProbe) -> None:
-    """The probe's observers and events; each event joined with the write that caused it (stored first)."""
+    """The probe's observers and events; each event joined with the write that caused it (stored first): same
+    revision and key, since after a failover a revision can be acknowledged for two keys."""
     insert_rows(con, "watch_observers",
                 ["run_id", "observer", "endpoint", "prefix", "start_revision", "last_revision", "events",
                  "progress_notifies", "cancelled", "cancel_reason", "compact_revision"],
@@ -61,7 +66,8 @@ def store_watch(con, run_id: int, probe: WatchProbe) -> None:
     con.execute("""INSERT INTO watch_events
                    SELECT r.run_id, r.observer, w.replica, r.revision, r.key, r.type, w.t_commit, r.t_observed,
                           (r.t_observed - w.t_commit) * 1000
-                   FROM watch_raw r LEFT JOIN writes w ON w.run_id = r.run_id AND w.revision = r.revision""")
+                   FROM watch_raw r LEFT JOIN writes w
+                        ON w.run_id = r.run_id AND w.revision = r.revision AND w.key = r.key""")
     con.execute("DROP TABLE watch_raw")
 
 
@@ -72,13 +78,16 @@ def load_summary(result: LoadResult) -> dict:
 
 
 @contextmanager
-def measured_run(lab, out, kind: str, params: dict, timeout_s: float = 10.0):
-    """Clients on every replica, the results file (checked to belong to this lab), one clock, a run id."""
-    clients = [Etcd(ep, timeout_s=timeout_s) for ep in lab.endpoints]
+def measured_run(lab, out, kind: str, params: dict, timeout_s: float = 10.0, endpoints: Optional[list] = None):
+    """Clients on every replica (or on `endpoints`), the results file (checked to belong to this lab), one clock,
+    a run id."""
+    clients = [Etcd(ep, timeout_s=timeout_s) for ep in endpoints or lab.endpoints]
     try:
         con = open_store(out, lab.dsn.identity)
         try:
-            yield clients, con, Clock(), new_run(con, kind, params)
+            run_id = new_run(con, kind, params)
+            store_replicas(con, run_id, lab)
+            yield clients, con, Clock(), run_id
         finally:
             con.close()
     finally:
@@ -87,19 +96,37 @@ def measured_run(lab, out, kind: str, params: dict, timeout_s: float = 10.0):
 
 
 def load(lab, out, *, mix: str = "configmaps", rate: Optional[float] = None, duration_s: Optional[float] = 10.0,
-         ops: Optional[int] = None, spread="round-robin", workers: int = 1, seed: int = 1, **mix_options) -> dict:
-    """Drive `mix` through the lab's replicas; store writes, errors and metrics, then capture the table."""
+         ops: Optional[int] = None, spread="round-robin", workers: int = 1, seed: int = 1, through: str = "kine",
+         **mix_options) -> dict:
+    """Drive `mix` through the lab's replicas (or, `through="apiservers"`, through its kube-apiservers); store
+    writes, errors and metrics, then capture the table. The summary's `revisions` are the table's revision
+    before and after the run: every row between them was written during it, by the load or by the cluster."""
     params = {"mix": mix, "rate": rate, "duration_s": duration_s, "ops": ops, "spread": spread,
-              "workers": workers, "seed": seed, **mix_options}
-    check_load(len(lab.endpoints), mix, rate=rate, duration_s=duration_s, ops=ops, spread=spread, workers=workers)
+              "workers": workers, "seed": seed, "through": through, **mix_options}
+    if through == "apiservers":
+        check_kube_load(lab, mix)
+    elif through == "kine":
+        check_load(len(lab.endpoints), mix, rate=rate, duration_s=duration_s, ops=ops, spread=spread,
+                   workers=workers)
+    else:
+        raise UsageError(f"--through {through!r}: use kine (the etcd API of the replicas) or apiservers")
     with measured_run(lab, out, "load", params) as (clients, con, clock, run_id):
-        with MetricsSampler(metrics_urls(lab), clock) as sampler:
-            result = run_load(clients, mix, rate=rate, duration_s=duration_s, ops=ops, spread=spread,
-                              workers=workers, seed=seed, clock=clock, **mix_options)
+        before = max(c.revision() for c in clients)
+        with MetricsSampler(lab.metrics_urls, clock) as sampler:
+            if through == "apiservers":
+                began = time.perf_counter()
+                calls = run_kube_load(lab, mix, ops=ops, rate=rate, workers=workers, seed=seed,
+                                      duration_s=duration_s, clock=clock, nodes=int(mix_options.get("nodes", 20)))
+                result = as_load_result(mix, calls, time.perf_counter() - began)
+            else:
+                result = run_load(clients, mix, rate=rate, duration_s=duration_s, ops=ops, spread=spread,
+                                  workers=workers, seed=seed, clock=clock, **mix_options)
+        after = max(c.revision() for c in clients)
         store_load(con, run_id, result)
         store_metrics(con, run_id, sampler)
         snapshot = capture_into(con, lab.dsn, incremental=True)
-        summary = {**load_summary(result), "snapshot_id": snapshot.snapshot_id, "run_id": run_id}
+        summary = {**load_summary(result), "snapshot_id": snapshot.snapshot_id, "run_id": run_id,
+                   "revisions": [before, after]}
         finish_run(con, run_id, result.duration_s, summary)
         return summary
 
@@ -119,7 +146,7 @@ def watch_lag(lab, out, *, mix: str = "configmaps", rate: Optional[float] = 50.0
             cpu0, wall0 = time.process_time(), time.perf_counter()
             time.sleep(idle_s)
             idle_cpu_pct = 100 * (time.process_time() - cpu0) / (time.perf_counter() - wall0)
-            with MetricsSampler(metrics_urls(lab), clock) as sampler:
+            with MetricsSampler(lab.metrics_urls, clock) as sampler:
                 result = run_load(clients, mix, rate=rate, duration_s=duration_s, spread=spread, workers=workers,
                                   seed=seed, clock=clock, **mix_options)
             last = max((w.revision for w in result.writes), default=start_revision)
@@ -146,7 +173,7 @@ COMPACTION_METHODS = ("interval", "explicit", "none")
 
 
 def _compact_interval_set(lab) -> bool:
-    args = [replica_kine_args(lab.manifest, i) for i in range(len(lab.manifest.get("replicas", [])))]
+    args = [lab.kine_args_of(i) for i in range(len(lab.endpoints))]
     return any(str(a.get("compact-interval", "0")).strip() not in ("0", "0s", "") for a in args)
 
 
@@ -219,60 +246,51 @@ def compaction(lab, out, *, method: str = "explicit", duration_s: float = 30.0, 
     require_positive(("--sample-every", sample_every_s), ("--compact-every", compact_every_s))
     params = {"method": method, "duration_s": duration_s, "sample_every_s": sample_every_s,
               "compact_every_s": compact_every_s, "mix": mix, "rate": rate, "workers": workers, "seed": seed}
-    stop = threading.Event()
     with measured_run(lab, out, "compaction", params) as (clients, con, clock, run_id):
-        try:
-            outcome: dict = {}
+        timeline, compactions = [], []
+        compactor = ApiserverCompactor(clients[0])
+        with MetricsSampler(lab.metrics_urls, clock) as sampler, progress.bar(
+                f"compaction ({method})", total=duration_s) as advance, \
+                Background(run_load, clients, mix, rate=rate, duration_s=duration_s, workers=workers, seed=seed,
+                           clock=clock, name="kinelab-compaction-load", **mix_options) as loader:
+            started, shown, next_sample, next_compact = time.monotonic(), 0.0, 0.0, compact_every_s
+            while True:
+                elapsed = time.monotonic() - started
+                if method == "explicit" and elapsed >= next_compact:
+                    target = compactor.tick()
+                    if target:
+                        compactions.append((clock.now(), target))
+                    next_compact += compact_every_s
+                if elapsed >= next_sample or not loader.alive:
+                    snapshot = capture_into(con, lab.dsn, incremental=True)
+                    timeline.append(_timeline_row(run_id, clock.now(), method, snapshot,
+                                                  clients[0].revision(), lab.dsn))
+                    next_sample += sample_every_s
+                advance(min(elapsed, duration_s) - shown)
+                shown = min(elapsed, duration_s)
+                if not loader.alive:
+                    break
+                time.sleep(0.05)
+        result = loader.result()
+        store_load(con, run_id, result)
+        store_metrics(con, run_id, sampler)
+        insert_rows(con, "compaction_timeline",
+                    ["run_id", "t", "method", "snapshot_id", "compact_revision", "current_revision", "rows_total",
+                     "table_bytes"], timeline)
+        final_compact = timeline[-1][4]
+        checks = _compacted_checks(clients[-1], final_compact, clock.now()) if final_compact else []
+        insert_rows(con, "compaction_checks", ["run_id", "t", "check_name", "revision", "ok", "detail"],
+                    [(run_id, *c) for c in checks])
+        stalled = _stalled(timeline, stall_samples)
+        summary = {**load_summary(result), "run_id": run_id, "samples": len(timeline),
+                   "compact_revision": final_compact, "current_revision": timeline[-1][5],
+                   "rows_first": timeline[0][6], "rows_last": timeline[-1][6],
+                   "bytes_first": timeline[0][7], "bytes_last": timeline[-1][7],
+                   "apiserver_compactions": len(compactions), "stalled": stalled,
+                   "checks": {c[1]: c[3] for c in checks}}
+        finish_run(con, run_id, result.duration_s, summary)
+        return summary
 
-            def drive():
-                outcome["result"] = run_load(clients, mix, rate=rate, duration_s=duration_s, workers=workers, seed=seed,
-                                             clock=clock, stop=stop, **mix_options)
-
-            timeline, compactions = [], []
-            compactor = ApiserverCompactor(clients[0])
-            loader = threading.Thread(target=drive, name="kinelab-compaction-load", daemon=True)
-            with MetricsSampler(metrics_urls(lab), clock) as sampler, progress.bar(
-                    f"compaction ({method})", total=duration_s) as advance:
-                loader.start()
-                started, shown, next_sample, next_compact = time.monotonic(), 0.0, 0.0, compact_every_s
-                while True:
-                    elapsed = time.monotonic() - started
-                    if method == "explicit" and elapsed >= next_compact:
-                        target = compactor.tick()
-                        if target:
-                            compactions.append((clock.now(), target))
-                        next_compact += compact_every_s
-                    if elapsed >= next_sample or not loader.is_alive():
-                        snapshot = capture_into(con, lab.dsn, incremental=True)
-                        timeline.append(_timeline_row(run_id, clock.now(), method, snapshot,
-                                                      clients[0].revision(), lab.dsn))
-                        next_sample += sample_every_s
-                    advance(min(elapsed, duration_s) - shown)
-                    shown = min(elapsed, duration_s)
-                    if not loader.is_alive():
-                        break
-                    time.sleep(0.05)
-            result = outcome["result"]
-            store_load(con, run_id, result)
-            store_metrics(con, run_id, sampler)
-            insert_rows(con, "compaction_timeline",
-                        ["run_id", "t", "method", "snapshot_id", "compact_revision", "current_revision", "rows_total",
-                         "table_bytes"], timeline)
-            final_compact = timeline[-1][4]
-            checks = _compacted_checks(clients[-1], final_compact, clock.now()) if final_compact else []
-            insert_rows(con, "compaction_checks", ["run_id", "t", "check_name", "revision", "ok", "detail"],
-                        [(run_id, *c) for c in checks])
-            stalled = _stalled(timeline, stall_samples)
-            summary = {**load_summary(result), "run_id": run_id, "samples": len(timeline),
-                       "compact_revision": final_compact, "current_revision": timeline[-1][5],
-                       "rows_first": timeline[0][6], "rows_last": timeline[-1][6],
-                       "bytes_first": timeline[0][7], "bytes_last": timeline[-1][7],
-                       "apiserver_compactions": len(compactions), "stalled": stalled,
-                       "checks": {c[1]: c[3] for c in checks}}
-            finish_run(con, run_id, result.duration_s, summary)
-            return summary
-        finally:
-            stop.set()  # an interrupted run must not leave its load thread writing
 
 def _stalled(timeline: list, samples: int) -> bool:
     """True when the compact revision stood still over the last `samples` samples while rows grew."""

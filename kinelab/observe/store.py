@@ -24,7 +24,11 @@ Measurements (one `runs` row per load, watch-lag or compaction run; times are ep
 single clock):
   runs(run_id, kind, started_at, duration_s, params, summary)           params and summary are JSON
   writes(run_id, key, op, revision, replica, t_commit, latency_ms, conflicts, worker)   acknowledged writes
-  load_errors(run_id, t, replica, op, key, error, code)
+  load_errors(run_id, t, replica, op, key, error, code, value_sha256)
+      failed operations, and creates or updates the store refused (code KEY_EXISTS: a create of a name nobody
+      wrote before; CONFLICT: a compare that failed although the key holds the value sent); value_sha256 is
+      that of the value a failed create or update sent
+  run_replicas(run_id, replica, component, endpoint, kine_version)   the Kine release each replica ran
   watch_observers(run_id, observer, endpoint, prefix, start_revision, last_revision, events, progress_notifies,
                   cancelled, cancel_reason, compact_revision)
   watch_events(run_id, observer, writer, revision, key, type, t_commit, t_observed, lag_ms)
@@ -39,6 +43,8 @@ single clock):
   compaction_checks(run_id, t, check_name, revision, ok, detail)
   fault_events(run_id, t, fault, target, detail, ok)                    t: seconds since the run's load began
   scenario_checks(run_id, check_name, value, ok, detail)                the reconciliation after a scenario
+  revision_samples(run_id, t, replica, revision, error)                 each replica's reported revision, sampled
+                                                                        through a scenario (NULL revision: the error)
 Measurement views, the ones a run's own verdict rests on (a watch-lag run's lag and missed writes, a scenario's
 reconciliation), so they live here with the tables rather than with the analyses above them:
   run_clock              per run, t0: the time its load began (a scenario records it), else its first write or error
@@ -50,6 +56,13 @@ reconciliation), so they live here with the tables rather than with the analyses
                          what a counter added over the run (a drop is a restart: the counter began again at 0)
   fault_recovery         per fault: errors on its target until the next fault, and recovery_s, the time from the
                          fault to the first success after its last error (for a restart: to the first success)
+  error_kind(error, code)  (a macro) an error sorted into its kind (replica unreachable, timeout, database
+                         connection lost, too many connections, serialization failure, create refused: key exists,
+                         update refused: conflict, apiserver error, other)
+  write_anomalies        one row per write the table contradicts: anomaly 'acknowledged but missing' (an
+                         acknowledged write whose row is not in the newest snapshot) or 'reported failed but
+                         written' (a create or update whose client saw an error or a refusal, yet a snapshot holds
+                         a row of that key with that value), with replica, op, key, revision, error_kind, error, t
 The analyses' own views (row classes, kine_ops, ops per resource, availability, ...) are in
 kinelab/analyse/views.py; `kinelab.open_capture` installs them.
 
@@ -129,6 +142,11 @@ CREATE TABLE IF NOT EXISTS fault_events (
     run_id INTEGER, t DOUBLE, fault VARCHAR, target VARCHAR, detail VARCHAR, ok BOOLEAN);
 CREATE TABLE IF NOT EXISTS scenario_checks (
     run_id INTEGER, check_name VARCHAR, value DOUBLE, ok BOOLEAN, detail VARCHAR);
+CREATE TABLE IF NOT EXISTS run_replicas (
+    run_id INTEGER, replica INTEGER, component VARCHAR, endpoint VARCHAR, kine_version VARCHAR);
+ALTER TABLE load_errors ADD COLUMN IF NOT EXISTS value_sha256 VARCHAR;
+CREATE TABLE IF NOT EXISTS revision_samples (
+    run_id INTEGER, t DOUBLE, replica INTEGER, revision BIGINT, error VARCHAR);
 """
 
 # The columns computed in SQL as rows are captured, from the rows of {rows} (a batch, or kine_rows when an older
@@ -213,8 +231,9 @@ VIEWS = [
     SELECT o.run_id, o.observer, w.revision, w.key, w.op, w.replica AS writer
     FROM watch_observers o JOIN writes w ON w.run_id = o.run_id
     WHERE w.revision >= o.start_revision AND starts_with(w.key, o.prefix)
-      AND NOT EXISTS (SELECT 1 FROM watch_events e
-                      WHERE e.run_id = o.run_id AND e.observer = o.observer AND e.revision = w.revision)"""),
+      AND NOT EXISTS (SELECT 1 FROM watch_events e  -- revision and key: a failover can reuse a revision
+                      WHERE e.run_id = o.run_id AND e.observer = o.observer AND e.revision = w.revision
+                        AND e.key = w.key)"""),
     # A series first seen after the replica's first scrape of the run began during it (Prometheus exports a
     # labelled counter from its first increment): its first value is growth too.
     ("VIEW", "metric_growth", """
@@ -232,8 +251,9 @@ VIEWS = [
     WITH f AS (SELECT e.run_id, e.t, e.fault, e.target, c.t0,
                       row_number() OVER (PARTITION BY e.run_id ORDER BY e.t) AS n,
                       lead(e.t) OVER (PARTITION BY e.run_id ORDER BY e.t) AS next_t,
-                      CASE WHEN starts_with(e.target, 'replica=') THEN CAST(split_part(e.target, '=', 2) AS INTEGER)
-                      END AS replica
+                      -- a component's name (replica=postgres-1) is no replica index: NULL, every replica's errors
+                      CASE WHEN starts_with(e.target, 'replica=')
+                           THEN TRY_CAST(split_part(e.target, '=', 2) AS INTEGER) END AS replica
                FROM fault_events e JOIN run_clock c USING (run_id)),
     errs AS (SELECT f.run_id, f.n, count(x.t) AS errors, max(x.t) - f.t0 AS last_error
              FROM f LEFT JOIN load_errors x ON x.run_id = f.run_id AND (f.replica IS NULL OR x.replica = f.replica)
@@ -244,6 +264,34 @@ VIEWS = [
             WHERE w.run_id = f.run_id AND (f.replica IS NULL OR w.replica = f.replica)
               AND w.t_commit - f.t0 >= greatest(f.t, coalesce(errs.last_error, f.t))) - f.t AS recovery_s
     FROM f JOIN errs USING (run_id, n) ORDER BY f.run_id, f.t"""),
+    ("MACRO", "error_kind(error, code)", """
+    CASE WHEN code = 'KEY_EXISTS' THEN 'create refused: key exists'
+         WHEN code = 'CONFLICT' THEN 'update refused: conflict'
+         WHEN regexp_matches(lower(error), 'too many (clients|connections)|remaining connection slots|53300')
+              THEN 'too many connections'
+         WHEN code = 'UNAVAILABLE' THEN 'replica unreachable'
+         WHEN regexp_matches(code, '^5[0-9][0-9]$') THEN 'apiserver error ' || code
+         WHEN code = 'DEADLINE_EXCEEDED' THEN 'timeout'
+         WHEN error ILIKE '%serializ%' OR error ILIKE '%deadlock%' THEN 'serialization failure'
+         WHEN regexp_matches(lower(error),
+                             'connection refused|terminat|broken pipe|bad connection|eof|reset by peer|shutting down')
+              THEN 'database connection lost'
+         ELSE 'other' END"""),
+    # What the table contradicts. Acknowledged but missing: the same test as the reconciliation's writes_lost.
+    # Reported failed but written: the value a failed create or update sent is a row of its key in some snapshot
+    # (Kine never rewrites a row, so any snapshot's copy counts, even one compaction removed later).
+    ("VIEW", "write_anomalies", """
+    SELECT w.run_id, w.replica, 'acknowledged but missing' AS anomaly, w.op, w.key, w.revision,
+           NULL::VARCHAR AS error_kind, NULL::VARCHAR AS error, w.t_commit AS t
+    FROM writes w
+    WHERE NOT EXISTS (SELECT 1 FROM kine_latest k WHERE k.id = w.revision AND k.name = w.key)
+    UNION ALL
+    SELECT e.run_id, e.replica, 'reported failed but written', e.op, e.key, k.revision, error_kind(e.error, e.code),
+           e.error, e.t
+    FROM load_errors e
+    JOIN (SELECT name, sha256(value) AS value_sha256, min(id) AS revision FROM kine_rows
+          WHERE name IN (SELECT key FROM load_errors WHERE value_sha256 IS NOT NULL) GROUP BY ALL) k
+      ON k.name = e.key AND k.value_sha256 = e.value_sha256"""),
 ]
 
 # Which definitions a file's views have: when they are this kinelab's, reading it need not create them again.
@@ -251,7 +299,8 @@ VIEWS_DIGEST = hashlib.sha256(repr(VIEWS).encode()).hexdigest()[:16]
 
 # Objects that files of capture schema 1 kept and that are now the analyses' own (kinelab/analyse/views.py).
 MOVED_TO_ANALYSES = [("MACRO TABLE", "kine_classified"), ("VIEW", "kine_ops"), ("VIEW", "kine_compacted"),
-                     ("VIEW", "availability"), ("VIEW", "error_kinds"), ("VIEW", "apiserver_watch_rows")]
+                     ("VIEW", "availability"), ("VIEW", "error_kinds"), ("VIEW", "apiserver_watch_rows"),
+                     ("VIEW", "anomalies_by_version")]
 
 
 def create_views(con, views, *, temp: bool = False) -> None:

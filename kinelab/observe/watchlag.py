@@ -9,13 +9,13 @@ so their lag is spread over 0-1 s, about 0.5 s on average.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from ..clock import Clock
 from ..errors import EtcdError
 from ..etcd import Etcd
+from ..provision.wait import WaitTimeout, poll_until
 
 
 @dataclass
@@ -80,12 +80,12 @@ class WatchProbe:
 
     def wait_for(self, revision: int, timeout_s: float) -> bool:
         """True once every live observer has seen `revision` (by an event or a progress notification)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if all(o.cancelled or o.last_revision >= revision for o in self.observers):
-                return True
-            time.sleep(0.05)
-        return False
+        try:
+            return poll_until(lambda: all(o.cancelled or o.last_revision >= revision for o in self.observers),
+                              timeout_s=timeout_s, interval_s=0.05, what=f"every watch to reach {revision}",
+                              transient=())
+        except WaitTimeout:
+            return False
 
     def stop(self) -> None:
         for watch in self._watches:

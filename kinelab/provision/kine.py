@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Optional
 
 from ..dsn import Dsn
-from ..errors import UsageError
+from ..errors import EtcdError, UsageError
 from ..etcd import Etcd
 from .process import LOOPBACK, ServedProcess, free_port, require_free_port
 from .tools import KineBinary
+from .wait import NETWORK_ERRORS, Probe
 
 RESERVED_FLAGS = {"listen-address", "endpoint", "metrics-bind-address"}
+KINELAB_OPTIONS = {"kine-version"}  # per-replica options kinelab reads itself (LabSpec.kine_version_of), not flags
 
 
 def kine_flags(args: dict) -> list:
@@ -19,6 +21,8 @@ def kine_flags(args: dict) -> list:
     flags = []
     for key, value in (args or {}).items():
         name = key.lstrip("-").replace("_", "-")
+        if name in KINELAB_OPTIONS:
+            continue
         if name in RESERVED_FLAGS:
             raise UsageError(f"--{name} is set by kinelab for each replica; remove it from the Kine arguments")
         if value is True:
@@ -28,29 +32,37 @@ def kine_flags(args: dict) -> list:
     return flags
 
 
-def etcd_answers(endpoint: str) -> bool:
-    with Etcd(endpoint, timeout_s=1) as client:
-        client.revision()
-    return True
+def etcd_probe(endpoint: str) -> Probe:
+    """Ready when a Range answers: Kine serves only once its database answers and its schema exists."""
+
+    def answers() -> bool:
+        with Etcd(endpoint, timeout_s=1) as client:
+            client.revision()
+        return True
+
+    return Probe(f"etcd Range on {endpoint}", answers, (EtcdError, *NETWORK_ERRORS))
 
 
 class KineReplica(ServedProcess):
+    """`host` is where clients reach it: 127.0.0.1, or the kind network's gateway for kind nodes."""
+
     def __init__(self, index: int, kine: KineBinary, dsn: Dsn, lab_dir: Path, *, args: Optional[dict] = None,
-                 port: Optional[int] = None, metrics_port: Optional[int] = None, env: Optional[dict] = None):
+                 port: Optional[int] = None, metrics_port: Optional[int] = None, env: Optional[dict] = None,
+                 host: str = LOOPBACK):
         self.index = index
-        self.port = require_free_port(port) if port else free_port()
+        self.host = host
+        self.port = require_free_port(port, host) if port else free_port(host)
         self.metrics_port = require_free_port(metrics_port) if metrics_port else free_port()
         self.flags = kine_flags(args)
         argv = [kine.path, f"--listen-address={self.endpoint}",
                 f"--metrics-bind-address={LOOPBACK}:{self.metrics_port}", *self.flags]
         # The DSN carries a password: the environment keeps it out of `ps` and of the manifest.
         super().__init__(f"kine-{index}", argv, lab_dir, env={**(env or {}), "KINE_ENDPOINT": dsn.kine_endpoint},
-                         ready=lambda: etcd_answers(self.endpoint), describe_ready=f"etcd Range on {self.endpoint}",
-                         timeout_s=90)
+                         ready=etcd_probe(self.endpoint), timeout_s=90)
 
     @property
     def endpoint(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def metrics_url(self) -> str:

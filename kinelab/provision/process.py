@@ -13,7 +13,7 @@ import re
 import signal
 import socket
 import subprocess
-import time
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -22,37 +22,30 @@ import psutil
 
 from ..dsn import mask_text
 from ..errors import ProcessError, UsageError
+from .wait import Probe, WaitTimeout
 
 LOOPBACK = "127.0.0.1"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def free_port() -> int:
-    """A port the kernel just handed out on loopback (kwokctl probes the same way)."""
+def free_port(host: str = LOOPBACK) -> int:
+    """A port the kernel just handed out on `host` (kwokctl probes the same way)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
-def require_free_port(port: int) -> int:
+def require_free_port(port: int, host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # As the servers themselves do: a port whose last connections linger in TIME_WAIT (a replica restarted
         # on its old ports) is free to listen on.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((LOOPBACK, port))
-        except OSError:
-            raise UsageError(f"port {LOOPBACK}:{port} is in use; choose another --base-port "
-                             "or leave it out to pick free ports") from None
+            sock.bind((host, port))
+        except OSError as exc:
+            raise UsageError(f"port {host}:{port} is in use; choose another --base-port "
+                             "or leave it out to pick free ports") from exc
     return port
-
-
-def port_open(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def tail(path: Path, lines: int = 10) -> str:
@@ -104,8 +97,8 @@ class ProcessRecord:
             _signal_group(self.pid, signal.SIGKILL)
             try:
                 proc.wait(5)
-            except psutil.TimeoutExpired:
-                raise ProcessError(f"{self.name} (pid {self.pid}) did not exit after SIGKILL") from None
+            except psutil.TimeoutExpired as exc:
+                raise ProcessError(f"{self.name} (pid {self.pid}) did not exit after SIGKILL") from exc
         # Children that outlived the leader (e.g. postgres backends) share its group.
         _signal_group(self.pid, signal.SIGKILL)
 
@@ -133,26 +126,23 @@ def _kill_new_children(children_before: set) -> None:
                 pass
 
 
-Readiness = Callable[[], bool]
-
-
 class ServedProcess:
-    """A long-running binary with a log, a pid file, a readiness check and an orderly stop."""
+    """A long-running binary with a log, a pid file, a readiness probe and an orderly stop."""
 
-    def __init__(self, name: str, argv: list, lab_dir: Path, *, ready: Readiness, describe_ready: str,
-                 env: Optional[dict] = None, user: Optional[str] = None, cwd: Optional[Path] = None,
-                 stop_signal: int = signal.SIGTERM, timeout_s: float = 60.0):
+    def __init__(self, name: str, argv: list, lab_dir: Path, *, ready: Probe, env: Optional[dict] = None,
+                 user: Optional[str] = None, cwd: Optional[Path] = None, stop_signal: int = signal.SIGTERM,
+                 timeout_s: float = 60.0):
         self.name = name
         self.argv = [str(a) for a in argv]
         self.lab_dir = Path(lab_dir)
         self.ready = ready
-        self.describe_ready = describe_ready
         self.env = env
         self.user = user
         self.cwd = cwd
         self.stop_signal = stop_signal
         self.timeout_s = timeout_s
         self.record: Optional[ProcessRecord] = None
+        self._popen: Optional[subprocess.Popen] = None
 
     @property
     def log_path(self) -> Path:
@@ -162,7 +152,10 @@ class ServedProcess:
     def pid_path(self) -> Path:
         return self.lab_dir / "pids" / f"{self.name}.pid"
 
-    def start(self) -> "ServedProcess":
+    def start(self, *, on_started: Optional[Callable[[ProcessRecord], None]] = None,
+              cancel: Optional[threading.Event] = None) -> "ServedProcess":
+        """Launch, record (pid file, then `on_started(record)` so the lab's manifest names the process before
+        anything waits on it), and wait until ready. A failure or a `cancel` stops what was started."""
         for sub in ("logs", "pids"):
             (self.lab_dir / sub).mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **(self.env or {})}
@@ -175,7 +168,9 @@ class ServedProcess:
             self.record = ProcessRecord(self.name, popen.pid, psutil.Process(popen.pid).create_time(),
                                         str(self.log_path), [mask_text(a) for a in self.argv], int(self.stop_signal))
             self.pid_path.write_text(json.dumps(self.record.to_json()) + "\n")
-            self._wait_ready()
+            if on_started is not None:
+                on_started(self.record)
+            self._wait_ready(cancel)
         except BaseException as exc:
             # Ctrl-C can land anywhere in here, even inside Popen: whatever was started is ours to stop.
             if popen is None:
@@ -185,31 +180,35 @@ class ServedProcess:
                 popen.wait()
             self.stop()
             if popen is None and isinstance(exc, OSError):
-                raise ProcessError(f"cannot start {self.name} ({self.argv[0]}): {exc.strerror}") from None
+                raise ProcessError(f"cannot start {self.name} ({self.argv[0]}): {exc.strerror}") from exc
             raise
         return self
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            code = self._popen.poll()
-            if code is not None:
-                raise ProcessError(f"{self.name} exited with code {code} before it was ready; "
-                                   f"log {self.log_path}:\n{tail(self.log_path)}")
-            try:
-                if self.ready():
-                    return
-            except Exception:  # a readiness probe may fail in any way until the server is up
-                pass
-            if time.monotonic() > deadline:
-                raise ProcessError(f"{self.name} was not ready ({self.describe_ready}) after {self.timeout_s:.0f}s; "
-                                   f"command: {' '.join(self.record.argv)}; log {self.log_path}:\n{tail(self.log_path)}")
-            time.sleep(0.1)
+    def _exited(self) -> Optional[str]:
+        code = self._popen.poll() if self._popen is not None else None
+        return None if code is None else f"{self.name} exited with code {code}"
+
+    def _wait_ready(self, cancel: Optional[threading.Event]) -> None:
+        try:
+            self.ready.wait(self.timeout_s, exited=self._exited, cancel=cancel, detail=lambda: tail(self.log_path))
+        except WaitTimeout as exc:
+            raise WaitTimeout(f"{self.name} was not ready ({self.ready.describe}) after {self.timeout_s:.0f}s: "
+                              f"{self.failure_line()}; log {self.log_path}\ncommand: {' '.join(self.record.argv)}\n"
+                              f"{tail(self.log_path)}") from exc
+        except ProcessError as exc:
+            raise ProcessError(f"{self._exited()} before it was ready: {self.failure_line()}; log {self.log_path}"
+                               f"\n{tail(self.log_path)}") from exc
+
+    def failure_line(self) -> str:
+        """The log line most likely to say what went wrong: the last one (servers log their fatal error last)."""
+        lines = [line for line in tail(self.log_path, 5).splitlines() if line.strip()]
+        line = lines[-1].strip() if lines else "(empty log)"
+        return line if len(line) <= 400 else line[:400] + "..."
 
     def stop(self) -> None:
         if self.record is not None:
             self.record.stop()
-            if getattr(self, "_popen", None) is not None:
+            if self._popen is not None:
                 self._popen.poll()  # reap, so no zombie is left behind
         self.pid_path.unlink(missing_ok=True)
 

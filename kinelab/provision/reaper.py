@@ -1,35 +1,39 @@
 """The reaper: a small watchdog process that stops a lab once the Python process owning it is gone.
 
-It covers what `with` and atexit cannot: a kernel restart, SIGKILL, a crash. It exits by itself when
-the lab is stopped normally (the manifest's state leaves "starting"/"running").
+It covers what `with` and atexit cannot: a kernel restart, SIGKILL, SIGTERM from a scheduler, a crash. It stops
+everything the manifest and the pid files name (processes, and a kind lab's cluster and network, through
+`labdir.sweep`), and removes a temporary lab's directory and data. It exits
+by itself when the lab is stopped normally (the manifest's state leaves "starting"/"running").
 """
 
 import sys
 import time
 
-import psutil
-
-from .lab import read_manifest, teardown, write_manifest
-
-
-def owner_alive(pid: int, create_time: float) -> bool:
-    try:
-        proc = psutil.Process(pid)
-        return abs(proc.create_time() - create_time) < 0.05 and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+from ..errors import KinelabError
+from .labdir import LabDir
+from .process import ProcessRecord
 
 
 def main(lab_dir: str, owner_pid: str, owner_create_time: str) -> int:
-    pid, created = int(owner_pid), float(owner_create_time)
+    labdir, owner = LabDir(lab_dir), ProcessRecord("owner", int(owner_pid), float(owner_create_time), "", [])
     while True:
-        manifest = read_manifest(lab_dir)
-        if manifest is None or manifest.get("state") not in ("starting", "running"):
+        try:
+            model = labdir.read()
+        except KinelabError:  # the directory went away or was replaced: nothing of ours to watch
             return 0
-        if not owner_alive(pid, created):
-            teardown(manifest)
-            manifest["state"] = "stopped"
-            write_manifest(lab_dir, manifest)
+        if model is None or model.state not in ("starting", "running"):
+            return 0
+        if not owner.alive:
+            try:
+                labdir.sweep(model)
+            except KinelabError as exc:  # left recorded as it was: `kinelab down` or `labs --prune` retries
+                print(f"kinelab reaper: {exc}", file=sys.stderr)
+                return 1
+            if model.keep:
+                model.state = "stopped"
+                labdir.write(model)
+            else:
+                labdir.purge(model.id)
             return 0
         time.sleep(0.5)
 

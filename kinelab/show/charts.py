@@ -10,16 +10,32 @@ Altair chart (it never displays one) carrying at most MAX_ROWS rows of data.
   watch_lag_timeline  each watch event's lag over the run's time, per observer, with the writes that failed
   apiserver_availability  writes accepted or refused per kube-apiserver over time; it takes the attempts of
                       kinelab.observe.apiprobe.availability, which no table holds
+  failover_revisions  a failover scenario's acknowledged writes at their revisions, kept / lost / reissued, with
+                      each replica's reported revision
   ops_by_resource     rows by resource, namespace and op (click a resource to see its namespaces)
   sql_latency         Kine's SQL latency per query and replica from its Prometheus histograms
+  write_anomalies     per Kine release and scenario: errors the clients saw, writes acknowledged but missing,
+                      and writes reported failed but written
   save                write a chart to .png, .svg or .html (self-contained) with vl-convert, offline
+  mimebundle          what a chart shows as in a notebook (see "How charts display" below)
 
 Every chart takes `label=`: a replayed capture labelled e.g. "REPLAY: recorded 2026-11-28" shows that label
 as its title, in red, above what the chart is, so it is never mistaken for a live lab.
+
+How charts display: importing `kinelab.show` enables the "kinelab" Altair renderer (`use_offline_renderer`),
+which needs no network. Altair 6's own renderers do not fit: "default"/"html" load Vega 6 from a CDN at view
+time, "mimetype" emits Vega-Lite 6 JSON that no notebook front end renders (JupyterLab 4 and Notebook 7 ship
+Vega 5 and Vega-Lite 5.6), "jupyter" needs anywidget and sends a megabyte of script per chart that papermill
+outputs lose, and "svg"/"png" drop the tooltips. So vl-convert compiles each chart's Vega-Lite 6 spec with the
+compiler Altair targets, in this process, into a Vega spec, sent as `application/vnd.vega.v5+json`: JupyterLab,
+Notebook 7 (Binder) and VS Code draw it with the Vega they bundle, interactively (tooltips, zoom, legend
+clicks). Beside it goes a PNG drawn by vl-convert, which is what nbconvert exports, GitHub, papermill outputs
+viewed elsewhere and untrusted notebooks show; it also keeps JupyterLab from drawing a PNG of its own.
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
 import math
 import os
@@ -381,23 +397,37 @@ def watch_lag(source, run_id: Optional[int] = None, *, quantiles: int = 100, lab
                    [f"{missed} acknowledged writes never delivered; {cancelled} watches cancelled"])
 
 
-def watch_lag_timeline(source, run_id: Optional[int] = None, *, label: Optional[str] = None):
+def watch_lag_timeline(source, run_id: Optional[int] = None, *, window_s: Optional[float] = None,
+                       max_points: int = MAX_ROWS, label: Optional[str] = None):
     """Watch lag over a run's time: one point per delivered event (x: seconds since the run began, y:
     its lag, symlog, with Kine's 1 s poll dashed), coloured by the observer's replica, shaped by locality;
     below it, a red tick for each write that failed, on the replica it was sent to (one that was down). Drag
-    to pan, wheel to zoom."""
+    to pan, wheel to zoom. With `window_s`, only the run's last `window_s` seconds are drawn; at most
+    `max_points` points and ticks are (every k-th, chosen in DuckDB), so a chart redrawn during a long run
+    stays the same size. The subtitle holds the whole run's totals."""
     with _connected(source) as con:
         run_id = _run_id(con, run_id, "watch_events", "watch events", "record some with `kinelab watchlag`")
-        failed = _table(con, """SELECT t - t0 AS seconds, 'replica ' || replica AS writer, op, error
-                                FROM load_errors JOIN run_clock USING (run_id) WHERE run_id = $1""", [run_id],
-                        order_by="seconds", limit=MAX_ROWS // 5)
-        events = _table(con, """
-            SELECT seconds, 'replica ' || observer AS observer, locality, 'replica ' || writer AS writer, revision,
-                   lag_ms
-            FROM watch_deliveries WHERE run_id = $1""", [run_id], order_by="seconds, observer",
-                        limit=MAX_ROWS - failed.num_rows)
-        errors = con.execute("SELECT count(*) FROM load_errors WHERE run_id = ?", [run_id]).fetchall()[0][0]
-        writes = con.execute("SELECT count(*) FROM writes WHERE run_id = ?", [run_id]).fetchall()[0][0]
+        # the run's clock (run_clock's t0) and its last outcome, which a window counts back from
+        span = """(SELECT c.t0, greatest((SELECT max(t_commit) FROM writes WHERE run_id = $1),
+                                         (SELECT max(t) FROM load_errors WHERE run_id = $1)) AS t1
+                   FROM run_clock c WHERE c.run_id = $1) span"""
+        shown = "($2 IS NULL OR {t} >= span.t1 - $2)"  # in the window
+        params = [run_id, window_s]
+        failed = _table(con, f"""SELECT e.t - span.t0 AS seconds, 'replica ' || e.replica AS writer, e.op, e.error
+                                 FROM load_errors e, {span} WHERE e.run_id = $1 AND {shown.format(t="e.t")}""",
+                        params, order_by="seconds", limit=max(1, max_points // 5))
+        events = _table(con, f"""
+            SELECT d.seconds, 'replica ' || d.observer AS observer, d.locality, 'replica ' || d.writer AS writer,
+                   d.revision, d.lag_ms
+            FROM watch_deliveries d, {span}
+            WHERE d.run_id = $1 AND {shown.format(t="d.t_commit")}""", params,
+                        order_by="seconds, observer", limit=max(1, max_points - failed.num_rows))
+        writes, errors, delivered, seconds, in_window = con.execute(f"""
+            SELECT (SELECT count(*) FROM writes WHERE run_id = $1),
+                   (SELECT count(*) FROM load_errors WHERE run_id = $1),
+                   (SELECT count(*) FROM watch_events WHERE run_id = $1), span.t1 - span.t0,
+                   (SELECT count(*) FROM watch_deliveries d WHERE d.run_id = $1 AND {shown.format(t="d.t_commit")})
+            FROM {span}""", params).fetchall()[0]
     zoom = _zoom()
     x = alt.X("seconds:Q", title="seconds since the run began")
     points = alt.Chart(events).mark_point(size=18, filled=True).encode(
@@ -412,8 +442,11 @@ def watch_lag_timeline(source, run_id: Optional[int] = None, *, label: Optional[
         ticks = alt.Chart(failed).mark_tick(color=LABEL_COLOR, thickness=2).encode(
             x=x, y=alt.Y("writer:N", title="failed writes"), tooltip=["seconds:Q", "writer:N", "op:N", "error:N"])
         chart = alt.vconcat(chart, ticks.properties(width=640, height=alt.Step(14))).resolve_scale(x="shared")
-    return _finish(chart, f"watch lag over time per observer, run {run_id}", label,
-                   [f"{writes} writes acknowledged, {errors} failed"])
+    notes = [f"{writes:,} writes acknowledged, {errors:,} failed, {delivered:,} watch events in {seconds or 0:.0f} s"]
+    if window_s is not None:
+        drawn = f"{events.num_rows:,}" + (f" of {in_window:,}" if in_window > events.num_rows else "")
+        notes.append(f"showing the last {window_s:g} s: {drawn} events, {failed.num_rows:,} failed writes")
+    return _finish(chart, f"watch lag over time per observer, run {run_id}", label, notes)
 
 
 def apiserver_availability(attempts, *, kill_at_s: Optional[float] = None, label: Optional[str] = None):
@@ -467,6 +500,47 @@ def scenario_availability(source, run_id: Optional[int] = None, *, label: Option
                    ["dashed: the faults, at the time each was injected"])
 
 
+FATES = ["kept", "lost", "reissued"]
+FATE_COLORS = ["#4c9f4c", "#d62728", "#ff7f0e"]
+
+
+def failover_revisions(source, run_id: Optional[int] = None, *, label: Optional[str] = None):
+    """A failover scenario's revisions over time: every acknowledged write at its revision, coloured by its fate
+    against the table afterwards (kept; lost; reissued: kept at a revision an earlier write of another key had
+    been acknowledged with), each replica's reported revision as a line, and the faults as rules. After an
+    asynchronous failover the lines drop and the orange points repeat revisions the red ones had."""
+    from ..analyse.failover import FATES_SQL, failover_times
+
+    with _connected(source) as con:
+        run_id = _run_id(con, run_id, "scenario_checks", "scenario run", "run scenarios/failover-async.yaml")
+        t0 = failover_times(con, run_id)["t0"]
+        writes = _table(con, FATES_SQL, [run_id, t0], order_by="seconds", limit=MAX_ROWS * 3 // 4)
+        samples = _table(con, """SELECT t - $2 AS seconds, 'replica ' || replica AS replica, revision
+                                 FROM revision_samples WHERE run_id = $1 AND revision IS NOT NULL""",
+                         [run_id, t0], order_by="seconds", limit=MAX_ROWS // 5)
+        faults = con.execute("SELECT round(t, 1), fault FROM fault_events WHERE run_id = ? ORDER BY t",
+                             [run_id]).fetchall()
+        counts = dict(con.execute(f"SELECT fate, count(*) FROM ({FATES_SQL}) GROUP BY 1", [run_id, t0]).fetchall())
+    zoom = _zoom()
+    x = alt.X("seconds:Q", title="seconds since the load began")
+    points = alt.Chart(writes).mark_point(size=14, filled=True).encode(
+        x=x, y=alt.Y("revision:Q", title="revision (row id)", scale=alt.Scale(zero=False)),
+        color=alt.Color("fate:N", title="acknowledged write", scale=alt.Scale(domain=FATES, range=FATE_COLORS)),
+        tooltip=["seconds:Q", "revision:Q", "fate:N", "op:N", "key:N", "replica:N"]).add_params(zoom)
+    lines = alt.Chart(samples).mark_line(interpolate="step-after", strokeWidth=1).encode(
+        x=x, y="revision:Q", detail="replica:N", color=alt.value("black"), tooltip=["replica:N", "revision:Q"])
+    layers = [points, lines]
+    if faults:
+        marks = alt.Chart(alt.Data(values=[{"t": t, "fault": f} for t, f in faults]))
+        layers += [marks.mark_rule(strokeDash=[4, 3], color="black").encode(x="t:Q"),
+                   marks.mark_text(align="left", dx=3, baseline="top", fontSize=10).encode(
+                       x="t:Q", y=alt.value(0), text="fault:N")]
+    chart = alt.layer(*layers).properties(width=640, height=300)
+    return _finish(chart, f"revisions acknowledged and reported, failover run {run_id}", label,
+                   [", ".join(f"{counts.get(f, 0)} {f}" for f in FATES) + "; black: each replica's reported "
+                    "revision"])
+
+
 def ops_by_resource(source, *, top_namespaces: int = 15, label: Optional[str] = None):
     """Rows of the newest snapshot by resource and op (left) and by namespace (right: the `top_namespaces`
     busiest of each resource, the rest together). Click a resource bar to see only its namespaces; click
@@ -496,6 +570,18 @@ def ops_by_resource(source, *, top_namespaces: int = 15, label: Optional[str] = 
                         namespaces.properties(width=320, height=alt.Step(16),
                                               title="by namespace (of the clicked resource)"))
     return _finish(chart, "kine table rows by resource, namespace and op (newest snapshot)", label)
+
+
+def write_rates(rows: Sequence[dict], *, x: str, color: str, title: str, label: Optional[str] = None):
+    """Stacked bars of `rows_per_s` (`kinelab.analyse.cluster`'s tables): one bar per value of `x` (a node count,
+    a writer), split by `color` (a resource)."""
+    data = pa.Table.from_pylist([{x: str(r[x]), color: r[color], "rows_per_s": r["rows_per_s"]} for r in rows])
+    order = sorted({str(r[x]) for r in rows}, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else v))
+    chart = alt.Chart(data).mark_bar().encode(
+        x=alt.X(f"{x}:N", sort=order, title=x), y=alt.Y("sum(rows_per_s):Q", title="rows per second"),
+        color=alt.Color(f"{color}:N", title=color), tooltip=[f"{x}:N", f"{color}:N",
+                                                               alt.Tooltip("sum(rows_per_s):Q", format=".2f")])
+    return _finish(chart.properties(width=420, height=260), title, label)
 
 
 def sql_latency(source, run_id: Optional[int] = None, *, cumulative: bool = False, label: Optional[str] = None):
@@ -559,9 +645,93 @@ def sql_latency(source, run_id: Optional[int] = None, *, cumulative: bool = Fals
                    [f"{window}; quantiles interpolated in Kine's histogram buckets (1 ms to 8.192 s)"])
 
 
+# --- display ---------------------------------------------------------------------------------------------
+
+RENDERER = "kinelab"
+VEGA_MIME = "application/vnd.vega.v5+json"  # the Vega that JupyterLab, Notebook 7 and VS Code bundle
+# The chart's "..." menu: saving as SVG or PNG works offline; the online Vega editor and the spec views do not help
+EMBED_OPTIONS = {"renderer": "svg", "actions": {"export": True, "source": False, "compiled": False, "editor": False}}
+# vl-convert compiles with the Vega-Lite version Altair writes its specs for ("v6.4.1" -> "6.4")
+VEGALITE_VERSION = ".".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
+
+
+def _vl_convert():
+    try:
+        import vl_convert
+    except ImportError as exc:
+        raise ToolError("drawing and saving charts needs vl-convert: pip install vl-convert-python") from exc
+    return vl_convert
+
+
+def mimebundle(chart, *, static: bool = True) -> tuple:
+    """(data, metadata) of `chart` (an Altair chart or its Vega-Lite dict) for a notebook: the Vega spec that
+    front ends draw interactively, a title line as text/plain and, if `static`, a PNG for every viewer
+    that cannot run Vega. Nothing is fetched: vl-convert compiles and draws in this process."""
+    spec = chart if isinstance(chart, dict) else chart.to_dict()
+    vl_convert = _vl_convert()
+    vega = vl_convert.vegalite_to_vega(spec, vl_version=VEGALITE_VERSION)
+    vega["$schema"] = "https://vega.github.io/schema/vega/v5.json"  # what the front ends' Vega 5 reads
+    title = spec.get("title", "")
+    title = title.get("text", "") if isinstance(title, dict) else title
+    data = {VEGA_MIME: vega, "text/plain": f"<kinelab chart: {title or 'untitled'}>"}
+    metadata = {VEGA_MIME: {"embed_options": EMBED_OPTIONS}}
+    if static:
+        png = vl_convert.vega_to_png(vega, scale=1)
+        data["image/png"] = base64.b64encode(png).decode()
+    return data, metadata
+
+
+def use_offline_renderer() -> None:
+    """Show Altair charts through `mimebundle` (Altair's renderer "kinelab")."""
+    if RENDERER not in alt.renderers.names():
+        alt.renderers.register(RENDERER, mimebundle)
+    alt.renderers.enable(RENDERER)
+
+
 # --- export ----------------------------------------------------------------------------------------------
 
 SAVE_FORMATS = {".png": "png", ".svg": "svg", ".html": "html"}
+
+
+ANOMALIES = ["errors the clients saw", "acknowledged but missing", "reported failed but written"]
+ANOMALY_COLORS = ["#9e9e9e", "#d62728", "#ff7f0e"]
+
+
+def write_anomalies(*sources, label: Union[str, Sequence[str], None] = None):
+    """What each Kine release did under the same scenario (runs of `kinelab scenario --kine-versions`): per
+    release, the errors its clients saw next to the writes the table contradicts (view anomalies_by_version),
+    one panel per scenario. Several results files (one per scenario) are drawn one below the other, each with
+    its own `label` when a list is given. Hover for the run and the counts."""
+    labels = list(label) if isinstance(label, (list, tuple)) else [label] * len(sources)
+    drawn = [_write_anomalies(source, text) for source, text in zip(sources, labels)]
+    return drawn[0] if len(drawn) == 1 else alt.vconcat(*drawn)
+
+
+def _write_anomalies(source, label: Optional[str]):
+    with _connected(source) as con:
+        rows = con.execute("""SELECT scenario, kine_version, run_id, errors, acknowledged_but_missing,
+                                     reported_failed_but_written FROM anomalies_by_version""").fetchall()
+    if not rows:
+        raise UsageError("this file has no scenario runs with their Kine releases; run one with "
+                         "`kinelab scenario FILE --kine-versions V1,V2`")
+    versions = sorted({r[1] for r in rows}, key=lambda v: tuple(int(x) for x in v.lstrip("v").split(".")[:3])
+                      if v.lstrip("v").replace(".", "").isdigit() else (math.inf,))
+    data = [{"scenario": scenario or "scenario", "kine_version": version, "run": run_id, "measure": measure,
+             "writes": int(n)}
+            for scenario, version, run_id, *counts in rows for measure, n in zip(ANOMALIES, counts)]
+    base = alt.Chart().encode(
+        x=alt.X("kine_version:N", title="Kine release", sort=versions, axis=alt.Axis(labelAngle=0)),
+        xOffset=alt.XOffset("measure:N", sort=ANOMALIES),
+        y=alt.Y("writes:Q", title="operations"),
+        color=alt.Color("measure:N", title=None, scale=alt.Scale(domain=ANOMALIES, range=ANOMALY_COLORS),
+                        legend=alt.Legend(orient="top")),
+        tooltip=["scenario:N", "kine_version:N", "run:Q", "measure:N", "writes:Q"])
+    chart = alt.layer(base.mark_bar(), base.mark_text(dy=-4, baseline="bottom", fontSize=10).encode(
+        text="writes:Q")).properties(width=max(160, 70 * len(versions)), height=220).facet(
+        column=alt.Column("scenario:N", title=None), data=alt.Data(values=data))
+    return _finish(chart, "what each Kine release did under the same scenario", label,
+                   ["acknowledged but missing: the client was told the write succeeded, and no row holds it",
+                    "reported failed but written: the client saw an error or a refusal, and the row is there"])
 
 
 def save(chart, path, *, scale: float = 2.0) -> Path:
@@ -572,10 +742,7 @@ def save(chart, path, *, scale: float = 2.0) -> Path:
     if fmt is None:
         raise UsageError(f"cannot save a chart as {path.suffix or 'a file without suffix'!r}: use "
                          f"{', '.join(SAVE_FORMATS)}")
-    try:
-        import vl_convert  # noqa: F401  (Altair renders through it)
-    except ImportError:
-        raise ToolError("saving charts needs vl-convert: pip install vl-convert-python") from None
+    _vl_convert()  # Altair renders through it
     if fmt == "html":
         chart.save(str(path), format="html", inline=True)
     else:

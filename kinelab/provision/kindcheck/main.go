@@ -3,7 +3,8 @@
 //   - the document into sigs.k8s.io/kind/pkg/apis/config/v1alpha4.Cluster,
 //   - every kubeadmConfigPatches entry (cluster-wide and per node) into
 //     k8s.io/kubernetes/cmd/kubeadm/app/apis/kubeadm/v1beta4 ClusterConfiguration, InitConfiguration or
-//     JoinConfiguration, chosen by the patch's own apiVersion and kind,
+//     JoinConfiguration, or into k8s.io/kubelet/config/v1beta1 KubeletConfiguration, chosen by the patch's
+//     own apiVersion and kind,
 //   - every kubeadm static-pod patch file kinelab mounts into a node, into k8s.io/api/core/v1.Pod.
 //
 // Strict means what the Kubernetes API machinery calls strict: duplicate YAML keys, unknown fields and
@@ -23,6 +24,7 @@ import (
 	"sort"
 
 	corev1 "k8s.io/api/core/v1"
+	kubelet "k8s.io/kubelet/config/v1beta1"
 	kubeadm "k8s.io/kubernetes/cmd/kubeadm/app/apis/kubeadm/v1beta4"
 	sigsjson "sigs.k8s.io/json"
 	kind "sigs.k8s.io/kind/pkg/apis/config/v1alpha4"
@@ -64,6 +66,13 @@ func checkKubeadmPatch(where, patch string) []string {
 	}
 	if err := json.Unmarshal(data, &meta); err != nil {
 		return []string{fmt.Sprintf("%s: %v", where, err)}
+	}
+	if meta.APIVersion == kubelet.SchemeGroupVersion.String() && meta.Kind == "KubeletConfiguration" {
+		var problems []string
+		for _, p := range strict(patch, &kubelet.KubeletConfiguration{}) {
+			problems = append(problems, fmt.Sprintf("%s (%s): %s", where, meta.Kind, p))
+		}
+		return problems
 	}
 	want := kubeadm.SchemeGroupVersion.String()
 	if meta.APIVersion != want {
