@@ -278,10 +278,10 @@ def markdown(results: dict) -> str:
              f"{raw['max_rss_mb']:,.0f} MB | | 1 |"]
     for side in sides:
         c = cap[side]
-        lines.append(f"| `kinelab.capture` ({side}) | {c['seconds']['median']:.2f} s | "
-                     f"{', '.join(f'{s:.2f}' for s in c['seconds']['samples'])} | {c['rows'] / c['seconds']['median']:,.0f} "
-                     f"| {c['cpu_seconds_median']:.1f} s | {c['max_rss_mb']:,.0f} MB | {c['file_bytes'] / 1e9:.2f} GB | "
-                     f"{c['ratio_to_raw_median']:.2f} |")
+        samples = ", ".join(f"{s:.2f}" for s in c["seconds"]["samples"])
+        lines.append(f"| `kinelab.capture` ({side}) | {c['seconds']['median']:.2f} s | {samples} | "
+                     f"{c['rows'] / c['seconds']['median']:,.0f} | {c['cpu_seconds_median']:.1f} s | "
+                     f"{c['max_rss_mb']:,.0f} MB | {c['file_bytes'] / 1e9:.2f} GB | {c['ratio_to_raw_median']:.2f} |")
     after = cap["after"]
     lines += ["", f"**Capture: {after['ratio_to_raw_median']:.2f} of raw binary COPY's speed (median of the rounds' "
               f"ratios, each against the raw COPY of its round: "
