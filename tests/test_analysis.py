@@ -33,7 +33,8 @@ from kinelab.show import charts, replay
 
 RECORDED = sorted(p.name for p in replay.DATA.glob("*.duckdb"))
 RUN_TABLES = ["runs", "writes", "load_errors", "watch_observers", "watch_events", "apiserver_watch_events",
-              "kine_metrics", "compaction_timeline", "compaction_checks", "fault_events", "scenario_checks"]
+              "kine_metrics", "compaction_timeline", "compaction_checks", "fault_events", "scenario_checks",
+              "run_replicas", "revision_samples"]
 KINE_SQLITE = """CREATE TABLE kine (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, created INTEGER,
                  deleted INTEGER, create_revision INTEGER, prev_revision INTEGER, lease INTEGER, value BLOB,
                  old_value BLOB)"""  # Kine's own, as in its SQLite files
@@ -132,6 +133,10 @@ def every_answer(path) -> dict:
             answers[f"chart scenario_availability {run}"] = chart_data(charts.scenario_availability(con, run))
         for run in ids(con, "load_errors"):
             answers[f"error_counts {run}"] = analysed.error_counts(con, run)
+        for run in ids(con, "revision_samples"):
+            answers[f"chart failover_revisions {run}"] = chart_data(charts.failover_revisions(con, run))
+        if ids(con, "run_replicas"):
+            answers["chart write_anomalies"] = chart_data(charts.write_anomalies(con))
         for kind, name, _ in CONTRACT_VIEWS + ANALYSIS_VIEWS:
             if kind == "VIEW":
                 answers[name] = con.execute(f"SELECT * FROM {name} ORDER BY ALL").fetchall()
