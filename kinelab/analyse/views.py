@@ -24,8 +24,6 @@ are installed, as TEMP views of the connection, whenever a capture is opened for
   apiserver_watch_rows   apiserver_watch_events joined to the Kine row each resource_version names (the
                          resourceVersion is the Kine revision = kine_rows.id): row_name (= key), created, deleted,
                          create_revision, prev_revision, lease, encoding, api_version, kind
-  anomalies_by_version   per run and Kine release: writes, errors, acknowledged_but_missing,
-                         reported_failed_but_written (summed over the replicas that ran that release, run_replicas)
 """
 
 from __future__ import annotations
@@ -82,22 +80,6 @@ VIEWS = [
     SELECT e.*, s.snapshot_id, s.name AS row_name, s.created, s.deleted, s.create_revision, s.prev_revision,
            s.lease, s.encoding, s.api_version, s.kind
     FROM apiserver_watch_events e LEFT JOIN stored s ON s.id = e.resource_version"""),
-    ("VIEW", "anomalies_by_version", """
-    WITH per_replica AS (
-        SELECT r.run_id, r.replica, r.kine_version,
-               (SELECT count(*) FROM writes w WHERE w.run_id = r.run_id AND w.replica = r.replica) AS writes,
-               (SELECT count(*) FROM load_errors e WHERE e.run_id = r.run_id AND e.replica = r.replica) AS errors,
-               (SELECT count(*) FROM write_anomalies a WHERE a.run_id = r.run_id AND a.replica = r.replica
-                  AND a.anomaly = 'acknowledged but missing') AS acknowledged_but_missing,
-               (SELECT count(*) FROM write_anomalies a WHERE a.run_id = r.run_id AND a.replica = r.replica
-                  AND a.anomaly = 'reported failed but written') AS reported_failed_but_written
-        FROM run_replicas r)
-    SELECT p.run_id, json_extract_string(runs.params, '$.scenario') AS scenario, p.kine_version,
-           sum(p.writes)::BIGINT AS writes, sum(p.errors)::BIGINT AS errors,
-           sum(p.acknowledged_but_missing)::BIGINT AS acknowledged_but_missing,
-           sum(p.reported_failed_but_written)::BIGINT AS reported_failed_but_written
-    FROM per_replica p JOIN runs USING (run_id)
-    GROUP BY ALL ORDER BY p.run_id, p.kine_version"""),
 ]
 
 

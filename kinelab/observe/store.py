@@ -63,6 +63,8 @@ reconciliation), so they live here with the tables rather than with the analyses
                          acknowledged write whose row is not in the newest snapshot) or 'reported failed but
                          written' (a create or update whose client saw an error or a refusal, yet a snapshot holds
                          a row of that key with that value), with replica, op, key, revision, error_kind, error, t
+  anomalies_by_version   per run and Kine release: writes, errors, acknowledged_but_missing,
+                         reported_failed_but_written (summed over the replicas that ran that release, run_replicas)
 The analyses' own views (row classes, kine_ops, ops per resource, availability, ...) are in
 kinelab/analyse/views.py; `kinelab.open_capture` installs them.
 
@@ -292,6 +294,23 @@ VIEWS = [
     JOIN (SELECT name, sha256(value) AS value_sha256, min(id) AS revision FROM kine_rows
           WHERE name IN (SELECT key FROM load_errors WHERE value_sha256 IS NOT NULL) GROUP BY ALL) k
       ON k.name = e.key AND k.value_sha256 = e.value_sha256"""),
+    # The verdict of one scenario run across Kine releases (`kinelab scenario --kine-versions`).
+    ("VIEW", "anomalies_by_version", """
+    WITH per_replica AS (
+        SELECT r.run_id, r.replica, r.kine_version,
+               (SELECT count(*) FROM writes w WHERE w.run_id = r.run_id AND w.replica = r.replica) AS writes,
+               (SELECT count(*) FROM load_errors e WHERE e.run_id = r.run_id AND e.replica = r.replica) AS errors,
+               (SELECT count(*) FROM write_anomalies a WHERE a.run_id = r.run_id AND a.replica = r.replica
+                  AND a.anomaly = 'acknowledged but missing') AS acknowledged_but_missing,
+               (SELECT count(*) FROM write_anomalies a WHERE a.run_id = r.run_id AND a.replica = r.replica
+                  AND a.anomaly = 'reported failed but written') AS reported_failed_but_written
+        FROM run_replicas r)
+    SELECT p.run_id, json_extract_string(runs.params, '$.scenario') AS scenario, p.kine_version,
+           sum(p.writes)::BIGINT AS writes, sum(p.errors)::BIGINT AS errors,
+           sum(p.acknowledged_but_missing)::BIGINT AS acknowledged_but_missing,
+           sum(p.reported_failed_but_written)::BIGINT AS reported_failed_but_written
+    FROM per_replica p JOIN runs USING (run_id)
+    GROUP BY ALL ORDER BY p.run_id, p.kine_version"""),
 ]
 
 # Which definitions a file's views have: when they are this kinelab's, reading it need not create them again.
@@ -299,8 +318,7 @@ VIEWS_DIGEST = hashlib.sha256(repr(VIEWS).encode()).hexdigest()[:16]
 
 # Objects that files of capture schema 1 kept and that are now the analyses' own (kinelab/analyse/views.py).
 MOVED_TO_ANALYSES = [("MACRO TABLE", "kine_classified"), ("VIEW", "kine_ops"), ("VIEW", "kine_compacted"),
-                     ("VIEW", "availability"), ("VIEW", "error_kinds"), ("VIEW", "apiserver_watch_rows"),
-                     ("VIEW", "anomalies_by_version")]
+                     ("VIEW", "availability"), ("VIEW", "error_kinds"), ("VIEW", "apiserver_watch_rows")]
 
 
 def create_views(con, views, *, temp: bool = False) -> None:
