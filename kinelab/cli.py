@@ -454,8 +454,8 @@ def cmd_scenario(args) -> int:
     out.print("faults: " + ("; ".join(f"{t} s {fault} {target}" + ("" if ok else " (failed)")
                                       for t, fault, target, ok in summary["faults"]) or "none"))
     if failed:
-        out.print(f"[red]expectations not met: {'; '.join(failed)}[/] (tables scenario_checks, "
-                  f"fault_recovery, error_kinds, write_anomalies in {args.out})")
+        out.print(f"[red]expectations not met: {'; '.join(failed)}[/] (scenario_checks, "
+                  f"fault_recovery and write_anomalies in {args.out}; error_kinds through kinelab.open_capture)")
         return 1
     return 0
 
