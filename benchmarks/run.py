@@ -332,7 +332,8 @@ def bench_capture(rows: int, rounds: int, seed: int, with_text: bool) -> dict:
                         "mb_per_s_median": stream_bytes / 1e6 / med, "mb_per_s_best": stream_bytes / 1e6 / min(seconds),
                         "max_rss_mb": max(s["max_rss_mb"] for s in runs)}
     if result["capture"]["rows"] != result["raw-binary"]["rows"]:
-        raise RuntimeError(f"capture stored {result['capture']['rows']} rows, raw COPY saw {result['raw-binary']['rows']}")
+        raise RuntimeError(f"capture stored {result['capture']['rows']} rows, "
+                           f"raw COPY saw {result['raw-binary']['rows']}")
     result["mb_basis"] = "binary COPY stream bytes of the whole table (same byte count for every variant)"
     result["binary_stream_bytes"] = int(stream_bytes)
     result["ratio_median"] = result["capture"]["rows_per_s_median"] / result["raw-binary"]["rows_per_s_median"]
@@ -357,7 +358,10 @@ def environment(kine) -> dict:
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    git = lambda *a: subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True).stdout.strip()
+
+    def git(*a):
+        return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True).stdout.strip()
+
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "nproc": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)), "cpu_model": cpu,
@@ -408,7 +412,8 @@ def markdown(results: dict) -> str:
                   f"Table: {t['rows']:,} rows ({t['creates']:,} creates, {t['updates']:,} updates, "
                   f"{t['deletes']:,} deletes) of `/registry/configmaps/<ns>/<name>`, values 0.5-2 KB of "
                   f"kube-apiserver protobuf; value {t['value_bytes'] / 1e6:,.0f} MB + old_value "
-                  f"{t['old_value_bytes'] / 1e6:,.0f} MB; table with TOAST {t['table_bytes_incl_toast'] / 1e6:,.0f} MB, "
+                  f"{t['old_value_bytes'] / 1e6:,.0f} MB; table with TOAST "
+                  f"{t['table_bytes_incl_toast'] / 1e6:,.0f} MB, "
                   f"with indexes {t['total_relation_bytes'] / 1e6:,.0f} MB. Loaded with binary COPY FROM STDIN in "
                   f"{t['load_seconds']:.0f} s (indexes rebuilt, then VACUUM FREEZE ANALYZE); Kine stopped "
                   "before the load.", "",
@@ -421,11 +426,13 @@ def markdown(results: dict) -> str:
             if kind in cap:
                 c = cap[kind]
                 lines.append(f"| {label} | {c['seconds']['median']:.2f} s | {c['seconds']['min']:.2f} s | "
-                             f"{c['rows_per_s_median']:,.0f} | {c['mb_per_s_median']:,.1f} | {c['max_rss_mb']:,.0f} MB |")
+                             f"{c['rows_per_s_median']:,.0f} | {c['mb_per_s_median']:,.1f} | "
+                             f"{c['max_rss_mb']:,.0f} MB |")
         verdict = "meets" if cap["ratio_median"] >= 0.5 else "misses"
         lines += ["", f"**Ratio kinelab / raw binary COPY: {cap['ratio_median']:.2f} (median), "
                   f"{cap['ratio_best']:.2f} (best); goal >= 0.5: {verdict}.**"
-                  + (f" Against text COPY: {cap['ratio_vs_text_median']:.2f}." if "ratio_vs_text_median" in cap else ""),
+                  + (f" Against text COPY: {cap['ratio_vs_text_median']:.2f}."
+                     if "ratio_vs_text_median" in cap else ""),
                   "", f"MB/s divides the table's binary COPY stream ({cap['binary_stream_bytes'] / 1e6:,.0f} MB) by "
                   "each variant's time. Each measurement runs in its own child process (`benchmarks/run.py "
                   "--child ...`), timed inside the child from connect to done (interpreter start and imports "

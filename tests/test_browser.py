@@ -155,13 +155,20 @@ def open_notebook(browser, lab, name: str):
 
 def run_all(page, timeout_s: float) -> dict:
     """Run > Run All Cells, and wait until every code cell ran (or one failed) and the kernel is idle."""
-    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
     deadline = time.monotonic() + timeout_s
+    asked_at = None
     while True:
         state = page.evaluate(NOTEBOOK_STATE)
         finished = state["errors"] or state["executed"] == state["code_cells"]
         if finished and not state["queued"] and state["kernel"] == "idle":
             return state
+        # The command acts on the notebook JupyterLab tracks as current; one that is not focused yet ignores it.
+        untouched = not state["executed"] and not state["queued"] and state["kernel"] == "idle"
+        if asked_at is None or (untouched and time.monotonic() - asked_at > 15):
+            page.evaluate("(() => { const nb = window.jupyterapp.shell.currentWidget;"
+                          " window.jupyterapp.shell.activateById(nb.id);"
+                          " window.jupyterapp.commands.execute('notebook:run-all-cells'); })()")
+            asked_at = time.monotonic()
         assert time.monotonic() < deadline, f"run all did not finish in {timeout_s} s: {state}"
         time.sleep(0.5)
 

@@ -83,7 +83,20 @@ def set_isolation(lab, level: str) -> str:
     finally:
         conn.close()
     terminate_connections(lab)
+    _await_fresh_connections(lab)
     return current_isolation(lab)
+
+
+def _await_fresh_connections(lab, reads: int = 5) -> None:
+    """Wait until every replica has served `reads` reads in a row: each pooled connection that was ended
+    fails one query before Kine's pool drops it, and the next run should not count those failures."""
+    from ..etcd import EtcdError
+    from ..provision.wait import poll_until
+
+    for index in range(lab.replica_count):
+        client = lab.client(index)
+        poll_until(lambda: all(client.revision() for _ in range(reads)), timeout_s=30,
+                   what=f"replica {index} to read on fresh connections", transient=(EtcdError,))
 
 
 def current_isolation(lab) -> str:

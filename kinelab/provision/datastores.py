@@ -18,7 +18,7 @@ from ..db import connect_mysql, connect_postgres
 from ..dsn import Dsn, generate_password, mask_text
 from ..errors import DatastoreError, ToolError, UsageError
 from .labdir import OWNER_FILE, ROOT_PG_HOME, write_private
-from .process import LOOPBACK, ServedProcess, free_port, require_free_port
+from .process import LOOPBACK, ServedProcess, as_user, free_port, require_free_port
 from .wait import Probe, tcp_open
 
 KINE_DB = "kubernetes"  # Kine's own default database name
@@ -217,9 +217,9 @@ class EmbeddedPostgres(Datastore):
         if user:
             shutil.chown(pwfile, user, user)
         try:
-            result = subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8",
-                                     "--auth-host=scram-sha-256", "--auth-local=peer", f"--pwfile={pwfile}",
-                                     "--no-instructions"], user=user, capture_output=True, text=True)
+            result = subprocess.run(as_user([bin_dir / "initdb", "-D", data, "-U", "postgres", "-E", "UTF8",
+                                             "--auth-host=scram-sha-256", "--auth-local=peer", f"--pwfile={pwfile}",
+                                             "--no-instructions"], user), capture_output=True, text=True)
         finally:
             pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
@@ -342,7 +342,7 @@ class ReplicatedPostgres(EmbeddedPostgres):
         return path
 
     def _run(self, argv: list, user: Optional[str], pgpass: Path, what: str) -> None:
-        result = subprocess.run([str(a) for a in argv], user=user, capture_output=True, text=True, timeout=300,
+        result = subprocess.run(as_user(argv, user), capture_output=True, text=True, timeout=300,
                                 env={**os.environ, "PGPASSFILE": str(pgpass)})
         if result.returncode != 0:
             reason = mask_text((result.stderr or result.stdout).strip().splitlines()[-1] if (

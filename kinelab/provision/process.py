@@ -48,6 +48,14 @@ def require_free_port(port: int, host: str = LOOPBACK) -> int:
     return port
 
 
+def as_user(argv: list, user: Optional[str]) -> list:
+    """`argv` run as `user` through setpriv (util-linux). Popen(user=...) makes Python fork without vfork, and
+    the forked copy of a process holding gRPC channels can die before exec (CI saw initdb fail that way)."""
+    if not user:
+        return [str(a) for a in argv]
+    return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--", *(str(a) for a in argv)]
+
+
 def tail(path: Path, lines: int = 10) -> str:
     try:
         with open(path, "rb") as handle:
@@ -162,8 +170,8 @@ class ServedProcess:
         children_before, popen = {c.pid for c in psutil.Process().children()}, None
         try:
             with open(self.log_path, "ab") as log:
-                popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, cwd=self.cwd, user=self.user, start_new_session=True)
+                popen = subprocess.Popen(as_user(self.argv, self.user), stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, env=env, cwd=self.cwd, start_new_session=True)
             self._popen = popen
             self.record = ProcessRecord(self.name, popen.pid, psutil.Process(popen.pid).create_time(),
                                         str(self.log_path), [mask_text(a) for a in self.argv], int(self.stop_signal))
