@@ -29,7 +29,6 @@ SCENARIOS = HERE.parent / "scenarios"
 sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("KINELAB_PROGRESS", "0")
 
-import duckdb  # noqa: E402
 
 import kinelab as kl  # noqa: E402
 from kinelab.analyse.troubleshoot import pool_pressure  # noqa: E402
@@ -49,7 +48,7 @@ def run(name: str, label: str, *, lab: dict | None = None, load: dict | None = N
     print(f"  {label}...", flush=True)
     with kl.Lab(**{**scenario.lab, **(lab or {})}) as started:
         summary = run_scenario(started, out, scenario)
-    return summary, duckdb.connect(str(out), read_only=True)
+    return summary, kl.open_capture(out)
 
 
 def checks(summary: dict) -> dict:

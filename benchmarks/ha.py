@@ -34,7 +34,6 @@ SCENARIOS = HERE.parent / "scenarios"
 sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("KINELAB_PROGRESS", "0")
 
-import duckdb  # noqa: E402
 from faults import checks, per_target  # noqa: E402  (benchmarks/faults.py: the same per-target shares)
 
 import kinelab as kl  # noqa: E402
@@ -56,7 +55,7 @@ BREAKERS = {  # name -> Lab() arguments on top of the scenario's lab
 
 def scenario_run(scenario: Scenario, label: str, lab: dict, during=None):
     """Run `scenario` on a lab of its own (`lab`: the Lab() arguments); `during(lab)` runs first on the same lab
-    and its result is returned too. Returns (summary, read-only connection to the run's file, during's result)."""
+    and its result is returned too. Returns (summary, kl.open_capture of the run's file, during's result)."""
     out = RUNS / f"{label}.duckdb"
     out.unlink(missing_ok=True)
     print(f"  {label}...", flush=True)
@@ -64,7 +63,7 @@ def scenario_run(scenario: Scenario, label: str, lab: dict, during=None):
         before = during(started) if during else None
         summary = run_scenario(started, out, scenario)
         after = during(started) if during else None
-    return summary, duckdb.connect(str(out), read_only=True), (before, after)
+    return summary, kl.open_capture(out), (before, after)  # read-only, with the analyses' views (error_kinds)
 
 
 def failover(lagging: bool, replication: str, path: str) -> dict:

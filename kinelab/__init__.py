@@ -4,10 +4,11 @@ The package follows the data's path: provision (datastores, Kine replicas) -> dr
 -> observe (capture) -> analyse (DuckDB SQL). Notebooks import it as ``import kinelab as kl``.
 """
 
+from .analyse.views import open_capture
 from .dsn import Dsn
 from .errors import KinelabError
 from .etcd import Etcd
-from .observe.capture import capture, open_capture
+from .observe.capture import capture
 from .provision.lab import Lab
 from .provision.tools import KINE_VERSION, install_kine
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -453,22 +454,19 @@ def cmd_scenario(args) -> int:
     out.print("faults: " + ("; ".join(f"{t} s {fault} {target}" + ("" if ok else " (failed)")
                                       for t, fault, target, ok in summary["faults"]) or "none"))
     if failed:
-        out.print(f"[red]expectations not met: {'; '.join(failed)}[/] (tables scenario_checks, "
-                  f"fault_recovery, error_kinds, write_anomalies in {args.out})")
+        out.print(f"[red]expectations not met: {'; '.join(failed)}[/] (scenario_checks, "
+                  f"fault_recovery and write_anomalies in {args.out}; error_kinds through kinelab.open_capture)")
         return 1
     return 0
 
 
 def _print_versions(args, scenario, summaries: list, failed: list) -> int:
     from .analyse.versions import by_version
-    from .observe.capture import open_capture
+    from .analyse.views import open_capture
 
-    con = open_capture(args.out)
-    try:
+    with open_capture(args.out) as con:
         runs = {s["run_id"] for s in summaries}
         rows = [r for r in by_version(con) if r["run_id"] in runs]
-    finally:
-        con.close()
     if args.json:
         _print_json({"versions": rows, "runs": summaries, "failed": failed})
         return 1 if failed else 0
@@ -508,6 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog=EXIT_CODES)
     parser.add_argument("--version", action="version", version=f"kinelab {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show details and tracebacks of errors")
+    parser.add_argument("--memory-limit", metavar="SIZE",
+                        help="what DuckDB may use, e.g. 2GB (also KINELAB_MEMORY_LIMIT; default 512MB)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, func, help):
@@ -679,6 +679,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.memory_limit:
+        os.environ["KINELAB_MEMORY_LIMIT"] = args.memory_limit
     try:
         return args.func(args)
     except KinelabError as exc:

@@ -8,9 +8,10 @@ from rich.console import Console
 from rich.table import Table
 
 from .analyse.summary import ops_by_resource, row_counts, writes_by_replica
+from .analyse.views import open_capture
 from .drive.workload import burst
 from .errors import Finding, UsageError
-from .observe.capture import capture, open_capture
+from .observe.capture import capture
 from .provision.lab import Lab
 from .provision.wait import WaitTimeout, poll_until
 
@@ -32,12 +33,9 @@ def run_demo(replicas: int = 3, datastore: str = "postgres", out: str = "kinelab
         # The demo's own file: each run starts a fresh capture, the old one kept until this run got here.
         out_path.unlink(missing_ok=True)
         snapshot = capture(lab, out_path)
-    con = open_capture(out_path)
-    try:
+    with open_capture(out_path) as con:
         ops = ops_by_resource(con)
         counts = row_counts(con)
-    finally:
-        con.close()
 
     table = Table("resource", "creates", "updates", "deletes", "other", "rows", title="ops by resource (kine_ops)")
     for row in ops:
@@ -51,7 +49,7 @@ def run_demo(replicas: int = 3, datastore: str = "postgres", out: str = "kinelab
     table = Table("rows", "live", "superseded", "tombstones", "gap fills", "max id (revision)", title="the kine table")
     table.add_row(*(str(counts[k]) for k in ("rows", "live", "superseded", "tombstones", "gap_fills", "max_id")))
     console.print(table)
-    console.print(f"capture: {out_path} (snapshot {snapshot.snapshot_id}); open it with duckdb and "
+    console.print(f"capture: {out_path} (snapshot {snapshot.snapshot_id}); open it with kinelab.open_capture and "
                   "SELECT * FROM kine_ops")
     return {"writes": len(writes), "snapshot": snapshot.to_json(), "rows": counts}
 

@@ -39,3 +39,7 @@ class Finding(KinelabError):
     """Not a failure of kinelab: the measurement found something (a divergence, a lost write)."""
 
     exit_code = 1
+
+
+class MemoryLimitError(KinelabError):
+    """DuckDB needed more memory (or spill space) than kinelab lets it use; the message names the setting."""

@@ -17,12 +17,16 @@ from kinelab.errors import UsageError
 from kinelab.provision.tools import KINE_VERSION
 from kinelab.show import charts, replay
 
-WATCH_LAG = replay.DATA / "watch-lag.duckdb"
+
+@pytest.fixture(scope="module")
+def watch_lag():
+    """A copy of a recording: opening data/'s own file would upgrade it in place."""
+    return replay.dataset("watch-lag.duckdb")
 
 
-def test_importing_kinelab_show_makes_charts_offline():
+def test_importing_kinelab_show_makes_charts_offline(watch_lag):
     assert alt.renderers.active == charts.RENDERER
-    data, metadata = charts.watch_lag_timeline(WATCH_LAG)._repr_mimebundle_()
+    data, metadata = charts.watch_lag_timeline(watch_lag)._repr_mimebundle_()
     assert set(data) == {charts.VEGA_MIME, "image/png", "text/plain"}
     vega = data[charts.VEGA_MIME]
     assert vega["$schema"].endswith("/vega/v5.json") and vega["marks"]
@@ -38,11 +42,11 @@ def test_a_renderer_chosen_before_is_left_alone():
     assert chosen.stdout.strip() == "svg", chosen.stderr
 
 
-def test_an_exported_notebook_shows_the_chart(tmp_path, monkeypatch):
+def test_an_exported_notebook_shows_the_chart(tmp_path, monkeypatch, watch_lag):
     """nbconvert's HTML of an executed notebook has the chart as an image, with no script to fetch."""
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-        f"from kinelab.show import charts\ncharts.watch_lag({str(WATCH_LAG)!r}, label='exported')")])
+        f"from kinelab.show import charts\ncharts.watch_lag({str(watch_lag)!r}, label='exported')")])
     NotebookClient(notebook, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(tmp_path)}}
                    ).execute()
     (output,) = notebook.cells[0].outputs

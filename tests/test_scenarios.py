@@ -96,7 +96,7 @@ def test_a_scenario_stores_faults_availability_recovery_and_checks(lab2, tmp_pat
     summary = run_scenario(lab2, out, Scenario.from_dict(SHORT_KILL))
     assert summary["failed"] == [], summary
     assert summary["writes"] > 200 and summary["errors"] > 10
-    con = duckdb.connect(str(out), read_only=True)
+    con = kl.open_capture(out)
     assert [r[0] for r in con.sql("SELECT fault FROM fault_events ORDER BY t").fetchall()] == ["kill", "restart"]
     # errors only on the killed replica, from the kill until it was back (its restart takes a moment), then none
     errors = con.sql("SELECT replica, min(second), max(second) FROM availability WHERE errors > 0 "
@@ -203,7 +203,7 @@ def test_a_scenario_through_hybrid_apiservers_keeps_serving_while_a_kine_replica
     with kl.Lab(replicas=2, datastore="postgres", apiservers=2, mode="hybrid", dir=tmp_path / "lab") as lab:
         summary = run_scenario(lab, tmp_path / "h.duckdb", Scenario.from_dict(spec))
     assert summary["failed"] == [] and summary["writes"] > 100, summary
-    con = duckdb.connect(str(tmp_path / "h.duckdb"), read_only=True)
+    con = kl.open_capture(tmp_path / "h.duckdb")
     # each apiserver (the `replica` column) took writes while Kine replica 0 was down: the etcd client moved on
     served = dict(con.sql("SELECT replica, sum(ok) FROM availability WHERE second BETWEEN 4 AND 6 "
                           "GROUP BY 1").fetchall())

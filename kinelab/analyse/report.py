@@ -1,7 +1,10 @@
 """An SRE's first look at a Kine datastore, from a capture: size, churn, compaction health, leases, gaps.
-Used by notebooks/08-investigate-your-datastore; every figure is a DuckDB query over the capture."""
+Used by notebooks/08-investigate-your-datastore; every figure is a DuckDB query over the shared views of a capture
+opened with `kinelab.open_capture` (columns only: no value is read)."""
 
 from __future__ import annotations
+
+from .summary import OP_COUNTS
 
 
 def _one(con, sql: str, params=()):
@@ -15,17 +18,14 @@ def datastore_report(con, *, top: int = 10) -> dict:
         SELECT snapshot_id, captured_at, source, max_id, compact_revision, row_count
         FROM snapshots ORDER BY snapshot_id DESC LIMIT 1""")
     value_bytes, old_bytes = _one(con, """
-        SELECT coalesce(sum(octet_length(value)), 0), coalesce(sum(octet_length(old_value)), 0) FROM kine_latest""")
+        SELECT coalesce(sum(value_bytes), 0)::BIGINT, coalesce(sum(old_value_bytes), 0)::BIGINT FROM kine_latest""")
     keys_live = _one(con, """
         SELECT count(*) FROM (SELECT name, arg_max(deleted, id) AS deleted FROM kine_latest GROUP BY name)
         WHERE deleted = 0 AND NOT starts_with(name, 'compact_rev_key')""")[0]
-    churn = con.execute("""
-        SELECT coalesce(resource, '(' || op || ')') AS resource, count(*) AS rows,
-               count(*) FILTER (WHERE op = 'create') AS creates, count(*) FILTER (WHERE op = 'update') AS updates,
-               count(*) FILTER (WHERE op = 'delete') AS deletes, sum(value_bytes) AS value_bytes
-        FROM kine_ops GROUP BY 1 ORDER BY rows DESC LIMIT ?""", [top]).fetchall()
-    classes = dict(con.execute("SELECT row_class, count(*) FROM kine_classified(?) GROUP BY 1",
-                               [snapshot_id]).fetchall())
+    churn = con.execute(f"""
+        SELECT resource, sum(rows)::BIGINT AS rows, {OP_COUNTS}, sum(value_bytes)::BIGINT AS value_bytes
+        FROM resource_ops GROUP BY 1 ORDER BY rows DESC, resource LIMIT ?""", [top]).fetchall()
+    classes = dict(con.execute("SELECT row_class, rows FROM kine_class_counts(?)", [snapshot_id]).fetchall())
     superseded, tombstones, gap_fills = (classes.get(c, 0) for c in ("superseded", "tombstone", "gap"))
     missing_ids = _one(con, """
         SELECT count(*) FROM (SELECT id, lead(id) OVER (ORDER BY id) AS next FROM kine_latest

@@ -2,18 +2,18 @@
 writes slow down or fail.
 
 Kine exports Go's database/sql pool (go_sql_*) and its own SQL timings (kine_sql_time_seconds). The counters
-are cumulative since the replica started, so each figure here is the run's growth: last sample minus first.
+are cumulative since the replica started, so each figure here is the run's growth (the view metric_growth).
 """
 
 from __future__ import annotations
 
+from ..errors import UsageError
+
 POOL = """
-WITH m AS (SELECT replica, t, metric, value FROM kine_metrics
-           WHERE run_id = ? AND metric IN ('go_sql_open_connections', 'go_sql_in_use_connections',
-                                           'go_sql_max_open_connections', 'go_sql_wait_count_total',
-                                           'go_sql_wait_duration_seconds_total')),
-     grown AS (SELECT replica, metric, arg_max(value, t) - arg_min(value, t) AS grew, max(value) AS peak
-               FROM m GROUP BY ALL)
+WITH grown AS (SELECT replica, metric, growth AS grew, peak FROM metric_growth
+               WHERE run_id = ? AND metric IN ('go_sql_open_connections', 'go_sql_in_use_connections',
+                                               'go_sql_max_open_connections', 'go_sql_wait_count_total',
+                                               'go_sql_wait_duration_seconds_total'))
 SELECT replica,
        max(peak) FILTER (WHERE metric = 'go_sql_max_open_connections') AS max_open,
        max(peak) FILTER (WHERE metric = 'go_sql_open_connections') AS peak_open,
@@ -24,14 +24,15 @@ FROM grown GROUP BY replica ORDER BY replica
 """
 
 SQL_TIME = """
-WITH m AS (SELECT replica, t, metric, json_extract_string(labels, '$.name') AS query, value FROM kine_metrics
-           WHERE run_id = ? AND metric IN ('kine_sql_time_seconds_sum', 'kine_sql_time_seconds_count')),
-     grown AS (SELECT replica, query, metric, arg_max(value, t) - arg_min(value, t) AS grew FROM m GROUP BY ALL)
+WITH grown AS (SELECT replica, json_extract_string(labels, '$.name') AS query, metric, sum(growth) AS grew
+               FROM metric_growth
+               WHERE run_id = ? AND metric IN ('kine_sql_time_seconds_sum', 'kine_sql_time_seconds_count')
+               GROUP BY ALL)
 SELECT replica, query,
        max(grew) FILTER (WHERE metric = 'kine_sql_time_seconds_count') AS queries,
        1000 * max(grew) FILTER (WHERE metric = 'kine_sql_time_seconds_sum')
             / nullif(max(grew) FILTER (WHERE metric = 'kine_sql_time_seconds_count'), 0) AS mean_ms
-FROM grown GROUP BY ALL HAVING queries > 0 ORDER BY replica, queries DESC
+FROM grown GROUP BY ALL HAVING queries > 0 ORDER BY replica, queries DESC, query
 """
 
 
@@ -47,3 +48,13 @@ def sql_time(con, run_id: int) -> list:
     shows here before anywhere else: the insert's mean time grows while the poll's stays flat."""
     columns = ("replica", "query", "queries", "mean_ms")
     return [dict(zip(columns, row)) for row in con.execute(SQL_TIME, [run_id]).fetchall()]
+
+
+def query_mean_ms(con, run_id: int, query: str) -> float:
+    """The mean time of Kine's `query` (e.g. InsertReturning) over the run, over all replicas, each weighted by
+    how many it ran."""
+    rows = [r for r in sql_time(con, run_id) if r["query"] == query]
+    if not rows:
+        raise UsageError(f"run {run_id} has no timings of Kine's {query} query; name one of "
+                         f"{', '.join(sorted({r['query'] for r in sql_time(con, run_id)})) or 'none recorded'}")
+    return sum(r["mean_ms"] * r["queries"] for r in rows) / sum(r["queries"] for r in rows)

@@ -109,9 +109,9 @@ def _database_view(dsn: Dsn, prefix: str, revision: int, with_rows: bool) -> tup
 
 
 def _changed_since(baseline: str, rows: dict) -> list:
-    from .capture import open_capture
+    from .store import open_capture_file
 
-    con = open_capture(baseline)
+    con = open_capture_file(baseline)
     try:
         captured = con.execute("SELECT id, name, value FROM kine_latest WHERE name <> 'compact_rev_key'").fetchall()
     finally:

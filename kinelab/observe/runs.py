@@ -198,12 +198,10 @@ class ApiserverCompactor:
         return target or None
 
 
-def _timeline_row(con, run_id, t, method, snapshot, current_revision, dsn) -> tuple:
-    classes = dict(con.execute("SELECT row_class, count(*) FROM kine_classified(?) GROUP BY 1",
-                               [snapshot.snapshot_id]).fetchall())
-    superseded, tombstones, gaps = (classes.get(c, 0) for c in ("superseded", "tombstone", "gap"))
+def _timeline_row(run_id, t, method, snapshot, current_revision, dsn) -> tuple:
+    """One sample; what its rows are (superseded, tombstones, ...) the analyses read from its snapshot."""
     return (run_id, t, method, snapshot.snapshot_id, snapshot.compact_revision, current_revision,
-            snapshot.row_count, superseded, tombstones, gaps, table_bytes(dsn))
+            snapshot.row_count, table_bytes(dsn))
 
 
 def _compacted_checks(client: Etcd, compact_revision: int, t: float) -> list:
@@ -265,7 +263,7 @@ def compaction(lab, out, *, method: str = "explicit", duration_s: float = 30.0, 
                     next_compact += compact_every_s
                 if elapsed >= next_sample or not loader.alive:
                     snapshot = capture_into(con, lab.dsn, incremental=True)
-                    timeline.append(_timeline_row(con, run_id, clock.now(), method, snapshot,
+                    timeline.append(_timeline_row(run_id, clock.now(), method, snapshot,
                                                   clients[0].revision(), lab.dsn))
                     next_sample += sample_every_s
                 advance(min(elapsed, duration_s) - shown)
@@ -278,7 +276,7 @@ def compaction(lab, out, *, method: str = "explicit", duration_s: float = 30.0, 
         store_metrics(con, run_id, sampler)
         insert_rows(con, "compaction_timeline",
                     ["run_id", "t", "method", "snapshot_id", "compact_revision", "current_revision", "rows_total",
-                     "rows_superseded", "rows_tombstones", "rows_gap", "table_bytes"], timeline)
+                     "table_bytes"], timeline)
         final_compact = timeline[-1][4]
         checks = _compacted_checks(clients[-1], final_compact, clock.now()) if final_compact else []
         insert_rows(con, "compaction_checks", ["run_id", "t", "check_name", "revision", "ok", "detail"],
@@ -287,7 +285,7 @@ def compaction(lab, out, *, method: str = "explicit", duration_s: float = 30.0, 
         summary = {**load_summary(result), "run_id": run_id, "samples": len(timeline),
                    "compact_revision": final_compact, "current_revision": timeline[-1][5],
                    "rows_first": timeline[0][6], "rows_last": timeline[-1][6],
-                   "bytes_first": timeline[0][10], "bytes_last": timeline[-1][10],
+                   "bytes_first": timeline[0][7], "bytes_last": timeline[-1][7],
                    "apiserver_compactions": len(compactions), "stalled": stalled,
                    "checks": {c[1]: c[3] for c in checks}}
         finish_run(con, run_id, result.duration_s, summary)

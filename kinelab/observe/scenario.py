@@ -98,6 +98,12 @@ class Scenario:
                    dict(spec.get("lab") or {}), dict(spec.get("expect") or {}), float(spec.get("settle_s", 5.0)))
 
     @classmethod
+    def of(cls, name: str, *, steps=(), settle_s: float = 5.0, **load) -> "Scenario":
+        """A scenario in Python: `load` as keyword arguments (mix, rate, duration_s, ...), `steps` as dicts
+        ({"at": 2, "fault": "slow", ...}); checked like a scenario file."""
+        return cls.from_dict({"name": name, "load": load, "steps": list(steps), "settle_s": settle_s}, source=name)
+
+    @classmethod
     def named(cls, name) -> "Scenario":
         """A scenario that ships in scenarios/ (`connection-refusal`), or any scenario file's path."""
         path = Path(name)
@@ -232,9 +238,8 @@ def measure(con, run_id: int) -> dict:
         "max_errors": value("SELECT count(*) FROM load_errors WHERE run_id = $run"),
         # Counted by Kine when an insert hits the (name, prev_revision) unique key, e.g. two replicas expiring
         # the same leased key: the growth of the counter on every replica over the run.
-        "insert_errors": value("SELECT coalesce(sum(grew), 0) FROM (SELECT max(value) - min(value) AS grew "
-                               "FROM kine_metrics WHERE run_id = $run AND metric = 'kine_insert_errors_total' "
-                               "GROUP BY replica, labels)"),
+        "insert_errors": value("SELECT coalesce(sum(growth), 0) FROM metric_growth WHERE run_id = $run "
+                               "AND metric = 'kine_insert_errors_total'"),
         "failed_but_written": value("SELECT count(*) FROM write_anomalies WHERE run_id = $run "
                                     "AND anomaly = 'reported failed but written'"),
         # What a failover can break, from what clients and watchers were told against the table afterwards.

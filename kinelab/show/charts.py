@@ -1,5 +1,6 @@
 """Altair charts over a capture: each function takes a DuckDB connection or a capture path, aggregates in
-DuckDB, and returns an Altair chart (it never displays one) carrying at most MAX_ROWS rows of data.
+DuckDB (selecting from the shared views of kinelab/analyse/views.py and the capture contract's), and returns an
+Altair chart (it never displays one) carrying at most MAX_ROWS rows of data.
 
   revision_timeline   rows per revision bin (or per second of a run's writes), by op, one row per resource
   key_chain           each chosen key's rows at their revisions, linked from prev_revision, styled by op
@@ -47,8 +48,10 @@ import altair as alt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..analyse.runs import compaction_samples
+from ..analyse.views import install, open_capture
 from ..errors import ToolError, UsageError
-from ..observe.capture import open_capture
+from ..observe.store import within_bounds
 
 MAX_ROWS = 5000        # the most data rows a chart carries; Altair's own default limit
 POLL_MS = 1000         # Kine's poll interval: other replicas see a write on their next poll
@@ -68,10 +71,16 @@ LAG_TICKS = [-100, -10, -1, 0, 1, 10, 100, 1000, 10000, 100000]
 @contextmanager
 def _connected(source) -> Iterator:
     """A connection to `source`: a capture path is opened read-only and closed afterwards; a connection is
-    used through a cursor of its own, so the caller's pending results and state are left as they were."""
-    con = open_capture(source) if isinstance(source, (str, os.PathLike)) else source.cursor()
+    used through a cursor of its own (with the shared views: a cursor does not see its parent's TEMP views), so
+    the caller's pending results and state are left as they were."""
+    if isinstance(source, (str, os.PathLike)):
+        con = open_capture(source)
+    else:
+        con = source.cursor()
+        install(con)
     try:
-        yield con
+        with within_bounds(con, "the chart"):
+            yield con
     finally:
         con.close()
 
@@ -173,7 +182,7 @@ def _poll_rule(channel: str = "x"):
 def revision_timeline(source, *, over: str = "revision", run_id: Optional[int] = None, bins: int = 60,
                       top: int = 8, label: Optional[str] = None):
     """Rows of the newest snapshot per revision bin (`over="revision"`, from kine_ops), or acknowledged writes
-    per slice of a run's wall time (`over="time"`, from writes: t_commit since the run's first write), stacked
+    per slice of a run's wall time (`over="time"`, from writes: t_commit since the run began, run_clock), stacked
     by op, one panel per resource (the `top` busiest; the rest together). Click the legend to pick ops."""
     if over not in ("revision", "time"):
         raise UsageError(f"over must be 'revision' or 'time', not {over!r}")
@@ -185,10 +194,10 @@ def revision_timeline(source, *, over: str = "revision", run_id: Optional[int] =
             title = "kine table rows per revision, by op and resource (newest snapshot)"
         else:
             run_id = _run_id(con, run_id, "writes", "acknowledged writes", "record some with `kinelab load`")
-            events = """SELECT w.t_commit - min(w.t_commit) OVER () AS x, w.op,
-                               coalesce(o.resource, split_part(w.key, '/', 3)) AS resource
-                        FROM writes w LEFT JOIN kine_ops o ON o.id = w.revision WHERE w.run_id = ?"""
-            params, axis = [run_id], "seconds since the run's first write"
+            events = """SELECT w.t_commit - c.t0 AS x, w.op, coalesce(o.resource, split_part(w.key, '/', 3)) AS resource
+                        FROM writes w JOIN run_clock c USING (run_id) LEFT JOIN kine_ops o ON o.id = w.revision
+                        WHERE w.run_id = ?"""
+            params, axis = [run_id], "seconds since the run began"
             width = "greatest((max(x) - min(x)) / ?, 1e-3)"
             title = f"acknowledged writes over time, by op and resource (run {run_id})"
         data = _table(con, f"""
@@ -260,24 +269,20 @@ def key_chain(source, key: Union[str, Sequence[str], None] = None, *, resource: 
 
 
 def table_anatomy(source, snapshot_id: Optional[int] = None, *, label: Optional[str] = None):
-    """What one snapshot's kine table holds (kine_at): live rows, superseded versions (a later row names them
-    as prev_revision), tombstones, gap fills and Kine's bookkeeping (compact_rev_key*), counted and sized
-    (octet_length of value and old_value). Click the legend to pick kinds."""
+    """What one snapshot's kine table holds (kine_class_counts): live rows, superseded versions (a later row names
+    them as prev_revision), tombstones, gap fills and Kine's bookkeeping (compact_rev_key*), counted and sized
+    (the bytes of value and old_value, stored at capture). Click the legend to pick kinds."""
     with _connected(source) as con:
         sid = _snapshot_id(con, snapshot_id)
         compact_revision = con.execute("SELECT compact_revision FROM snapshots WHERE snapshot_id = ?",
                                        [sid]).fetchall()[0][0]
         data = _table(con, """
-            WITH kinds AS (SELECT unnest(?::VARCHAR[]) AS kind, generate_subscripts(?::VARCHAR[], 1) AS ord),
-            typed AS (
-                SELECT row_class AS kind, coalesce(octet_length(value), 0) AS value_bytes,
-                       coalesce(octet_length(old_value), 0) AS old_value_bytes
-                FROM kine_classified(?))
-            SELECT k.kind, k.ord, count(t.kind)::BIGINT AS rows,
-                   coalesce(sum(t.value_bytes), 0)::BIGINT AS value_bytes,
-                   coalesce(sum(t.old_value_bytes), 0)::BIGINT AS old_value_bytes,
-                   coalesce(sum(t.value_bytes + t.old_value_bytes), 0)::BIGINT AS bytes
-            FROM kinds k LEFT JOIN typed t USING (kind) GROUP BY ALL""",
+            WITH kinds AS (SELECT unnest(?::VARCHAR[]) AS kind, generate_subscripts(?::VARCHAR[], 1) AS ord)
+            SELECT k.kind, k.ord, coalesce(c.rows, 0)::BIGINT AS rows,
+                   coalesce(c.value_bytes, 0)::BIGINT AS value_bytes,
+                   coalesce(c.old_value_bytes, 0)::BIGINT AS old_value_bytes,
+                   coalesce(c.value_bytes + c.old_value_bytes, 0)::BIGINT AS bytes
+            FROM kinds k LEFT JOIN kine_class_counts(?) c ON c.row_class = k.kind""",
                       [ROW_KINDS, ROW_KINDS, sid], order_by="ord")
     total_rows, total_bytes = pc.sum(data.column("rows")).as_py(), pc.sum(data.column("bytes")).as_py()
     pick = _legend_pick("kind")
@@ -302,22 +307,19 @@ def table_anatomy(source, snapshot_id: Optional[int] = None, *, label: Optional[
 
 
 def compaction(source, run_id: Optional[int] = None, *, label: Optional[str] = None):
-    """A compaction run over time (compaction_timeline): compact and current revision with the revisions
-    kept between them, the table's rows (total, superseded, tombstones, gap fills), and its size as the
+    """A compaction run over time (kinelab.analyse.runs.compaction_samples): compact and current revision with
+    the revisions kept between them, the table's rows (total, superseded, tombstones, gap fills), and its size as the
     database reports it. The panels zoom together (wheel, drag); the checks below the compact revision
     are listed under the title."""
     with _connected(source) as con:
         run_id = _run_id(con, run_id, "compaction_timeline", "compaction timeline",
                          "record one with `kinelab compaction`")
-        data = _table(con, """
-            SELECT t - min(t) OVER () AS seconds, method, snapshot_id, compact_revision, current_revision,
-                   rows_total, rows_superseded, rows_tombstones, rows_gap, table_bytes
-            FROM compaction_timeline WHERE run_id = ?""", [run_id], order_by="seconds")
+        data = compaction_samples(con, run_id)
         checks = con.execute("""SELECT check_name, ok, revision FROM compaction_checks WHERE run_id = ?
                                 ORDER BY t, check_name""", [run_id]).fetchall()
     method = data.column("method")[0].as_py() if data.num_rows else "?"
     zoom = _zoom()
-    x = alt.X("seconds:Q", title="seconds since the run's first sample")
+    x = alt.X("seconds:Q", title="seconds since the run began")
     base = alt.Chart(data).encode(x=x)
     kept = base.mark_area(opacity=0.12, color="#1f77b4").encode(
         y=alt.Y("compact_revision:Q", title="revision"), y2="current_revision:Q")
@@ -350,9 +352,7 @@ def watch_lag(source, run_id: Optional[int] = None, *, quantiles: int = 100, lab
     steps = [i / quantiles for i in range(quantiles + 1)]
     with _connected(source) as con:
         run_id = _run_id(con, run_id, "watch_events", "watch events", "record some with `kinelab watchlag`")
-        events = """SELECT observer, CASE WHEN writer = observer THEN 'same-replica' ELSE 'other-replica' END
-                           AS locality, lag_ms
-                    FROM watch_events WHERE run_id = ? AND writer IS NOT NULL"""
+        events = "SELECT observer, locality, lag_ms FROM watch_deliveries WHERE run_id = ?"
         ecdf = _table(con, f"""
             SELECT observer, 'replica ' || observer AS watcher, locality, events,
                    unnest(?::DOUBLE[]) AS fraction, unnest(lags) AS lag_ms
@@ -399,7 +399,7 @@ def watch_lag(source, run_id: Optional[int] = None, *, quantiles: int = 100, lab
 
 def watch_lag_timeline(source, run_id: Optional[int] = None, *, window_s: Optional[float] = None,
                        max_points: int = MAX_ROWS, label: Optional[str] = None):
-    """Watch lag over a run's time: one point per delivered event (x: seconds since the run's first write, y:
+    """Watch lag over a run's time: one point per delivered event (x: seconds since the run began, y:
     its lag, symlog, with Kine's 1 s poll dashed), coloured by the observer's replica, shaped by locality;
     below it, a red tick for each write that failed, on the replica it was sent to (one that was down). Drag
     to pan, wheel to zoom. With `window_s`, only the run's last `window_s` seconds are drawn; at most
@@ -407,30 +407,29 @@ def watch_lag_timeline(source, run_id: Optional[int] = None, *, window_s: Option
     stays the same size. The subtitle holds the whole run's totals."""
     with _connected(source) as con:
         run_id = _run_id(con, run_id, "watch_events", "watch events", "record some with `kinelab watchlag`")
-        span = """(SELECT least(min(t_commit), (SELECT min(t) FROM load_errors WHERE run_id = $1)) AS t0,
-                          greatest(max(t_commit), (SELECT max(t) FROM load_errors WHERE run_id = $1)) AS t1
-                   FROM writes WHERE run_id = $1) span"""
+        # the run's clock (run_clock's t0) and its last outcome, which a window counts back from
+        span = """(SELECT c.t0, greatest((SELECT max(t_commit) FROM writes WHERE run_id = $1),
+                                         (SELECT max(t) FROM load_errors WHERE run_id = $1)) AS t1
+                   FROM run_clock c WHERE c.run_id = $1) span"""
         shown = "($2 IS NULL OR {t} >= span.t1 - $2)"  # in the window
         params = [run_id, window_s]
         failed = _table(con, f"""SELECT e.t - span.t0 AS seconds, 'replica ' || e.replica AS writer, e.op, e.error
                                  FROM load_errors e, {span} WHERE e.run_id = $1 AND {shown.format(t="e.t")}""",
                         params, order_by="seconds", limit=max(1, max_points // 5))
         events = _table(con, f"""
-            SELECT w.t_commit - span.t0 AS seconds, 'replica ' || w.observer AS observer,
-                   CASE WHEN w.writer = w.observer THEN 'same-replica' ELSE 'other-replica' END AS locality,
-                   'replica ' || w.writer AS writer, w.revision, w.lag_ms
-            FROM watch_events w, {span}
-            WHERE w.run_id = $1 AND w.writer IS NOT NULL AND {shown.format(t="w.t_commit")}""", params,
+            SELECT d.seconds, 'replica ' || d.observer AS observer, d.locality, 'replica ' || d.writer AS writer,
+                   d.revision, d.lag_ms
+            FROM watch_deliveries d, {span}
+            WHERE d.run_id = $1 AND {shown.format(t="d.t_commit")}""", params,
                         order_by="seconds, observer", limit=max(1, max_points - failed.num_rows))
         writes, errors, delivered, seconds, in_window = con.execute(f"""
             SELECT (SELECT count(*) FROM writes WHERE run_id = $1),
                    (SELECT count(*) FROM load_errors WHERE run_id = $1),
                    (SELECT count(*) FROM watch_events WHERE run_id = $1), span.t1 - span.t0,
-                   (SELECT count(*) FROM watch_events w WHERE w.run_id = $1 AND w.writer IS NOT NULL
-                                                          AND {shown.format(t="w.t_commit")})
+                   (SELECT count(*) FROM watch_deliveries d WHERE d.run_id = $1 AND {shown.format(t="d.t_commit")})
             FROM {span}""", params).fetchall()[0]
     zoom = _zoom()
-    x = alt.X("seconds:Q", title="seconds since the run's first write")
+    x = alt.X("seconds:Q", title="seconds since the run began")
     points = alt.Chart(events).mark_point(size=18, filled=True).encode(
         x=x, y=alt.Y("lag_ms:Q", title="lag (ms, symlog)", scale=alt.Scale(type="symlog", constant=1, nice=False),
                      axis=alt.Axis(values=LAG_TICKS, format=",~f")),
@@ -548,14 +547,13 @@ def ops_by_resource(source, *, top_namespaces: int = 15, label: Optional[str] = 
     the legend to pick ops."""
     with _connected(source) as con:
         data = _table(con, """
-            WITH o AS (SELECT coalesce(resource, '(' || op || ')') AS resource,
-                              coalesce(namespace, '(cluster-scoped)') AS namespace, op FROM kine_ops),
-            counts AS (SELECT resource, namespace, count(*) AS n FROM o GROUP BY ALL),
+            WITH o AS (SELECT * FROM resource_ops),
+            counts AS (SELECT resource, namespace, sum(rows) AS n FROM o GROUP BY ALL),
             ranked AS (SELECT *, row_number() OVER (PARTITION BY resource ORDER BY n DESC, namespace) AS r,
                               count(*) OVER (PARTITION BY resource) AS namespaces FROM counts)
             SELECT o.resource, CASE WHEN r.r <= ? THEN o.namespace
                                     ELSE '(' || (r.namespaces - ?) || ' other namespaces)' END AS namespace,
-                   o.op, count(*)::BIGINT AS rows
+                   o.op, sum(o.rows)::BIGINT AS rows
             FROM o JOIN ranked r USING (resource, namespace) GROUP BY ALL""",
                       [top_namespaces, top_namespaces], order_by="resource, namespace, op")
     pick, chosen = _legend_pick("op"), alt.selection_point(name=_param_name("resource"), fields=["resource"])
@@ -590,27 +588,24 @@ def sql_latency(source, run_id: Optional[int] = None, *, cumulative: bool = Fals
     """Kine's SQL latency per query name and replica, from its Prometheus histogram
     (kine_sql_time_seconds_*): mean from _sum/_count, p50 and p99 interpolated within the buckets like
     Prometheus' histogram_quantile. The counters are cumulative since Kine started: by default the chart
-    shows the run's own window (last sample minus first; the first is taken as the run starts, so it may miss
-    the first few queries); `cumulative=True` shows the totals at the last sample. Click the legend to pick
+    shows the run's own window (what the counters grew by between the first sample and the last, metric_growth;
+    the first is taken as the run starts, so it may miss the first few queries); `cumulative=True` shows the
+    totals at the last sample. Click the legend to pick
     replicas."""
     with _connected(source) as con:
         run_id = _run_id(con, run_id, "kine_metrics", "Kine metrics",
                          "record some with `kinelab load` or `kinelab watchlag`")
         data = _table(con, """
-            WITH m AS (
-                SELECT t, replica, metric, value,
+            WITH d AS (
+                SELECT replica, metric,
                        json_extract_string(labels, '$.name') || CASE
                            WHEN coalesce(json_extract_string(labels, '$.error_code'), '') = '' THEN ''
                            ELSE ' (error ' || json_extract_string(labels, '$.error_code') || ')' END AS query,
-                       json_extract_string(labels, '$.le') AS le
-                FROM kine_metrics WHERE run_id = ? AND metric IN ('kine_sql_time_seconds_bucket',
-                    'kine_sql_time_seconds_sum', 'kine_sql_time_seconds_count')),
-            edges AS (SELECT replica, min(t) AS first_t, max(t) AS last_t FROM m GROUP BY 1),
-            d AS (SELECT m.replica, metric, query, le,
-                         greatest(0, coalesce(max(value) FILTER (WHERE t = last_t), 0)
-                                     - CASE WHEN ? THEN 0 ELSE coalesce(max(value) FILTER (WHERE t = first_t), 0)
-                                       END) AS value
-                  FROM m JOIN edges USING (replica) GROUP BY ALL),
+                       json_extract_string(labels, '$.le') AS le,
+                       sum(CASE WHEN ? THEN last_value ELSE growth END) AS value
+                FROM metric_growth WHERE run_id = ? AND metric IN ('kine_sql_time_seconds_bucket',
+                    'kine_sql_time_seconds_sum', 'kine_sql_time_seconds_count')
+                GROUP BY ALL),
             buckets AS (
                 SELECT replica, query, CAST(le AS DOUBLE) AS le, value AS cum,
                        coalesce(lag(CAST(le AS DOUBLE)) OVER w, 0) AS lo, coalesce(lag(value) OVER w, 0) AS cum_lo,
@@ -629,7 +624,7 @@ def sql_latency(source, run_id: Optional[int] = None, *, cumulative: bool = Fals
                    t.seconds * 1000 / t.queries AS mean_ms,
                    max(q.ms) FILTER (WHERE q.p = 0.5) AS p50_ms, max(q.ms) FILTER (WHERE q.p = 0.99) AS p99_ms
             FROM totals t JOIN q USING (replica, query) WHERE t.queries > 0 GROUP BY ALL""",
-                      [run_id, cumulative], order_by="query, replica")
+                      [cumulative, run_id], order_by="query, replica")
     pick = _legend_pick("replica")
     ms = alt.Scale(type="log")
     base = alt.Chart(data).encode(
@@ -645,7 +640,7 @@ def sql_latency(source, run_id: Optional[int] = None, *, cumulative: bool = Fals
         .encode(x="ms:Q", shape=alt.Shape("statistic:N", sort=stats,
                                            scale=alt.Scale(domain=stats, range=["circle", "square", "diamond"])))
     chart = (spread + points.add_params(pick)).properties(width=560, height=alt.Step(22))
-    window = "totals since Kine started" if cumulative else "this run's window (last sample minus first)"
+    window = "totals since Kine started" if cumulative else "this run's window (growth from first sample to last)"
     return _finish(chart, f"Kine SQL latency per query and replica, run {run_id}", label,
                    [f"{window}; quantiles interpolated in Kine's histogram buckets (1 ms to 8.192 s)"])
 

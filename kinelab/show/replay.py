@@ -28,9 +28,8 @@ from ..drive.workload import Write
 from ..errors import KinelabError, UsageError
 from ..etcd import KV, TxnResult
 from ..observe.apiprobe import Attempt, WatchLag
-from ..observe.capture import open_capture
 from ..observe.check import CheckReport, View
-from ..observe.store import finish_run, new_run, open_store
+from ..observe.store import finish_run, new_run, open_capture_file, open_store, upgrade
 from ..provision.apiserver import APISERVER_VERSION, find_apiserver
 from ..provision.tools import KINE_VERSION, MIN_GO_VERSION, find_kine
 
@@ -118,11 +117,12 @@ def scratch_dir() -> Path:
 
 def dataset(name: str) -> Path:
     """A copy of data/<name> in a scratch folder: notebooks may open, capture or write next to it, and the
-    recorded file stays as it was."""
+    recorded file stays as it was. A recording older than this kinelab is brought up to its capture schema and
+    gets today's views (write_anomalies, ...) on the copy."""
     _entry(name)
     copy = Path(shutil.copyfile(DATA / name, scratch_dir() / name))
     if copy.suffix == ".duckdb":
-        open_store(copy).close()  # a recording older than this kinelab gets today's views (write_anomalies, ...)
+        upgrade(copy)
     return copy
 
 
@@ -175,12 +175,9 @@ def record(out, kind: str, **values) -> int:
 def summaries(path, kind: str) -> list:
     """The summaries of the finished `runs` rows of `kind` in the capture at `path`, oldest first, as Python
     values (those of `record`, and the plain JSON of `runs.load`, `runs.watch_lag` and `runs.compaction`)."""
-    con = open_capture(path)
-    try:
+    with open_capture_file(path) as con:
         rows = con.execute("SELECT summary FROM runs WHERE kind = ? AND summary IS NOT NULL ORDER BY run_id",
                            [kind]).fetchall()
-    finally:
-        con.close()
     if not rows:
         raise UsageError(f"{path} has no finished {kind!r} run")
     return [_decode(json.loads(row[0])) for row in rows]
