@@ -25,10 +25,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("KINELAB_PROGRESS", "0")
 
+from keep import write_json  # noqa: E402  (benchmarks/keep.py: every run's JSON kept)
+
 import kinelab as kl  # noqa: E402
 from kinelab.drive.kube import run_kube_load  # noqa: E402
 from kinelab.provision.apiserver import cached_apiserver_path, install_apiserver  # noqa: E402
-from keep import write_json  # noqa: E402  (benchmarks/keep.py: every run's JSON kept)
 
 SLO_MS = {"create": 1000, "update": 1000, "delete": 1000, "list": 5000}
 
@@ -79,8 +80,9 @@ def main() -> int:
     write_json("apiserver", results)
     with_api, kine_only = ready["with 2 apiservers"], ready["Kine only"]
     lines = ["# Control plane on Kine: benchmarks", "",
-             f"- date: {results['date']}; {results['machine']}; kube-apiserver {binary.version}, Kine {kl.KINE_VERSION}, "
-             "embedded Postgres", f"- apiserver build (kept in the tool cache, not part of the figures below): {build}", "",
+             f"- date: {results['date']}; {results['machine']}; kube-apiserver {binary.version}, "
+             f"Kine {kl.KINE_VERSION}, embedded Postgres",
+             f"- apiserver build (kept in the tool cache, not part of the figures below): {build}", "",
              "## Time to a ready lab (3 Kine replicas on embedded Postgres)", "",
              "| lab | median | min | rounds |", "|---|---:|---:|---|"]
     for side, r in ready.items():
@@ -90,8 +92,10 @@ def main() -> int:
               "the local backend, no Docker; kind clusters on Kine are timed by `benchmarks/kind.py` "
               "([kind.md](kind.md)).", "",
               f"## API call latency, ConfigMap mix through 2 apiservers (shared-db), {latency['ops']} calls at "
-              f"{latency['target_rate']:.0f}/s (achieved {latency['achieved_rate']:.0f}/s, {latency['failed']} failed)", "",
-              "| verb | calls | p50 ms | p99 ms | clusterloader2 SLO (p99) | within |", "|---|---:|---:|---:|---:|---|"]
+              f"{latency['target_rate']:.0f}/s (achieved {latency['achieved_rate']:.0f}/s, "
+              f"{latency['failed']} failed)", "",
+              "| verb | calls | p50 ms | p99 ms | clusterloader2 SLO (p99) | within |",
+              "|---|---:|---:|---:|---:|---|"]
     for verb, v in latency["by_verb"].items():
         lines.append(f"| {verb} | {v['calls']} | {v['p50_ms']:.1f} | {v['p99_ms']:.1f} | {v['slo_ms']} ms | "
                      f"{'yes' if v['p99_ms'] <= v['slo_ms'] else 'NO'} |")

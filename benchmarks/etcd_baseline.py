@@ -32,12 +32,13 @@ RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("KINELAB_PROGRESS", "0")
 
+from keep import write_json  # noqa: E402  (benchmarks/keep.py: every run's JSON kept)
+
 import kinelab as kl  # noqa: E402
 from kinelab.clock import Clock  # noqa: E402
 from kinelab.drive.workload import run_load  # noqa: E402
 from kinelab.observe.watchlag import WatchProbe  # noqa: E402
 from kinelab.provision.tools import ETCD, ensure  # noqa: E402
-from keep import write_json  # noqa: E402  (benchmarks/keep.py: every run's JSON kept)
 
 TARGETS = ("etcd-1", "etcd-3", "kine-sqlite", "kine-pg-3")
 PAIRS = (("kine-sqlite", "etcd-1"), ("kine-pg-3", "etcd-3"))

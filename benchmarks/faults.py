@@ -9,7 +9,8 @@ kube-apiservers, with the figures the README quotes.
 6. the TTL race                              scenarios/ttl-race.yaml
 
 Every run keeps its DuckDB file under benchmarks/results/faults/ (tables fault_events, availability,
-error_kinds, fault_recovery, scenario_checks). Writes benchmarks/results/faults.json (every run kept in results/runs/) and faults.md.
+error_kinds, fault_recovery, scenario_checks). Writes benchmarks/results/faults.json (every run kept in
+results/runs/) and faults.md.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("KINELAB_PROGRESS", "0")
 
 
+from keep import write_json  # noqa: E402  (benchmarks/keep.py: every run's JSON kept)
+
 import kinelab as kl  # noqa: E402
 from kinelab.analyse.troubleshoot import pool_pressure  # noqa: E402
 from kinelab.observe.scenario import Scenario, run_scenario  # noqa: E402
-from keep import write_json  # noqa: E402  (benchmarks/keep.py: every run's JSON kept)
 
 PG_LEVELS = ("read uncommitted", "read committed", "repeatable read", "serializable")
 

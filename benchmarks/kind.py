@@ -31,6 +31,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("KINELAB_PROGRESS", "0")
 
+from keep import write_json  # noqa: E402  (benchmarks/keep.py: every run's JSON kept)
+
 import kinelab as kl  # noqa: E402
 from kinelab.provision import kind as k  # noqa: E402
 from kinelab.provision import tools  # noqa: E402
@@ -39,7 +41,6 @@ from kinelab.provision.kine import etcd_probe  # noqa: E402
 from kinelab.provision.nodeimage import ensure_node_image  # noqa: E402
 from kinelab.provision.process import ServedProcess, free_port  # noqa: E402
 from kinelab.provision.wait import poll_until  # noqa: E402
-from keep import write_json  # noqa: E402  (benchmarks/keep.py: every run's JSON kept)
 
 ETCD_SIDE = f"etcd ({tools.ETCD_VERSION}, one member)"
 PHASES = ["network_and_datastore", "kine", "kind_containers", "kind_config", "kind_kubeadm_init",

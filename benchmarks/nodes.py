@@ -32,10 +32,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("KINELAB_PROGRESS", "0")
 
+from keep import write_json  # noqa: E402  (benchmarks/keep.py: every run's JSON kept)
+
 import kinelab as kl  # noqa: E402
 from kinelab.errors import KinelabError  # noqa: E402
 from kinelab.provision.controlplane import NODE_LEASE_DURATION_S, ready_nodes  # noqa: E402
-from keep import write_json  # noqa: E402  (benchmarks/keep.py: every run's JSON kept)
 
 STORES = {"kine-postgres": {"datastore": "postgres"}, "etcd": {"datastore": "etcd"}}
 

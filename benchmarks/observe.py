@@ -27,11 +27,12 @@ RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("KINELAB_PROGRESS", "0")
 
+from keep import write_json  # noqa: E402  (benchmarks/keep.py: every run's JSON kept)
+
 import kinelab as kl  # noqa: E402
 from kinelab.drive.workload import run_load  # noqa: E402
 from kinelab.observe import runs  # noqa: E402
 from kinelab.provision.tools import cache_dir  # noqa: E402
-from keep import write_json  # noqa: E402  (benchmarks/keep.py: every run's JSON kept)
 
 
 def build_etcdput() -> Path:

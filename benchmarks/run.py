@@ -35,6 +35,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
 from keep import write_json  # benchmarks/keep.py: every run's JSON kept
 
 os.environ.setdefault("KINELAB_PROGRESS", "0")  # no progress bars inside timed regions or in the logs

@@ -77,7 +77,8 @@ def test_a_live_row_changed_behind_kines_back_is_caught_against_a_baseline(tampe
     assert check(lab.endpoints, lab.dsn, baseline=str(baseline)).consistent
     _tamper(lab, rev, b"forged")
     # Kine caches nothing on SQL backends: every replica reads the edited value at once, no poll, no retry
-    assert [lab.client(i).get(prefix + "live").value for i in range(len(lab.endpoints))] == [b"forged"] * len(lab.endpoints)
+    replicas = range(len(lab.endpoints))
+    assert [lab.client(i).get(prefix + "live").value for i in replicas] == [b"forged"] * len(replicas)
     report = check(lab.endpoints, lab.dsn, baseline=str(baseline))
     assert report.changed_rows == [{"id": rev, "name": prefix + "live"}]
     result = run_cli("check", "--dir", lab.dir, "--baseline", baseline, "--json")

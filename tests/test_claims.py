@@ -8,7 +8,6 @@ import re
 import subprocess
 
 from conftest import REPO
-
 from kinelab.show import replay
 
 README = (REPO / "README.md").read_text()
