@@ -109,11 +109,12 @@ def watch_lag(work: Path) -> dict:
 
 
 def deployment_modes(work: Path) -> dict:
-    parameters = {"replicas": 3, "apiservers": 2, "writes": 12, "duration_s": 8.0, "kill_at_s": 2.0}
+    parameters = {"replicas": 3, "apiservers": 2, "writes": 12, "duration_s": 8.0, "kill_at_s": 2.0,
+                  "watch_cache": True}
     out, lag, served = work / "deployment-modes.duckdb", {}, {}
     for mode in ("shared-db", "single-kine", "hybrid"):
         with kl.Lab(replicas=parameters["replicas"], datastore="postgres", apiservers=parameters["apiservers"],
-                    mode=mode) as lab:
+                    mode=mode, apiserver_args={"watch-cache": parameters["watch_cache"]}) as lab:
             lag[mode] = apiserver_watch_lag(lab, writes=parameters["writes"])
             killed = []
 
@@ -126,7 +127,7 @@ def deployment_modes(work: Path) -> dict:
             entry = _entry("05-deployment-modes", lab, parameters, "runs row `05-deployment-modes`: apiserver watch "
                            "lag and write attempts in each mode (Kine replica 0 killed)", "deployment-modes")
     replay.record(out, "05-deployment-modes", lag=lag, served=served, apiservers=parameters["apiservers"],
-                  kill_at_s=parameters["kill_at_s"])
+                  kill_at_s=parameters["kill_at_s"], watch_cache=parameters["watch_cache"])
     return {out.name: (out, entry)}
 
 

@@ -110,3 +110,15 @@ def test_kines_help_has_the_flags_the_verdicts_name(kine):
 def test_no_figure_is_quoted_from_an_earlier_run_that_no_file_keeps():
     """A figure of an earlier run belongs in benchmarks/results/runs/ (or ha/history/), cited from there."""
     assert not re.findall(r"earlier (?:synchronous |benchmark )?(?:run|one)\b", README)
+
+
+def test_notebook_05_shows_the_readmes_claims_table():
+    """The workshop's copy of the verdicts is the README's, links made relative to notebooks/."""
+    readme = (REPO / "README.md").read_text().splitlines()
+    notebook = json.loads((REPO / "notebooks" / "05-deployment-modes.ipynb").read_text())
+    table = next("".join(cell["source"]) for cell in notebook["cells"]
+                 if cell["cell_type"] == "markdown" and "| claim of the article" in "".join(cell["source"]))
+    rows = [line.replace("](../benchmarks/", "](benchmarks/").replace("(../README.md#", "(#")
+            for line in table.splitlines() if line.startswith("| ")]
+    start = readme.index(rows[0])
+    assert readme[start:start + len(rows)] == rows and len(rows) > 10
