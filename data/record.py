@@ -5,7 +5,8 @@
     .venv/bin/python data/record.py watch-lag    # only some: quickstart mvcc compaction watch-lag
                                                  # deployment-modes consistency sqlite-state troubleshooting
                                                  # versions (needs every Kine release notebook 09 compares)
-                                                 # high-availability
+                                                 # high-availability cluster-writes (needs the control
+                                                 # plane's binaries: kinelab up --nodes 1)
 
 Each run uses the notebook's default parameters. What a notebook measures that no capture table holds (the
 acknowledged writes of a burst, reads at old revisions, check reports, apiserver probes) is stored as one `runs`
@@ -240,9 +241,35 @@ def high_availability(work: Path) -> dict:
     return {name: (work / name, meta)}
 
 
+def cluster_writes(work: Path) -> dict:
+    """Notebook 11 records itself, like 10: live with papermill and its defaults (10, 50 and 200 simulated
+    nodes), with the kinelab commit and the Kubernetes version it ran."""
+    import subprocess
+
+    import papermill
+
+    from kinelab.provision.apiserver import APISERVER_VERSION
+
+    notebook = DATA.parent / "notebooks" / "11-what-a-cluster-writes.ipynb"
+    parameters = papermill.inspect_notebook(str(notebook))
+    used = {name: value["default"] for name, value in parameters.items() if name not in ("mode", "out_dir")}
+    papermill.execute_notebook(str(notebook), str(work / "11.ipynb"), parameters={"out_dir": str(work), "mode": "live"},
+                               kernel_name="python3", progress_bar=False, cwd=str(work))
+    commit = subprocess.run(["git", "-C", str(DATA.parent), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    meta = {"notebook": "11-what-a-cluster-writes", "kine_version": kl.install_kine().version,
+            "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "datastore": "postgres",
+            "replicas": 2, "parameters": used, "command": ".venv/bin/python data/record.py cluster-writes",
+            "kinelab_commit": commit, "kube_apiserver_version": APISERVER_VERSION,
+            "contents": "runs rows `11-what-a-cluster-writes`, one per node count: rows per second by resource and "
+                        "writer at rest and during a rollout, node lease renewals, each apiserver's watch lag"}
+    return {"cluster-writes.duckdb": (work / "cluster-writes.duckdb", meta)}
+
+
 GROUPS = {"quickstart": quickstart, "mvcc": mvcc, "compaction": compaction, "watch-lag": watch_lag,
           "deployment-modes": deployment_modes, "consistency": consistency, "sqlite-state": sqlite_state,
-          "troubleshooting": troubleshooting, "versions": versions, "high-availability": high_availability}
+          "troubleshooting": troubleshooting, "versions": versions, "high-availability": high_availability,
+          "cluster-writes": cluster_writes}
 
 
 def publish(source: Path, name: str) -> None:

@@ -146,7 +146,9 @@ BLANK_OUTPUTS = """nb => [...nb.querySelectorAll('.jp-OutputArea-child')]
 
 def open_notebook(browser, lab, name: str):
     page = browser.context.new_page()
-    page.goto(f"{lab.url}/lab/tree/{name}.ipynb?token={lab.token}")
+    # A workspace of its own, reset: JupyterLab would otherwise reopen the notebooks an earlier test left open,
+    # and one of them could be the current notebook that Run All runs.
+    page.goto(f"{lab.url}/lab/workspaces/{name}/tree/{name}.ipynb?reset&token={lab.token}")
     page.wait_for_function(f"() => window.jupyterapp && window.jupyterapp.shell.currentWidget && "
                            f"window.jupyterapp.shell.currentWidget.content && ({NOTEBOOK_STATE})().kernel === 'idle'",
                            timeout=90_000)
@@ -192,9 +194,11 @@ def shot(page, name: str, locator=None) -> None:
     (locator or page).screenshot(path=str(SHOTS / f"{name}.png"))
 
 
-def kernel_process(lab) -> psutil.Process:
+def kernel_process(lab, page) -> psutil.Process:
+    """The kernel of the notebook `page` shows (an earlier test's kernel may still run beside it)."""
+    kernel_id = page.evaluate("window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.id")
     (kernel,) = [p for p in psutil.Process(lab.server.pid).children(recursive=True)
-                 if "ipykernel_launcher" in " ".join(p.cmdline())]
+                 if "ipykernel_launcher" in (argv := " ".join(p.cmdline())) and f"kernel-{kernel_id}.json" in argv]
     return kernel
 
 
@@ -275,7 +279,7 @@ def drive_panel(page, lab, name: str, apiservers: bool) -> dict:
     seen["restarted_chart"] = panel.wait_chart(lambda t: totals(t)[0] > written, "with new writes")
     shot(page, f"{name}-panel-restarted", panel.root)
 
-    kernel = kernel_process(lab)
+    kernel = kernel_process(lab, page)
     assert kernel.children(recursive=True)  # the lab's processes run under the kernel
     panel.button("load running").click()
     panel.button("stop lab").click()

@@ -35,6 +35,8 @@ RUNS = [
     # two releases (the pinned one and v0.17.2, which tests/test_versions.py builds) instead of the four recorded
     ("09-did-this-release-lose-writes", {"versions": ["v0.17.2", "v0.17.5"], "mode": "live"}),
     ("10-high-availability", {}), ("10-high-availability", {"replication": "sync", "path": "proxy", "lag_s": 4}),
+    # two small clusters instead of the recorded 10, 50 and 200 nodes (minutes each)
+    ("11-what-a-cluster-writes", {"node_counts": [10, 40], "settle_s": 20, "idle_s": 30, "rollout_s": 10}),
 ]
 REPLAYS = sorted({name for name, _ in RUNS})  # every notebook also replays its recording in data/
 
