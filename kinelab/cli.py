@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -23,6 +24,7 @@ from .dsn import Dsn, mask_text
 from .errors import KinelabError, UsageError
 from .provision.backends import BACKENDS
 from .provision.tools import KINE_VERSION
+from .provision.wait import Cancelled
 
 out = Console(highlight=False)
 
@@ -170,7 +172,24 @@ def cmd_up(args) -> int:
               controllers=args.controllers or None, kine_version=args.kine_version, replication=args.replication,
               db_proxy=_kv(args.db_proxy_setting, "--db-proxy-setting") if args.db_proxy or args.db_proxy_setting
               else None, balancer=args.balancer, workers=args.workers, cluster_name=args.name or "")
-    lab.start(owned=False)
+    interrupted = []
+
+    def on_ctrl_c(signum, frame):
+        # Also a flag every wait of the start checks: a library that swallows KeyboardInterrupt (a gRPC call
+        # under way, say) cannot let the start run on to a lab nobody asked for.
+        interrupted.append(signum)
+        lab.interrupt()
+        signal.default_int_handler(signum, frame)
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        lab.start(owned=False)
+    except Cancelled:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
     status = lab.status()
     if args.json:
         _print_json(status)

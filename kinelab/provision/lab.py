@@ -208,6 +208,10 @@ class Lab:
                 self._save_secrets()
             self._save()
 
+    def interrupt(self) -> None:
+        """Make a start under way give up at its next wait (safe in a signal handler); `stop` then cleans up."""
+        self._stopping.set()
+
     def stop(self) -> None:
         """Stop every process, safe to repeat and from any thread. A temporary lab is removed with it."""
         self._stopping.set()
