@@ -89,29 +89,7 @@ def analysis_child(name: str, path: str) -> None:
 
 
 def run_child(argv: list, env: dict) -> dict:
-    """Run a child; its last stdout line is JSON. Adds wall_seconds, cpu_seconds and max_rss_mb (its own and its
-    waited-for children's, from wait4); its stderr is shown only if it fails."""
-    started = time.perf_counter()
-    with tempfile.TemporaryFile() as errors:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, env=env, cwd=REPO)
-        try:
-            output = proc.stdout.read()
-            proc.stdout.close()
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                proc.wait()
-        if proc.returncode != 0:
-            errors.seek(0)
-            raise RuntimeError(f"benchmark child {argv[2:]} failed with exit code {proc.returncode}:\n"
-                               f"{errors.read().decode(errors='replace')[-3000:]}")
-    lines = output.decode().strip().splitlines()
-    result = json.loads(lines[-1]) if lines else {}
-    result.update(wall_seconds=time.perf_counter() - started, max_rss_mb=usage.ru_maxrss / 1024,
-                  process_cpu_seconds=usage.ru_utime + usage.ru_stime)
-    return result
+    return foundation.measure_child(argv, env, cwd=REPO)
 
 
 class Side:

@@ -90,29 +90,38 @@ def child_main(kind: str, out: str | None) -> None:
     print(json.dumps(result), flush=True)
 
 
+def measure_child(argv: list, env: dict, cwd: Path | None = None) -> dict:
+    """Run a child whose last stdout line is JSON; add wall_seconds, process_cpu_seconds and max_rss_mb (its own
+    and its waited-for children's, from wait4). Its stderr is shown only if it fails."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, env=env, cwd=cwd)
+        try:
+            output = proc.stdout.read()
+            proc.stdout.close()
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait()
+        if proc.returncode != 0:
+            errors.seek(0)
+            raise RuntimeError(f"benchmark child {argv[2:]} failed with exit code {proc.returncode}:\n"
+                               f"{errors.read().decode(errors='replace')[-3000:]}")
+    lines = output.decode().strip().splitlines()
+    result = json.loads(lines[-1]) if lines else {}
+    result.update(wall_seconds=time.perf_counter() - started, max_rss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
+                  process_cpu_seconds=usage.ru_utime + usage.ru_stime)
+    return result
+
+
 def run_child(kind: str, dsn_url: str, out: Path | None = None) -> dict:
-    """Run one measurement in a child process; add its wall time and peak RSS (its own, via wait4)."""
+    """Run one measurement of `kind` in a child process (see measure_child)."""
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", kind]
     if out is not None:
         argv += ["--out", str(out)]
-    env = {**os.environ, DSN_ENV: dsn_url, "KINELAB_PROGRESS": "0"}
-    started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)
-    try:
-        output = proc.stdout.read()
-        proc.stdout.close()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            proc.wait()
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark child {kind} failed with exit code {proc.returncode}")
-    result = json.loads(output.decode().strip().splitlines()[-1])
-    result.update(kind=kind, wall_seconds=wall, max_rss_mb=usage.ru_maxrss / 1024)  # ru_maxrss is KiB on Linux
-    return result
+    return {**measure_child(argv, {**os.environ, DSN_ENV: dsn_url, "KINELAB_PROGRESS": "0"}), "kind": kind}
 
 
 # ------------------------------------------------------------------------------------------------
