@@ -31,7 +31,14 @@ from kinelab.observe.store import MEMORY_ENV, SCHEMA_VERSION, TEMP_ENV, open_sto
 from kinelab.observe.store import VIEWS as CONTRACT_VIEWS
 from kinelab.show import charts, replay
 
-RECORDED = sorted(p.name for p in replay.DATA.glob("*.duckdb"))
+
+def _schema_version(path) -> str:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.execute("SELECT value FROM capture_meta WHERE key = 'schema_version'").fetchall()[0][0]
+
+
+# The recordings kinelab made before capture schema 2: old-way captures to compare with today's
+RECORDED = sorted(p.name for p in replay.DATA.glob("*.duckdb") if _schema_version(p) == "1")
 RUN_TABLES = ["runs", "writes", "load_errors", "watch_observers", "watch_events", "apiserver_watch_events",
               "kine_metrics", "compaction_timeline", "compaction_checks", "fault_events", "scenario_checks",
               "run_replicas", "revision_samples"]
