@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +15,10 @@ import pytest
 
 import kinelab as kl
 from kinelab.provision.datastores import mariadb_binaries
+
+# A suite started in the background by a shell without job control (`make test &`) inherits SIGINT ignored, and
+# so would every lab owner and `kinelab up` the tests start: the Ctrl-C tests need Ctrl-C as a terminal sends it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parent.parent
 KINELAB = [sys.executable, "-m", "kinelab.cli"]
