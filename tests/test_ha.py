@@ -8,7 +8,6 @@ import socket
 import uuid
 from pathlib import Path
 
-import duckdb
 import psutil
 import pytest
 
@@ -123,7 +122,7 @@ def test_async_failover_of_a_lagging_standby_hands_acknowledged_revisions_out_ag
     with kl.Lab(**scenario.lab) as lab:
         summary = run_scenario(lab, out, scenario)
     assert "revisions_reissued = " in " ".join(summary["failed"])  # the trap the expectations describe
-    con = duckdb.connect(str(out), read_only=True)
+    con = kl.open_capture(out)
     report = failover_report(con, summary["run_id"])
     # the standby stopped receiving at 3 s: everything acknowledged from then on, give or take the writes in
     # flight, is missing from the new primary
@@ -155,7 +154,7 @@ def test_sync_failover_loses_no_acknowledged_write_to_replication(kine, tmp_path
     workers = int(scenario.load["workers"])
     with kl.Lab(**scenario.lab) as lab:
         summary = run_scenario(lab, out, scenario)
-    con = duckdb.connect(str(out), read_only=True)
+    con = kl.open_capture(out)
     report = failover_report(con, summary["run_id"])
     assert report["lost_before"] == 0 and report["checks"]["revisions_reissued"] == 0, report
     # with WAL shipping paused, commits wait for the standby: clients time out instead of being acknowledged
@@ -239,7 +238,7 @@ def test_a_failing_fast_breaker_turns_waits_into_errors_and_lost_creates(kine, t
     with kl.Lab(replicas=1, datastore="postgres", db_proxy={"maxconn": 2, "queue_timeout_ms": 100},
                 kine_args={"datastore-max-idle-connections": 2}) as lab:
         summary = run_scenario(lab, out, scenario)
-    con = duckdb.connect(str(out), read_only=True)
+    con = kl.open_capture(out)
     kinds = dict(con.sql("SELECT kind, sum(errors) FROM error_kinds GROUP BY 1").fetchall())
     assert kinds.get("database connection lost", 0) > 0, kinds
     assert "timeout" not in kinds, kinds  # failed fast: before the client's 2 s deadline
