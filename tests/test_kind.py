@@ -286,11 +286,14 @@ def test_a_cluster_on_kine_runs_pods_and_writes_what_a_cluster_writes(shared_db_
     node_leases_sql = ("SELECT object_name, count(*) FROM kine_ops WHERE resource = 'leases' AND "
                        "namespace = 'kube-node-lease' GROUP BY 1")
 
-    def renewed() -> bool:  # each node renews its Lease every 10 s
-        kl.capture(lab, capture, incremental=True)
-        return all(count >= 3 for _, count in rows(capture, node_leases_sql))
+    kubelets = {n for n, r in nodes.items() if r != "external-load-balancer"}
 
-    wait_until(renewed, timeout_s=60, interval_s=2, what="three writes of every node's Lease")
+    def renewed() -> bool:  # each node renews its Lease every 10 s; the node whose kubelet came up last, later
+        kl.capture(lab, capture, incremental=True)
+        counts = dict(rows(capture, node_leases_sql))
+        return set(counts) == kubelets and all(count >= 3 for count in counts.values())
+
+    wait_until(renewed, timeout_s=120, interval_s=2, what="three writes of every node's Lease")
     node_leases = rows(capture, node_leases_sql)
     assert {name for name, _ in node_leases} == {n for n, r in nodes.items() if r != "external-load-balancer"}
     leaders = dict(rows(capture, "SELECT object_name, count(*) FROM kine_ops WHERE resource = 'leases' AND "
@@ -419,7 +422,9 @@ def test_hybrid_uses_every_kine_and_the_faults_reach_kine_nodes_and_apiservers(d
         lab.kill("kube-apiserver-0")
         wait_until(lambda: configmap("after-apiserver-kill"), timeout_s=120, interval_s=1,
                    what="the kubelet to start the killed apiserver again")
-        assert lab.status()["apiservers"][0]["ready"]
+        # it takes writes a moment before every /readyz check passes
+        wait_until(lambda: lab.status()["apiservers"][0]["ready"], timeout_s=60, interval_s=1,
+                   what="the restarted apiserver to be ready")
         with pytest.raises(UsageError, match="faults do not reach"):
             lab.kill("kl-test-hybrid")
         pids = lab_pids(lab.model)
