@@ -177,15 +177,21 @@ def sqlite_state(work: Path) -> dict:
     return {out.name: (out, entry)}
 
 
-def troubleshooting(work: Path) -> dict:
-    """Notebook 06 records itself: run live with papermill, its scenario files kept in `work`."""
+def _run_notebook(stem: str, work: Path, **parameters) -> dict:
+    """Run notebooks/<stem>.ipynb with papermill in `work`, which is its `out_dir` (where its results files go);
+    the defaults of its other parameters, as the notebook writes them."""
     import papermill
 
-    notebook = DATA.parent / "notebooks" / "06-troubleshooting.ipynb"
-    papermill.execute_notebook(str(notebook), str(work / "06.ipynb"), kernel_name="python3", progress_bar=False,
-                               parameters={"out_dir": str(work), "mode": "live"}, cwd=str(work))
-    parameters = papermill.inspect_notebook(str(notebook))
-    defaults = {name: value["default"] for name, value in parameters.items() if name not in ("mode", "out_dir")}
+    notebook = DATA.parent / "notebooks" / f"{stem}.ipynb"
+    papermill.execute_notebook(str(notebook), str(work / f"{stem}.ipynb"), kernel_name="python3", progress_bar=False,
+                               parameters={"out_dir": str(work), **parameters}, cwd=str(work))
+    return {name: value["default"] for name, value in papermill.inspect_notebook(str(notebook)).items()
+            if name not in ("mode", "out_dir")}
+
+
+def troubleshooting(work: Path) -> dict:
+    """Notebook 06 records itself: run live with papermill, its scenario files kept in `work`."""
+    defaults = _run_notebook("06-troubleshooting", work, mode="live")
     meta = {"notebook": "06-troubleshooting", "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "kine_version": kl.install_kine().version, "datastore": "postgres", "replicas": 3,
             "parameters": defaults, "command": ".venv/bin/python data/record.py troubleshooting"}
@@ -202,14 +208,8 @@ def troubleshooting(work: Path) -> dict:
 def versions(work: Path) -> dict:
     """Notebook 09 records itself too: run live with papermill (every release in its `versions` installed), its
     results files kept in `work`."""
-    import papermill
-
-    notebook = DATA.parent / "notebooks" / "09-did-this-release-lose-writes.ipynb"
-    papermill.execute_notebook(str(notebook), str(work / "09.ipynb"), parameters={"out_dir": str(work), "mode": "live"},
-                               kernel_name="python3", progress_bar=False, cwd=str(work))
-    parameters = papermill.inspect_notebook(str(notebook))
-    defaults = {name: json.loads(value["default"])
-                for name, value in parameters.items() if name in ("versions", "scenarios")}
+    parameters = _run_notebook("09-did-this-release-lose-writes", work, mode="live")
+    defaults = {name: json.loads(parameters[name]) for name in ("versions", "scenarios")}
     meta = {"notebook": "09-did-this-release-lose-writes",
             "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "kine_version": ", ".join(defaults["versions"]), "datastore": "postgres", "replicas": 3,
@@ -223,14 +223,7 @@ def versions(work: Path) -> dict:
 def high_availability(work: Path) -> dict:
     """Notebook 10 records itself, like 06: live with papermill, with its defaults (async replication, Kine through
     the multi-host DSN). Its part 3 (the breaker) runs live only: a file of its own would not fit data/'s budget."""
-    import papermill
-
-    notebook = DATA.parent / "notebooks" / "10-high-availability.ipynb"
-    parameters = papermill.inspect_notebook(str(notebook))
-    used = {name: value["default"].strip('"') for name, value in parameters.items()
-            if name not in ("mode", "out_dir")}
-    papermill.execute_notebook(str(notebook), str(work / "10.ipynb"), parameters={"out_dir": str(work)},
-                               kernel_name="python3", progress_bar=False, cwd=str(work))
+    used = {name: value.strip('"') for name, value in _run_notebook("10-high-availability", work).items()}
     name = f"ha-failover-{used['replication']}-{used['path']}.duckdb"
     meta = {"notebook": "10-high-availability", "kine_version": kl.install_kine().version,
             "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "datastore": "postgres-ha",
@@ -246,15 +239,9 @@ def cluster_writes(work: Path) -> dict:
     nodes), with the kinelab commit and the Kubernetes version it ran."""
     import subprocess
 
-    import papermill
-
     from kinelab.provision.apiserver import APISERVER_VERSION
 
-    notebook = DATA.parent / "notebooks" / "11-what-a-cluster-writes.ipynb"
-    parameters = papermill.inspect_notebook(str(notebook))
-    used = {name: value["default"] for name, value in parameters.items() if name not in ("mode", "out_dir")}
-    papermill.execute_notebook(str(notebook), str(work / "11.ipynb"), parameters={"out_dir": str(work), "mode": "live"},
-                               kernel_name="python3", progress_bar=False, cwd=str(work))
+    used = _run_notebook("11-what-a-cluster-writes", work, mode="live")
     commit = subprocess.run(["git", "-C", str(DATA.parent), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     meta = {"notebook": "11-what-a-cluster-writes", "kine_version": kl.install_kine().version,
