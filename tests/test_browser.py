@@ -299,20 +299,27 @@ def drive_panel(page, lab, name: str, apiservers: bool) -> dict:
     return seen
 
 
+def run_notebook(browser, lab, name: str, charts: int, timeout_s: float) -> tuple:
+    """Open notebook `name`, Run All, and check it ran without error, drew `charts` charts and left no blank
+    output boxes (finished progress bars); the page, the notebook's locator and the charts drawn."""
+    page = open_notebook(browser, lab, name)
+    started = time.monotonic()
+    state = run_all(page, timeout_s=timeout_s)
+    assert not state["errors"], state
+    notebook = page.locator(".jp-Notebook")
+    drawn = assert_charts_drawn(notebook, charts)
+    assert notebook.evaluate(BLANK_OUTPUTS) == []
+    print(f"notebook {name} ran in {time.monotonic() - started:.0f} s")
+    return page, notebook, drawn
+
+
 # --- the tests ----------------------------------------------------------------------------------------------
 
 @pytest.mark.timeout(600)
 def test_notebook_04_and_its_panel_in_jupyterlab(jupyterlab, browser):
-    page = open_notebook(browser, jupyterlab, "04-watch-lag-across-replicas")
-    started = time.monotonic()
-    state = run_all(page, timeout_s=240)
-    assert not state["errors"], state
-    notebook = page.locator(".jp-Notebook")
-    drawn = assert_charts_drawn(notebook, 2)
+    page, notebook, drawn = run_notebook(browser, jupyterlab, "04-watch-lag-across-replicas", 2, timeout_s=240)
     assert all(c["title"].startswith("watch lag per observer") for c in drawn), drawn
-    assert notebook.evaluate(BLANK_OUTPUTS) == []  # finished progress bars leave no blank boxes
     assert "mode auto -> live" in notebook.text_content()
-    print(f"notebook 04 ran in {time.monotonic() - started:.0f} s")
     shot(page, "04-notebook")
 
     started = time.monotonic()
@@ -328,15 +335,8 @@ def test_notebook_04_and_its_panel_in_jupyterlab(jupyterlab, browser):
 @pytest.mark.skipif(find_apiserver() is None and not can_build(), reason="no kube-apiserver, and no Go to build it")
 def test_notebook_05_and_its_panel_in_jupyterlab(jupyterlab, browser):
     install_apiserver(log=print)  # built already where test_apiserver ran; a live notebook 05, not its replay
-    page = open_notebook(browser, jupyterlab, "05-deployment-modes")
-    started = time.monotonic()
-    state = run_all(page, timeout_s=900)
-    assert not state["errors"], state
-    notebook = page.locator(".jp-Notebook")
-    drawn = assert_charts_drawn(notebook, 1)
+    page, _, drawn = run_notebook(browser, jupyterlab, "05-deployment-modes", 1, timeout_s=900)
     assert "writes accepted per kube-apiserver" in drawn[0]["title"], drawn
-    assert notebook.evaluate(BLANK_OUTPUTS) == []
-    print(f"notebook 05 ran in {time.monotonic() - started:.0f} s")
     shot(page, "05-notebook")
 
     started = time.monotonic()

@@ -74,6 +74,17 @@ def _short(name: str, **load) -> Scenario:
     return scenario
 
 
+def _failover_run(tmp_path, name: str) -> tuple:
+    """The short `name` scenario at 80 writes/s on a lab of its own: the scenario, its summary, the capture
+    (open; the caller closes it) and the failover report."""
+    scenario = _short(name, rate=80)
+    out = tmp_path / f"{name}.duckdb"
+    with kl.Lab(**scenario.lab) as lab:
+        summary = run_scenario(lab, out, scenario)
+    con = kl.open_capture(out)
+    return scenario, summary, con, failover_report(con, summary["run_id"])
+
+
 def test_sync_standby_failover_through_the_multi_host_dsn_and_rejoin(kine, tmp_path):
     with kl.Lab(replicas=2, datastore="postgres-ha", dir=tmp_path / "lab") as lab:
         primary, standby = lab.model.member("primary"), lab.model.member("standby")
@@ -116,14 +127,9 @@ def test_sync_standby_failover_through_the_multi_host_dsn_and_rejoin(kine, tmp_p
 
 
 def test_async_failover_of_a_lagging_standby_hands_acknowledged_revisions_out_again(kine, tmp_path):
-    out = tmp_path / "async.duckdb"
-    scenario = _short("failover-async", rate=80)
+    scenario, summary, con, report = _failover_run(tmp_path, "failover-async")
     workers = int(scenario.load["workers"])
-    with kl.Lab(**scenario.lab) as lab:
-        summary = run_scenario(lab, out, scenario)
     assert "revisions_reissued = " in " ".join(summary["failed"])  # the trap the expectations describe
-    con = kl.open_capture(out)
-    report = failover_report(con, summary["run_id"])
     # the standby stopped receiving at 3 s: everything acknowledged from then on, give or take the writes in
     # flight, is missing from the new primary
     window = report["acknowledged_while_lagging"]
@@ -149,13 +155,8 @@ def test_async_failover_of_a_lagging_standby_hands_acknowledged_revisions_out_ag
 
 
 def test_sync_failover_loses_no_acknowledged_write_to_replication(kine, tmp_path):
-    out = tmp_path / "sync.duckdb"
-    scenario = _short("failover-sync", rate=80)
+    scenario, _, con, report = _failover_run(tmp_path, "failover-sync")
     workers = int(scenario.load["workers"])
-    with kl.Lab(**scenario.lab) as lab:
-        summary = run_scenario(lab, out, scenario)
-    con = kl.open_capture(out)
-    report = failover_report(con, summary["run_id"])
     assert report["lost_before"] == 0 and report["checks"]["revisions_reissued"] == 0, report
     # with WAL shipping paused, commits wait for the standby: clients time out instead of being acknowledged
     assert report["acknowledged_while_lagging"] <= workers and report["timeouts_while_lagging"] >= workers, report
