@@ -122,3 +122,20 @@ def test_notebook_05_shows_the_readmes_claims_table():
             for line in table.splitlines() if line.startswith("| ")]
     start = readme.index(rows[0])
     assert readme[start:start + len(rows)] == rows and len(rows) > 10
+
+
+def test_the_ci_times_are_what_ci_json_records():
+    runs = json.loads((RESULTS / "ci.json").read_text())
+
+    def minutes(seconds: int) -> str:
+        return f"{seconds // 60} min {seconds % 60} s"
+
+    builds = runs["cold"]["build_seconds"]
+    others = sum(v for k, v in builds.items() if k.split("-v")[0] in ("kube-controller-manager", "kube-scheduler",
+                                                                       "kubelet", "kubeadm", "kubectl"))
+    text = " ".join(README.split())
+    assert f"took **{minutes(runs['cold']['seconds'])}**" in text
+    assert f"About {round(sum(builds.values()) / 60)} minutes of it are builds" in text
+    assert f"Kine {builds['kine-v0.17.5']} s, kube-apiserver {builds['kube-apiserver-v1.37.2']} s" in text
+    assert f"the other five Kubernetes commands {others} s" in text
+    assert f"A warm run (everything cached) took {minutes(runs['warm']['seconds'])}" in text
